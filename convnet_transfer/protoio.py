@@ -1,0 +1,150 @@
+"""Caffe's file formats through the project's own schema (convnet_transfer/proto/caffe.proto).
+
+Text (.prototxt) and binary (.binaryproto, .caffemodel, .solverstate, Datum records) read and write,
+and BlobProto <-> numpy. Errors name the file, and for text the line and column, and say what to do.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+from google.protobuf.message import DecodeError, Message
+
+from . import caffe_pb2 as pb
+
+__all__ = [
+    "pb", "ProtoFileError", "parse_text", "read_text", "write_text", "to_text",
+    "read_binary", "write_binary", "atomic_write_bytes",
+    "read_net", "read_solver", "blob_to_array", "array_to_blob", "read_mean", "write_mean",
+]
+
+
+class ProtoFileError(ValueError):
+    """A Caffe file that cannot be read: the message names the file (and line) and what to do."""
+
+
+def parse_text(text: str, message: Message, source: str = "<string>") -> Message:
+    """Merge prototxt `text` into `message`; a syntax error or unknown field names `source`:line:column."""
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as err:
+        line, col = getattr(err, "GetLine", lambda: None)(), getattr(err, "GetColumn", lambda: None)()
+        where = f"{source}:{line}:{col}" if line else source
+        detail = str(err)
+        # protobuf prefixes "line:col : "; keep only the explanation
+        if ":" in detail and detail.split(":", 1)[0].strip().isdigit():
+            detail = detail.split(" : ", 1)[-1]
+        detail = detail.rstrip(".")
+        raise ProtoFileError(f"{where}: malformed {message.DESCRIPTOR.name} prototxt: {detail}. "
+                             f"Fix the file (Caffe's text format) and run again.") from None
+    return message
+
+
+def read_text(path: str | os.PathLike, message_type: type[Message]) -> Message:
+    """Read a .prototxt file into a new `message_type`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ProtoFileError(f"{path}: cannot read ({err.strerror}).") from None
+    return parse_text(text, message_type(), str(path))
+
+
+def to_text(message: Message) -> str:
+    return text_format.MessageToString(message, float_format=".9g")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename: never a half-written file under `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike, message: Message) -> None:
+    atomic_write_bytes(path, to_text(message).encode())
+
+
+def read_binary(path: str | os.PathLike, message_type: type[Message]) -> Message:
+    """Read a binary protobuf file (.binaryproto, .caffemodel, .solverstate, or a 2014 snapshot without extension)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ProtoFileError(f"{path}: cannot read ({err.strerror}).") from None
+    message = message_type()
+    try:
+        message.ParseFromString(data)
+    except DecodeError as err:
+        raise ProtoFileError(f"{path}: not a binary {message_type.DESCRIPTOR.name} ({err}); "
+                             f"the file is truncated or of another kind: re-create it.") from None
+    return message
+
+
+def write_binary(path: str | os.PathLike, message: Message) -> None:
+    atomic_write_bytes(path, message.SerializeToString())
+
+
+def read_net(path: str | os.PathLike) -> pb.NetParameter:
+    return read_text(path, pb.NetParameter)
+
+
+def read_solver(path: str | os.PathLike) -> pb.SolverParameter:
+    return read_text(path, pb.SolverParameter)
+
+
+# ---------------------------------------------------------------- blobs
+
+def blob_shape(blob: pb.BlobProto) -> tuple[int, ...]:
+    """The blob's shape: `shape.dim` when set, else the legacy (num, channels, height, width)."""
+    if blob.HasField("shape"):
+        return tuple(int(d) for d in blob.shape.dim)
+    return (blob.num, blob.channels, blob.height, blob.width)
+
+
+def blob_to_array(blob: pb.BlobProto, diff: bool = False) -> np.ndarray:
+    """BlobProto -> float32 array of the blob's shape (double_data is read too)."""
+    shape = blob_shape(blob)
+    values = (blob.double_diff or blob.diff) if diff else (blob.double_data or blob.data)
+    array = np.asarray(values, dtype=np.float32)
+    if array.size != int(np.prod(shape)):
+        raise ProtoFileError(f"blob of shape {shape} holds {array.size} values, not {int(np.prod(shape))}")
+    return array.reshape(shape)
+
+
+def array_to_blob(array: np.ndarray, legacy_4d: bool = False) -> pb.BlobProto:
+    """Array -> BlobProto. Current Caffe writes `shape`; `legacy_4d` writes num/channels/height/width instead
+    (what compute_image_mean and 2014 Caffe wrote for 4-D blobs)."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    blob = pb.BlobProto()
+    if legacy_4d:
+        dims = (1,) * (4 - array.ndim) + array.shape
+        blob.num, blob.channels, blob.height, blob.width = (int(d) for d in dims)
+    else:
+        blob.shape.dim.extend(int(d) for d in array.shape)
+    blob.data.extend(array.ravel().tolist())
+    return blob
+
+
+def read_mean(path: str | os.PathLike) -> np.ndarray:
+    """A mean .binaryproto -> float32 array (channels, height, width)."""
+    array = blob_to_array(read_binary(path, pb.BlobProto))
+    return array.reshape(array.shape[-3:]) if array.ndim >= 3 else array
+
+
+def write_mean(path: str | os.PathLike, mean: np.ndarray) -> None:
+    """Write a (C, H, W) mean as compute_image_mean does: a 1xCxHxW BlobProto with num/channels/height/width."""
+    write_binary(path, array_to_blob(mean.reshape((1,) + mean.shape[-3:]), legacy_4d=True))

@@ -1,0 +1,39 @@
+"""Shared fixtures.
+
+- `reference`: the 2014 release's data (../shared/reference/convnet_transfer), named by
+  $CONVNET_TRANSFER_REFERENCE (.ci/run sets it). Tests that need it skip, saying so, when it is absent.
+- `real_caffe`: a real BVLC Caffe build (tools/install_caffe). Where $CONVNET_TRANSFER_REQUIRE_CAFFE=1
+  (CI) a missing build fails the test; elsewhere the test skips with a message.
+"""
+import os
+from pathlib import Path
+
+import pytest
+
+from convnet_transfer.resources import REFERENCE_ENV, reference_dir
+
+REQUIRE_CAFFE_ENV = "CONVNET_TRANSFER_REQUIRE_CAFFE"
+
+
+@pytest.fixture(scope="session")
+def reference() -> Path:
+    path = reference_dir()
+    if path is None:
+        pytest.skip(f"2014 reference data not found: set ${REFERENCE_ENV} to ../shared/reference/convnet_transfer "
+                    f"to run the comparisons against the original release")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_caffe():
+    from convnet_transfer import realcaffe
+
+    found = realcaffe.find_caffe()
+    if found is None or not found.ok:
+        why = "no Caffe build found" if found is None else found.problem
+        message = (f"real Caffe is needed for this fidelity test ({why}); build it with tools/install_caffe "
+                   f"and follow the environment lines it prints")
+        if os.environ.get(REQUIRE_CAFFE_ENV) == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
