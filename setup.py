@@ -15,6 +15,7 @@ setup(
     packages=[
         "convnet_transfer",
         "convnet_transfer.cli",
+        "convnet_transfer.architectures",
         "convnet_transfer.engine",
         "convnet_transfer.proto",
         "convnet_transfer.templates",
@@ -43,6 +44,7 @@ setup(
     extras_require={
         "leveldb": ["plyvel>=1.5"],
         "test": ["pytest>=7", "pytest-timeout>=2", "plyvel>=1.5"],
+        "caffe": ["six", "scipy", "scikit-image"],  # what pycaffe imports (tools/install_caffe installs them)
         "dev": ["grpcio-tools==1.85.1"],  # regenerates caffe_pb2.py: python -m convnet_transfer.proto
     },
     entry_points={

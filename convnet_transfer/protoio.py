@@ -54,7 +54,8 @@ def read_text(path: str | os.PathLike, message_type: type[Message]) -> Message:
 
 
 def to_text(message: Message) -> str:
-    return text_format.MessageToString(message, float_format=".9g")
+    # protobuf 7 dropped float_format; its default prints floats as the shortest text that reads back exactly
+    return text_format.MessageToString(message)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -1,0 +1,51 @@
+"""Log lines in Google glog's format, as Caffe writes them to stderr.
+
+    I1124 18:30:00.123456 12345 solver.cpp:218] Iteration 20 (1.2 iter/s, 16.6s/20 iters), loss = 6.9
+
+Severity letter, month and day, time with microseconds, thread id (the process id: Caffe's main thread),
+the C++ source file:line Caffe logs from (kept so that logs of both engines read alike), then the message.
+Numbers are formatted as C++ iostreams print floats by default (`fmt`: 6 significant digits, %g).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+__all__ = ["fmt", "info", "warning", "error", "line"]
+
+
+def fmt(value: float) -> str:
+    """A float as `std::ostream << float` prints it (precision 6, like %g): 0.01, 1e-05, 6.90776, nan, inf."""
+    value = float(value)
+    if value != value:
+        return "nan" if str(value)[0] != "-" else "-nan"
+    return "%g" % value
+
+
+def line(severity: str, where: str, message: str, now: float | None = None) -> str:
+    """One glog line (without the newline); `where` is Caffe's "file.cpp:LINE"."""
+    now = time.time() if now is None else now
+    t = time.localtime(now)
+    micros = int((now - int(now)) * 1_000_000)
+    return (f"{severity[0]}{t.tm_mon:02d}{t.tm_mday:02d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{micros:06d} "
+            f"{os.getpid():5d} {where}] {message}")
+
+
+def _write(severity: str, where: str, message: str) -> None:
+    stream = sys.stderr
+    for text in str(message).split("\n"):
+        stream.write(line(severity, where, text) + "\n")
+    stream.flush()
+
+
+def info(where: str, message: str) -> None:
+    _write("I", where, message)
+
+
+def warning(where: str, message: str) -> None:
+    _write("W", where, message)
+
+
+def error(where: str, message: str) -> None:
+    _write("E", where, message)

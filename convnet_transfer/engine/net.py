@@ -1,0 +1,385 @@
+"""A Caffe net as a torch module: Caffe's Net::Init, Forward, CopyTrainedLayersFrom and ToProto.
+
+    net = Net(read_net_file("train_val.prototxt"), "TRAIN", {"data": (256, 3, 227, 227), "label": (256,)}, seed=1)
+    blobs = net(blobs={"data": images, "label": labels})     # every blob, by name
+    net.loss(blobs).backward()                               # parameter gradients in net.params[i].tensor.grad
+    net.load_caffemodel("base_iter_450000.caffemodel")       # same-name layers copied, the rest keep fillers
+    write_caffemodel("x.caffemodel", net.to_caffemodel())
+
+Caffe semantics kept:
+- The net is filtered by phase/level/stages (include/exclude rules) and upgraded from V0/V1 if needed.
+- Blobs are names; a layer whose top is its bottom (in place) rebinds the name, and a blob read by several layers
+  gets the sum of their gradients (what Caffe's inserted Split layers do).
+- Data layers (Data, ImageData, ...) produce nothing here: their tops, and those of Input layers, are given to
+  forward(); `input_shapes` gives their shapes at build time (Input layers carry their own).
+- Parameters: `params` in Caffe's learnable_params order, with lr_mult/decay_mult (default 1, 1). A parameter with
+  lr_mult 0 (frozen) has requires_grad False and no gradient, as Caffe computes no diff for it; layers below the
+  first one that learns get no backward pass at all (Caffe's "does not need backward computation").
+- Loss: sum over tops with a loss weight (top 0 of a *Loss layer: 1 unless `loss_weight` says otherwise).
+- Net outputs: the blobs no later layer reads, sorted by name (Caffe keeps them in a std::set).
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..protoio import pb
+from . import glog
+from .errors import EngineError
+from .layers import DATA_LAYER_TYPES, LAYERS, LOSS_LAYER_TYPES, BuildContext
+from .upgrade import filter_net, insert_splits, net_needs_upgrade, upgrade_net
+from .weights import array_to_blob_fast, blob_shape_equals, blob_values, proto_shape_string, read_caffemodel
+
+__all__ = ["Net", "Param"]
+
+
+class Param(NamedTuple):
+    """One learnable blob: the layer it belongs to, its index in the layer, the tensor, and its multipliers."""
+    layer_name: str
+    index: int
+    tensor: nn.Parameter
+    lr_mult: float
+    decay_mult: float
+
+    @property
+    def frozen(self) -> bool:
+        return self.lr_mult == 0
+
+
+def _phase_name(phase) -> str:
+    if isinstance(phase, str):
+        name = phase.upper()
+    else:
+        name = pb.Phase.Name(int(phase))
+    if name not in ("TRAIN", "TEST"):
+        raise EngineError(f"phase must be TRAIN or TEST, got {phase!r}")
+    return name
+
+
+class Net(nn.Module):
+    """Caffe's Net on torch. See the module docstring."""
+
+    def __init__(self, net_param: pb.NetParameter, phase="TRAIN", input_shapes: dict | None = None, *,
+                 level: int | None = None, stages: Iterable[str] = (), seed: int | None = None, device="cpu",
+                 meta: bool = False, log: bool = False):
+        super().__init__()
+        if net_needs_upgrade(net_param):
+            net_param = upgrade_net(net_param)
+        self.phase = _phase_name(phase)
+        self.net_param = filter_net(net_param, self.phase, level, tuple(stages))
+        self.name = self.net_param.name
+        self.force_backward = self.net_param.force_backward
+        self.seed = seed
+        self._log = log
+        input_shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+
+        generator = torch.Generator()
+        generator.manual_seed(seed if seed is not None else torch.seed())
+        ctx = BuildContext(phase=self.phase, generator=generator, meta=meta)
+
+        self.layer_params: list[pb.LayerParameter] = []   # every layer after filtering, data layers included
+        self.data_layers: list[pb.LayerParameter] = []
+        self.input_blobs: list[str] = []                  # tops given to forward()
+        self.layers = nn.ModuleList()                     # the computing layers, in order
+        self._steps: list[tuple[int, list[str], list[str], list[bool]]] = []
+        self.blob_shapes: dict[str, tuple[int, ...]] = {}
+        self.loss_weights: dict[str, float] = {}
+        self._layer_index: dict[str, int] = {}            # layer name -> index in self.layers (or -1: data)
+        self._layer_tops: dict[str, list[tuple[str, tuple]]] = {}   # for the init log
+        available: set[str] = set()
+        produced: set[str] = set()
+
+        for lp in self.net_param.layer:
+            if lp.name in self._layer_index:
+                # Caffe allows duplicate names but copies weights into the first; keep it simple and explicit
+                raise EngineError(f"two layers are named '{lp.name}'; rename one")
+            self.layer_params.append(lp)
+            where = f"layer '{lp.name}' (type {lp.type})"
+            for j, bottom in enumerate(lp.bottom):
+                if bottom not in self.blob_shapes:
+                    raise EngineError(f"Unknown bottom blob '{bottom}' ({where}, bottom index {j})")
+            for j, top in enumerate(lp.top):
+                in_place = j < len(lp.bottom) and lp.bottom[j] == top
+                if top in produced and not in_place:
+                    raise EngineError(f"Top blob '{top}' produced by multiple sources ({where})")
+            if lp.type in DATA_LAYER_TYPES or lp.type == "Input":
+                shapes = []
+                for top in lp.top:
+                    if top in input_shapes:
+                        shapes.append(input_shapes[top])
+                    elif lp.type == "Input":
+                        shapes = None
+                        break
+                    else:
+                        raise EngineError(f"{where}: the shape of its top '{top}' must be given in input_shapes")
+                if lp.type == "Input":
+                    layer = LAYERS["Input"](lp, [], ctx)
+                    shapes = [input_shapes.get(t, s) for t, s in zip(lp.top, layer.top_shapes)]
+                else:
+                    self.data_layers.append(lp)
+                self._layer_index[lp.name] = -1
+                self._layer_tops[lp.name] = list(zip(lp.top, shapes))
+                for top, shape in zip(lp.top, shapes):
+                    self.blob_shapes[top] = shape
+                    self.input_blobs.append(top)
+                    produced.add(top)
+                    available.add(top)
+                continue
+            cls = LAYERS.get(lp.type)
+            if cls is None:
+                raise EngineError(f"{where}: layer type '{lp.type}' is not supported by this engine "
+                                  f"(supported: {', '.join(sorted(LAYERS))}, and the data layers "
+                                  f"{', '.join(sorted(DATA_LAYER_TYPES))})")
+            anonymous = []
+            if len(lp.top) == 0 and lp.type in LOSS_LAYER_TYPES:
+                # Caffe's AutoTopBlobs: a loss layer without a top (2014 nets) gets an anonymous one, which counts
+                # in the loss but is not a net output
+                lp = pb.LayerParameter.FromString(lp.SerializeToString())
+                anonymous = [f"(automatic:{lp.name})"]
+                lp.top.extend(anonymous)
+            bottom_shapes = [self.blob_shapes[b] for b in lp.bottom]
+            layer = cls(lp, bottom_shapes, ctx)
+            n_blobs = len(layer.blobs)
+            if len(lp.param) > n_blobs:
+                raise EngineError(f"Too many params specified for layer {lp.name} ({len(lp.param)} `param` blocks, "
+                                  f"the layer has {n_blobs} parameter blobs)")
+            for spec in lp.param:
+                if spec.name:
+                    raise EngineError(f"{where}: parameter sharing (param {{ name: '{spec.name}' }}) is not supported")
+            if len(lp.propagate_down) not in (0, len(lp.bottom)):
+                raise EngineError(f"{where}: propagate_down must be given once per bottom")
+            propagate = list(lp.propagate_down) or [True] * len(lp.bottom)
+            if len(lp.loss_weight) not in (0, len(lp.top)):
+                raise EngineError(f"{where}: loss_weight must be unspecified or specified once per top blob")
+            for j, (top, shape) in enumerate(zip(lp.top, layer.top_shapes)):
+                self.blob_shapes[top] = tuple(shape)
+                weight = lp.loss_weight[j] if len(lp.loss_weight) else (1.0 if j == 0 and lp.type in
+                                                                        LOSS_LAYER_TYPES else 0.0)
+                if weight:
+                    self.loss_weights[top] = float(weight)
+            for bottom in lp.bottom:
+                available.discard(bottom)
+            for top in lp.top:
+                if top not in anonymous:
+                    available.add(top)
+                produced.add(top)
+            self._layer_index[lp.name] = len(self.layers)
+            self._layer_tops[lp.name] = list(zip(lp.top, layer.top_shapes))
+            self._steps.append((len(self.layers), list(lp.bottom), list(lp.top), propagate))
+            self.layers.append(layer)
+
+        self.outputs: list[str] = sorted(available)
+        self.params: list[Param] = []
+        for lp in self.layer_params:
+            index = self._layer_index[lp.name]
+            if index < 0:
+                continue
+            layer = self.layers[index]
+            for i, tensor in enumerate(layer.blobs):
+                spec = lp.param[i] if i < len(lp.param) else pb.ParamSpec()
+                tensor.requires_grad_(spec.lr_mult != 0)
+                self.params.append(Param(lp.name, i, tensor, float(spec.lr_mult), float(spec.decay_mult)))
+        self._dropout_generators: dict[str, torch.Generator] = {}
+        self.channels_last = False
+        if log:
+            self._log_init()
+        if not meta and str(device) != "cpu":
+            self.to(device)
+
+    def _log_init(self) -> None:
+        """The lines Caffe's Net::Init logs (net.cpp), so that our logs read like Caffe's."""
+        from google.protobuf import text_format
+        say = glog.info
+        say("net.cpp:53", f"Initializing net from parameters: \n{text_format.MessageToString(self.net_param)}")
+        memory = 0
+        needs = {}
+        grad_blobs: set[str] = set()
+        for lp in self.layer_params:
+            say("net.cpp:86", f"Creating Layer {lp.name}")
+            for b in lp.bottom:
+                say("net.cpp:408", f"{lp.name} <- {b}")
+            for j, t in enumerate(lp.top):
+                in_place = j < len(lp.bottom) and lp.bottom[j] == t
+                say("net.cpp:370" if in_place else "net.cpp:382", f"{lp.name} -> {t}" + (" (in-place)" * in_place))
+            say("net.cpp:124", f"Setting up {lp.name}")
+            for top, shape in self._layer_tops[lp.name]:
+                count = int(np.prod(shape)) if len(shape) else 1
+                say("net.cpp:131", "Top shape: " + "".join(f"{d} " for d in shape) + f"({count})")
+                if top in self.loss_weights:
+                    say("net.cpp:134", f"    with loss weight {glog.fmt(self.loss_weights[top])}")
+                memory += count
+            say("net.cpp:139", f"Memory required for data: {memory * 4}")
+            index = self._layer_index[lp.name]
+            learns = index >= 0 and any(t.requires_grad for t in self.layers[index].blobs)
+            need = learns or any(b in grad_blobs for b in lp.bottom)
+            needs[lp.name] = need
+            for t, _ in self._layer_tops[lp.name]:
+                (grad_blobs.add if need else grad_blobs.discard)(t)
+        # a layer that no loss depends on needs no backward either (Net::Init's second pass)
+        wanted = set(self.loss_weights)
+        for lp in reversed(self.layer_params):
+            contributes = any(t in wanted for t, _ in self._layer_tops[lp.name])
+            if contributes:
+                wanted.update(lp.bottom)
+            if needs[lp.name] and contributes:
+                say("net.cpp:200", f"{lp.name} needs backward computation.")
+            else:
+                say("net.cpp:202", f"{lp.name} does not need backward computation.")
+        for name in self.outputs:
+            say("net.cpp:244", f"This network produces output {name}")
+        say("net.cpp:257", "Network initialization done.")
+
+    # ------------------------------------------------------------ running
+
+    def _dropout_generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._dropout_generators:
+            generator = torch.Generator(device=device)
+            generator.manual_seed((self.seed if self.seed is not None else torch.seed()) + 1)
+            self._dropout_generators[key] = generator
+        return self._dropout_generators[key]
+
+    def set_channels_last(self, enabled: bool = True) -> "Net":
+        """Keep 4-D parameters and inputs in channels-last (NHWC) memory: oneDNN and cuDNN convolutions are often
+        faster so; the numbers are the same up to float rounding. Returns the net."""
+        self.channels_last = enabled
+        self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+        return self
+
+    def set_seed(self, seed: int) -> None:
+        """Reseed dropout (the solver calls this with random_seed; fillers were seeded at construction)."""
+        self.seed = seed
+        self._dropout_generators.clear()
+
+    def forward(self, blobs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run every computing layer in order on `blobs` (the data and Input tops); return all blobs by name."""
+        missing = [name for name in self.input_blobs if name not in blobs]
+        if missing:
+            raise EngineError(f"Net '{self.name}': forward() needs the input blob(s) {', '.join(missing)}")
+        values = dict(blobs)
+        if self.channels_last:
+            for name in self.input_blobs:
+                if values[name].dim() == 4 and values[name].is_floating_point():
+                    values[name] = values[name].contiguous(memory_format=torch.channels_last)
+        if self.force_backward:
+            for name in self.input_blobs:
+                if values[name].is_floating_point() and not values[name].requires_grad:
+                    values[name] = values[name].detach().requires_grad_(True)
+        for index, bottoms, tops, propagate in self._steps:
+            layer = self.layers[index]
+            if getattr(layer, "train_phase", False):
+                layer.generator = self._dropout_generator(values[bottoms[0]].device)
+            inputs = [values[b] if p else values[b].detach() for b, p in zip(bottoms, propagate)]
+            outputs = layer(*inputs)
+            for name, value in zip(tops, outputs):
+                values[name] = value
+        return values
+
+    def loss(self, blobs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Caffe's net loss: sum over loss tops of loss_weight * (sum of the top's values); 0 when the net has no
+        loss top (as Net::Forward returns)."""
+        total = None
+        for name, weight in self.loss_weights.items():
+            term = blobs[name].sum() * weight
+            total = term if total is None else total + term
+        if total is None:
+            device = next((v.device for v in blobs.values() if isinstance(v, torch.Tensor)), None)
+            return torch.zeros((), device=device)
+        return total
+
+    # ------------------------------------------------------------ weights
+
+    def layer(self, name: str):
+        """The computing layer named `name` (None for data/Input layers)."""
+        index = self._layer_index[name]
+        return self.layers[index] if index >= 0 else None
+
+    def _say(self, where: str, message: str) -> None:
+        if self._log:
+            glog.info(where, message)
+
+    def load_caffemodel(self, source) -> list[str]:
+        """Caffe's CopyTrainedLayersFrom: for each layer of `source` (a path, a NetParameter, or a list of them,
+        loaded in order) with the name of a layer of this net, copy its blobs; other source layers are ignored and
+        net layers not in the source keep their values (fillers). Returns the names of the layers copied."""
+        if isinstance(source, (list, tuple)):
+            copied = []
+            for item in source:
+                copied += self.load_caffemodel(item)
+            return copied
+        origin = "NetParameter"
+        if isinstance(source, (str, os.PathLike)):
+            origin = str(source)
+            source = read_caffemodel(source)
+        elif net_needs_upgrade(source):
+            source = upgrade_net(source)
+        copied = []
+        split_names = self._split_layer_names()
+        for source_layer in source.layer:
+            name = source_layer.name
+            if name in split_names and name not in self._layer_index and not len(source_layer.blobs):
+                continue                       # a Split layer Caffe inserted: this net has it too (no blobs)
+            if name not in self._layer_index:
+                self._say("net.cpp:746", f"Ignoring source layer {name}")
+                continue
+            index = self._layer_index[name]
+            target = self.layers[index].blobs if index >= 0 else []
+            if len(target) != len(source_layer.blobs):
+                raise EngineError(f"{origin}: Incompatible number of blobs for layer {name} (source has "
+                                  f"{len(source_layer.blobs)}, net has {len(target)})")
+            for j, (tensor, blob) in enumerate(zip(target, source_layer.blobs)):
+                shape = tuple(tensor.shape)
+                if not blob_shape_equals(shape, blob):
+                    raise EngineError(
+                        f"{origin}: Cannot copy param {j} weights from layer '{name}'; shape mismatch.  Source param "
+                        f"shape is {proto_shape_string(blob)}; target param shape is "
+                        f"{' '.join(map(str, shape))} ({tensor.numel()}). To learn this layer's parameters from "
+                        f"scratch rather than copying from a saved net, rename the layer.")
+                values = blob_values(blob).reshape(shape)
+                with torch.no_grad():
+                    tensor.copy_(torch.from_numpy(values))
+            copied.append(name)
+        return copied
+
+    def _split_layer_names(self) -> set[str]:
+        source = pb.NetParameter()
+        source.layer.extend(self.layer_params)
+        return {lp.name for lp in insert_splits(source).layer if lp.name not in self._layer_index}
+
+    def to_caffemodel(self, write_diff: bool = False) -> pb.NetParameter:
+        """Net::ToProto: the layers Caffe's Net holds for this definition (filtered, in the current format, with
+        the Split layers InsertSplits adds, phase set, loss layers with their loss_weight) and their blobs (float
+        data with `shape`; with write_diff, the gradients too). Real Caffe's caffemodel of the same net has the
+        same layer messages."""
+        out = pb.NetParameter()
+        out.name = self.name
+        source = pb.NetParameter()
+        source.layer.extend(self.layer_params)
+        for lp in insert_splits(source).layer:
+            layer = out.layer.add()
+            layer.CopyFrom(lp)
+            if not layer.HasField("phase"):
+                layer.phase = pb.Phase.Value(self.phase)
+            if layer.type in LOSS_LAYER_TYPES and not len(layer.loss_weight):
+                layer.loss_weight.append(1.0)      # LossLayer::LayerSetUp adds it to its layer_param_
+            del layer.blobs[:]
+            index = self._layer_index.get(lp.name, -1)
+            if index < 0:
+                continue
+            for tensor in self.layers[index].blobs:
+                diff = None
+                if write_diff:
+                    grad = tensor.grad if tensor.grad is not None else torch.zeros_like(tensor)
+                    diff = grad.detach().float().cpu().numpy()
+                layer.blobs.add().CopyFrom(array_to_blob_fast(tensor.detach().float().cpu().numpy(), diff))
+        return out
+
+    def blobs_dict(self) -> dict[str, list[np.ndarray]]:
+        """{layer name: [param arrays]} (like pycaffe's net.params), as float32 numpy arrays on the CPU."""
+        return {lp.name: [t.detach().cpu().numpy().copy() for t in self.layers[self._layer_index[lp.name]].blobs]
+                for lp in self.layer_params if self._layer_index[lp.name] >= 0 and
+                len(self.layers[self._layer_index[lp.name]].blobs)}

@@ -1,0 +1,251 @@
+"""The `caffe` commands on the engine: train, test and time, with the semantics of Caffe's tools/caffe.cpp.
+
+    train(solver, weights=..., snapshot=..., gpu=...) -> "done" | "stopped"    (raises on errors)
+    test(model, weights, iterations, gpu=...) -> {output: mean score}
+    time_net(model, iterations, gpu=...) -> {"forward_ms", "backward_ms", "forward_backward_ms", ...}
+
+Device: `gpu` "" (none), "N", "N,M" or "all", as Caffe's -gpu; with no -gpu a solver that says
+`solver_mode: GPU` uses `device_id` (default 0). Without CUDA both fall back to the CPU with a warning.
+Precision: fp32 by default (TF32 switched off); `precision` or $CAFFE_TORCH_PRECISION = "tf32" or "bf16" (autocast)
+only when asked. $CAFFE_TORCH_DETERMINISTIC=1 asks torch for deterministic kernels (the CPU is deterministic
+already: the same seed gives the same weights).
+"""
+from __future__ import annotations
+
+import os
+import time as _time
+
+import torch
+
+from .. import caffe_pb2 as pb
+from . import glog
+from .data import DATA_LAYER_TYPES, DataLayerSource
+from .solver import SGDSolver, SignalActions, SolverError, read_solver
+
+__all__ = ["train", "test", "time_net", "select_device", "set_precision", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISION_ENV = "CAFFE_TORCH_PRECISION"
+DETERMINISTIC_ENV = "CAFFE_TORCH_DETERMINISTIC"
+
+
+def select_device(gpu: str = "", solver_param: pb.SolverParameter | None = None) -> torch.device:
+    """Caffe's device choice (-gpu, else solver_mode/device_id), falling back to the CPU without CUDA."""
+    if not gpu and solver_param is not None and solver_param.HasField("solver_mode") \
+            and solver_param.solver_mode == pb.SolverParameter.GPU:
+        gpu = str(solver_param.device_id)
+    if not gpu:
+        glog.info("caffe.cpp:197", "Use CPU.")
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        glog.warning("caffe.cpp:197", f"GPU {gpu} requested (-gpu or solver_mode: GPU) but CUDA is not available "
+                     f"to PyTorch here: using the CPU.")
+        return torch.device("cpu")
+    ids = list(range(torch.cuda.device_count())) if gpu == "all" else [int(g) for g in gpu.split(",")]
+    if len(ids) != 1:
+        raise SolverError(f"-gpu {gpu}: training on several GPUs at once is not implemented by the engine; "
+                          f"pass one device, e.g. -gpu {ids[0] if ids else 0}.")
+    if ids[0] >= torch.cuda.device_count():
+        raise SolverError(f"-gpu {ids[0]}: no such CUDA device ({torch.cuda.device_count()} found).")
+    glog.info("caffe.cpp:206", f"Using GPUs {ids[0]}")
+    glog.info("caffe.cpp:211", f"GPU {ids[0]}: {torch.cuda.get_device_name(ids[0])}")
+    torch.cuda.set_device(ids[0])
+    return torch.device("cuda", ids[0])
+
+
+def set_precision(precision: str | None, device: torch.device) -> str:
+    """Configure matmul/convolution precision; returns the precision used ("fp32" unless asked otherwise)."""
+    precision = (precision or os.environ.get(PRECISION_ENV) or "fp32").lower()
+    if precision not in PRECISIONS:
+        raise SolverError(f"precision {precision!r} (flag -precision or ${PRECISION_ENV}): use one of "
+                          f"{', '.join(PRECISIONS)}.")
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    if os.environ.get(DETERMINISTIC_ENV) == "1":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if precision != "fp32":
+        glog.info("caffe.cpp:215", f"Precision: {precision} (asked for; Caffe computes in fp32)")
+    return precision
+
+
+def train(solver: str, *, weights: str = "", snapshot: str = "", gpu: str = "", sigint_effect: str = "stop",
+          sighup_effect: str = "snapshot", level: int = 0, stage: str = "", precision: str | None = None,
+          workers: int | None = None) -> str:
+    """`caffe train`: returns "done", or "stopped" when a signal stopped it (after the snapshot)."""
+    if not solver:
+        raise SolverError("Need a solver definition to train (-solver FILE).")
+    if snapshot and weights:
+        raise SolverError("Give a snapshot to resume training or weights to finetune but not both.")
+    actions = SignalActions(sigint_effect, sighup_effect)
+    param = read_solver(solver)
+    device = select_device(gpu, param)
+    precision = set_precision(precision, device)
+    if snapshot:
+        del param.weights[:]
+    elif weights:
+        del param.weights[:]
+        param.weights.append(weights)
+    stages = tuple(s for s in stage.split(",") if s)
+    sgd = SGDSolver(param, device=device, weights=list(param.weights), level=level, stages=stages,
+                    actions=actions, precision=precision, workers=workers, solver_file=solver)
+    actions.install()
+    try:
+        if snapshot:
+            glog.info("caffe.cpp:232", f"Resuming from {snapshot}")
+            sgd.restore(snapshot)
+        glog.info("caffe.cpp:239", "Starting Optimization")
+        outcome = sgd.solve()
+    finally:
+        actions.uninstall()
+        sgd.close()
+    if outcome == "stopped":
+        saved = (f"after the snapshot {sgd.last_snapshot}; run again with -snapshot "
+                 f"{sgd.last_snapshot[:-len('.caffemodel')]}.solverstate to continue" if sgd.last_snapshot
+                 else "without a snapshot (snapshot_after_train: false)")
+        glog.info("caffe.cpp:250", f"Optimization stopped by {actions.stopped_by} at iteration {sgd.iter} {saved}.")
+    glog.info("caffe.cpp:250", "Optimization Done.")
+    return outcome
+
+
+def _build(model: str, phase: str, device: torch.device, level: int = 0, stage: str = "",
+           workers: int | None = None):
+    from .net import Net
+    from .upgrade import filter_net, read_net_file
+    net_param = read_net_file(model)
+    stages = tuple(s for s in stage.split(",") if s)
+    filtered = filter_net(net_param, phase, level=level, stages=stages)
+    sources = [DataLayerSource(layer, phase, device, seed=i, workers=workers)
+               for i, layer in enumerate(filtered.layer) if layer.type in DATA_LAYER_TYPES]
+    shapes = {}
+    for source in sources:
+        shapes.update(source.shapes)
+    net = Net(filtered, phase, shapes, level=level, stages=stages, log=True)
+    net.to(device)
+    return net, sources
+
+
+def _next_batch(sources) -> dict:
+    batch = {}
+    for source in sources:
+        batch.update(source.next_batch())
+    return batch
+
+
+def test(model: str, weights: str, iterations: int = 50, *, gpu: str = "", level: int = 0, stage: str = "",
+         precision: str | None = None) -> dict[str, list[float]]:
+    """`caffe test`: the TEST-phase net's outputs averaged over `iterations` batches."""
+    if not model:
+        raise SolverError("Need a model definition to score (-model FILE).")
+    if not weights:
+        raise SolverError("Need model weights to score (-weights FILE).")
+    device = select_device(gpu)
+    set_precision(precision, device)
+    net, sources = _build(model, "TEST", device, level, stage)
+    try:
+        for name in weights.split(","):
+            net.load_caffemodel(name.strip())
+        glog.info("caffe.cpp:290", f"Running for {iterations} iterations.")
+        totals: dict[str, list[float]] = {}
+        loss = 0.0
+        with torch.no_grad():
+            for i in range(iterations):
+                blobs = net.forward(_next_batch(sources))
+                loss += float(net.loss(blobs))
+                for name in net.outputs:
+                    values = blobs[name].detach().float().reshape(-1).tolist()
+                    for value in values:
+                        glog.info("caffe.cpp:313", f"Batch {i}, {name} = {glog.fmt(value)}")
+                    totals[name] = values if name not in totals else [a + b for a, b in zip(totals[name], values)]
+        glog.info("caffe.cpp:318", f"Loss: {glog.fmt(loss / iterations)}")
+        means = {}
+        for name in net.outputs:
+            weight = net.loss_weights.get(name, 0.0)
+            means[name] = [t / iterations for t in totals[name]]
+            for value in means[name]:
+                extra = f" (* {glog.fmt(weight)} = {glog.fmt(weight * value)} loss)" if weight else ""
+                glog.info("caffe.cpp:330", f"{name} = {glog.fmt(value)}{extra}")
+        return means
+    finally:
+        for source in sources:
+            source.close()
+
+
+def time_net(model: str, iterations: int = 50, *, gpu: str = "", phase: str = "TRAIN", level: int = 0,
+             stage: str = "", precision: str | None = None, inputs: dict | None = None) -> dict[str, float]:
+    """`caffe time`: forward and backward times (ms) averaged over `iterations`, as Caffe prints them.
+
+    `inputs` optionally gives tensors for the net's Input-layer tops (Caffe leaves them zero)."""
+    if not model:
+        raise SolverError("Need a model definition to time (-model FILE).")
+    if phase not in ("TRAIN", "TEST"):
+        raise SolverError('phase must be "TRAIN" or "TEST"')
+    device = select_device(gpu)
+    precision = set_precision(precision, device)
+    net, sources = _build(model, phase, device, level, stage)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else None
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def forward():
+        batch = _next_batch(sources)
+        batch.update({k: v.to(device) for k, v in (inputs or {}).items()})
+        if autocast is None:
+            blobs = net.forward(batch)
+            return net.loss(blobs)
+        with autocast:
+            blobs = net.forward(batch)
+            return net.loss(blobs)
+
+    def backward(loss):
+        if loss.requires_grad:
+            loss.backward()
+        for p in net.params:
+            p.tensor.grad = None
+
+    try:
+        glog.info("caffe.cpp:352", "Performing Forward")
+        loss = forward()
+        glog.info("caffe.cpp:354", f"Initial loss: {glog.fmt(float(loss))}")
+        glog.info("caffe.cpp:355", "Performing Backward")
+        backward(loss)
+        glog.info("caffe.cpp:363", "*** Benchmark begins ***")
+        glog.info("caffe.cpp:364", f"Testing for {iterations} iterations.")
+        sync()
+        total_start = _time.perf_counter()
+        forward_ms = backward_ms = 0.0
+        per_iteration = []
+        for j in range(iterations):
+            start = _time.perf_counter()
+            loss = forward()
+            sync()
+            middle = _time.perf_counter()
+            backward(loss)
+            sync()
+            end = _time.perf_counter()
+            forward_ms += (middle - start) * 1000
+            backward_ms += (end - middle) * 1000
+            per_iteration.append((end - start) * 1000)
+            glog.info("caffe.cpp:394", f"Iteration: {j + 1} forward-backward time: {glog.fmt((end - start) * 1000)} "
+                      f"ms.")
+        total_ms = (_time.perf_counter() - total_start) * 1000
+        result = {"forward_ms": forward_ms / iterations, "backward_ms": backward_ms / iterations,
+                  "forward_backward_ms": total_ms / iterations, "total_ms": total_ms,
+                  "per_iteration_ms": per_iteration}
+        glog.info("caffe.cpp:407", f"Average Forward pass: {glog.fmt(result['forward_ms'])} ms.")
+        glog.info("caffe.cpp:409", f"Average Backward pass: {glog.fmt(result['backward_ms'])} ms.")
+        glog.info("caffe.cpp:411", f"Average Forward-Backward: {glog.fmt(result['forward_backward_ms'])} ms.")
+        glog.info("caffe.cpp:413", f"Total Time: {glog.fmt(total_ms)} ms.")
+        glog.info("caffe.cpp:414", "*** Benchmark ends ***")
+        return result
+    finally:
+        for source in sources:
+            source.close()

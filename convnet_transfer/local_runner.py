@@ -1,0 +1,164 @@
+"""The experiment on one machine: GNU make runs the nets in dependency order on N workers (CPU or GPU slots).
+
+    run_local(root, jobs=2, nets=None, env=None, gpus=None) -> LocalResult
+
+writes <root>/local/Makefile, in which each net's target is its final snapshot and a transfer net's
+prerequisite is its base net's final snapshot, and <root>/local/run_net.sh, which trains one net: it takes the
+net's lock (local/locks/<net>.lock, so two runners never train one net at once), waits for a free GPU slot
+when GPUs are given (flock on local/locks/gpu-slot<i>.lock; CAFFE_GPU=<id> tells train.sh), and runs train.sh.
+Then it runs `make -j N -k` (a failed net stops only the nets that depend on it) and blocks until make ends.
+Ctrl-C (or SIGTERM to this process) sends one SIGINT to make's process group: every trainer snapshots and
+stops (real Caffe and caffe_torch both do), make waits for them. Running it again resumes: make skips trained
+nets (their final snapshot exists) and train.sh resumes the others from their newest .solverstate.
+The Makefile is plain: `make -C <root> -f local/Makefile -j 4 -k` runs the same without Python.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .slurm import (NetStatus, TreeError, TreeNet, _environment, _real_caffe_env, caffe_command, format_status,
+                    read_tree, tree_status)
+
+__all__ = ["run_local", "LocalResult", "write_makefile", "LOCAL_DIR"]
+
+LOCAL_DIR = "local"
+
+
+@dataclass
+class LocalResult:
+    returncode: int                   # make's exit status (0: every selected net trained)
+    interrupted: bool
+    nets: dict[str, NetStatus]        # every selected net: finished / failed / stopped / not started
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and all(s.state == "finished" for s in self.nets.values())
+
+    def describe(self) -> str:
+        return format_status(list(self.nets.values()))
+
+
+def write_makefile(root: str | os.PathLike, nets: list[str] | None = None, gpus: list[str] | None = None) -> Path:
+    """Write <root>/local/Makefile and run_net.sh for the selected nets (and the base nets they need)."""
+    root = Path(root).resolve()
+    tree = read_tree(root)
+    by_name = {n.name: n for n in tree}
+    selected = read_tree(root, nets) if nets else tree
+    wanted: dict[str, TreeNet] = {}
+    for net in selected:                    # a selected transfer net brings its base net along
+        chain = [net]
+        while chain[-1].depends_on:
+            chain.append(by_name[chain[-1].depends_on])
+        for n in chain:
+            wanted[n.name] = n
+    targets = [n for n in tree if n.name in wanted]
+    local = root / LOCAL_DIR
+    (local / "locks").mkdir(parents=True, exist_ok=True)
+
+    def target(net: TreeNet) -> str:
+        return os.path.relpath(net.final_path(), root)
+
+    env = _environment()
+    rules = [(target(n), target(by_name[n.depends_on]) if n.depends_on else "", n.name) for n in targets]
+    (local / "Makefile").write_text(env.get_template("local.mk.j2").render(
+        root=str(root), rules=rules, all_targets=[r[0] for r in rules]))
+    script = local / "run_net.sh"
+    script.write_text(env.get_template("run_net.sh.j2").render(root=str(root), gpus=list(gpus or [])))
+    script.chmod(0o755)
+    return local / "Makefile"
+
+
+def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = None, env: dict | None = None,
+              gpus: list[str] | str | None = None, caffe: str | None = None, progress: bool = True) -> LocalResult:
+    """Train the nets of a tree (all, or those matching the patterns `nets` plus their base nets) with
+    `jobs` workers, base nets before their transfer nets; blocks until done and returns every net's status.
+
+    gpus: GPU ids ("0,1" or ["0", "1"]) - each worker takes a free one (CAFFE_GPU); None trains as the
+    solvers say (CPU or GPU 0). env: the environment of the trainers (default: this process's); its CAFFE is
+    the trainer command train.sh runs. caffe: shorthand for env["CAFFE"]. With neither, real Caffe when
+    realcaffe.find_caffe() finds a working build, else tools/caffe_torch (caffe_command("torch") forces ours).
+    Returns LocalResult: returncode, interrupted, nets = {name: NetStatus} (state finished / failed (detail:
+    the log line that says why) / stopped (resumable) / not started).
+    """
+    make = shutil.which("make")
+    if make is None:
+        raise TreeError("GNU make is needed for the local runner: apt-get install make")
+    if isinstance(gpus, str):
+        gpus = [g for g in gpus.split(",") if g.strip()]
+    if jobs < 1:
+        raise ValueError("jobs must be at least 1")
+    root = Path(root).resolve()
+    makefile = write_makefile(root, nets, gpus)
+    run_env = dict(os.environ if env is None else env)
+    if caffe:
+        run_env["CAFFE"] = caffe
+    elif not run_env.get("CAFFE"):                  # real Caffe when there is a working build, else caffe_torch
+        run_env["CAFFE"] = caffe_command("auto")
+        run_env.update({k: v for k, v in _real_caffe_env("auto").items() if k not in run_env})
+    run_env.pop("MAKEFLAGS", None)
+    run_env.pop("MFLAGS", None)
+    chosen = read_tree(root, nets)
+    selected = [n.name for n in chosen] if nets else None
+    cmd = [make, "--no-print-directory", "-C", str(root), "-f", str(makefile.relative_to(root)), f"-j{jobs}", "-k"]
+    proc = subprocess.Popen(cmd, env=run_env, start_new_session=True)   # own group: Ctrl-C reaches it once
+    interrupted = 0
+    bar = _progress_bar(progress, len(chosen))
+
+    def stop(signum=None, frame=None):
+        # the first Ctrl-C asks every trainer to snapshot and stop; a second one interrupts them at once
+        nonlocal interrupted
+        interrupted += 1
+        if interrupted <= 2:
+            try:
+                os.killpg(proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    previous = signal.signal(signal.SIGTERM, stop) if _main_thread() else None
+    try:
+        while True:
+            try:
+                proc.wait(timeout=2)
+                break
+            except subprocess.TimeoutExpired:
+                if bar is not None:
+                    bar.n = sum(n.finished for n in chosen)
+                    bar.refresh()
+            except KeyboardInterrupt:
+                stop()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    statuses = tree_status(root, selected, use_slurm=False)
+    if bar is not None:
+        bar.n = sum(s.state == "finished" for s in statuses)
+        bar.close()
+    return LocalResult(proc.returncode, bool(interrupted), {s.name: s for s in statuses})
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _progress_bar(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc="nets trained", unit="net")
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5) -> bool:
+    """Poll `predicate` until it is true or `timeout` seconds pass (for tests and scripts)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

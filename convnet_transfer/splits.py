@@ -1,0 +1,489 @@
+"""Stage 1: split lists. A whole dataset's image lists -> the lists of every split of the experiment.
+
+Input: Caffe image lists (`<relative/path> <class index>` per line, as `convert_imageset` reads them) for the
+train and/or the validation set. Output, under `out_dir`, one folder per split and phase, as in the 2014 release:
+
+    <split>_train/files.txt, idxmap.txt      <split>_valid/files.txt, idxmap.txt      md5sums.txt
+
+- `whole`: every line, labels unchanged.
+- `half{s}A`, `half{s}B` for each seed s: A = sorted(RandomState([s]).choice(arange(n), n // 2, replace=False))
+  (numpy's legacy generator), B = the other classes.
+- `half{name}A`, `half{name}B` for each user grouping `groups={name: (classes_A, classes_B)}`
+  (ILSVRC-2012: `imagenet_groups()` gives {"natman": (natural, man-made)}).
+- `reduced{N:04d}` (train only): all classes, the first N lines of each class in input order.
+
+A half keeps the input lines whose class is in it, in input order, with the classes renumbered 0..K-1 in ascending
+order of their original index; `idxmap.txt` lists "<orig> <new>" per class. Lines are written exactly as
+`<path> <label>\\n` (one space, Unix newline, a newline after the last line): with that format the lists of
+the 2014 release hash to their published md5s.
+
+Every list's md5 is checked against `published_md5` (e.g. `published_md5_2014()`) before anything is written; a
+mismatch raises Md5MismatchError unless `accept_new`. Files are written to a staging folder and renamed into place,
+so no half-written list ever carries its final name, and a list whose bytes are already there is left untouched:
+re-running with the same inputs writes nothing. `md5sums.txt` lists "<md5>  <split>/files.txt" for every list made.
+
+    from convnet_transfer import splits
+    report = splits.make_splits("train.txt", "val.txt", "data", n_classes=1000,
+                                groups=splits.imagenet_groups(), published_md5=splits.published_md5_2014())
+    print(report.summary())
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .resources import ilsvrc12_dir
+
+__all__ = [
+    "make_splits", "read_list", "imagenet_groups", "random_halves", "read_manifest", "published_md5_2014",
+    "ilsvrc12_classes", "ilsvrc12_class_names", "list_bytes", "SplitReport", "SplitError", "Md5MismatchError",
+    "REDUCED_2014", "SEEDS_2014",
+]
+
+SEEDS_2014 = (0, 1, 2, 3)
+REDUCED_2014 = (1, 2, 5, 10, 25, 50, 100, 250, 500, 750, 1000)
+PHASES = ("train", "valid")
+MANIFEST = "md5sums.txt"
+LARGE_INPUT = 100_000  # lines: show progress bars from this size on
+
+ImageList = Sequence[tuple[str, int]]  # [(relpath, label), ...]
+
+
+class SplitError(ValueError):
+    """Bad input to the split stage: the message names the file (and line) and what to do. Nothing was written."""
+
+
+class Md5MismatchError(SplitError):
+    """A list's md5 differs from the published one."""
+
+    def __init__(self, message: str, name: str, expected: str, actual: str):
+        super().__init__(message)
+        self.name, self.expected, self.actual = name, expected, actual
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+
+def read_list(path: str | os.PathLike, n_classes: int | None = None, progress: bool = True) -> list[tuple[str, int]]:
+    """Read a Caffe image list: `<relative/path> <class index>` per line (the label is the last space-separated
+    field, as in Caffe's convert_imageset). Blank lines are skipped.
+
+    Raises SplitError naming file:line for a line without a label, a label that is not a non-negative integer
+    (or not below `n_classes` when given), an image listed twice, or a file that cannot be read as text.
+    """
+    path = Path(path)
+    items: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f, _bar(progress and size > 40 * LARGE_INPUT, total=size, unit="B",
+                                         unit_scale=True, desc=f"reading {path.name}") as bar:
+            for number, raw in enumerate(f, 1):
+                if number % 65536 == 0:
+                    bar.update(f.tell() - bar.n)
+                try:
+                    line = raw.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    raise SplitError(f"{path}:{number}: not UTF-8 text; is {path} an image list "
+                                     f"('<relative/path> <class index>' per line)?") from None
+                if not line:
+                    continue
+                relpath, label = _parse_line(line, f"{path}:{number}", n_classes)
+                if relpath in seen:
+                    raise SplitError(f"{path}:{number}: image {relpath!r} is listed twice (first at line "
+                                     f"{_first_line(path, relpath)}); remove the duplicate line")
+                seen.add(relpath)
+                items.append((relpath, label))
+    except OSError as err:
+        raise SplitError(f"cannot read image list {path}: {err.strerror or err}; check the path and its "
+                         f"permissions") from None
+    if not items:
+        raise SplitError(f"{path}: no images listed; expected '<relative/path> <class index>' per line")
+    return items
+
+
+def _first_line(path: Path, relpath: str) -> int:
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            parts = raw.decode("utf-8").strip().rsplit(maxsplit=1)
+            if parts and parts[0] == relpath:
+                return number
+    return 0
+
+
+def _parse_line(line: str, where: str, n_classes: int | None) -> tuple[str, int]:
+    parts = line.rsplit(maxsplit=1)
+    if len(parts) < 2:
+        raise SplitError(f"{where}: {line!r} has no label; expected '<relative/path> <class index>'")
+    relpath, label_text = parts
+    if not label_text.isdigit():
+        raise SplitError(f"{where}: label {label_text!r} is not a class index (a non-negative integer); "
+                         f"expected '<relative/path> <class index>'")
+    label = int(label_text)
+    if n_classes is not None and label >= n_classes:
+        raise SplitError(f"{where}: label {label} is out of range: there are {n_classes} classes (0..{n_classes - 1})"
+                         f"; check the class list or --n-classes")
+    return relpath, label
+
+
+def _as_list(source, n_classes: int, progress: bool, what: str) -> tuple[list[tuple[str, int]], str]:
+    """A list given as a path or as (relpath, label) pairs, checked like read_list; returns it and its name."""
+    if isinstance(source, (str, os.PathLike)):
+        return read_list(source, n_classes, progress), str(source)
+    items, seen = [], {}
+    for number, (relpath, label) in enumerate(source, 1):
+        where = f"{what} list, entry {number}"
+        relpath, label = _parse_line(f"{relpath} {label}", where, n_classes)
+        if relpath in seen:
+            raise SplitError(f"{where}: image {relpath!r} is listed twice (first at entry {seen[relpath]})")
+        seen[relpath] = number
+        items.append((relpath, label))
+    if not items:
+        raise SplitError(f"the {what} list is empty")
+    return items, f"the {what} list"
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, str]:
+    """An md5 manifest ("<md5>  <name>" per line, md5sum's format) -> {name: md5}."""
+    path = Path(path)
+    manifest = {}
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SplitError(f"cannot read md5 manifest {path}: {err}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or len(parts[0]) != 32:
+            raise SplitError(f"{path}:{number}: expected '<md5>  <split>/files.txt', got {line!r}")
+        manifest[parts[1].lstrip("*").strip()] = parts[0].lower()
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The shipped ILSVRC-2012 facts (ilsvrc12/README.md says where they come from)
+
+def ilsvrc12_classes() -> list[str]:
+    """The 1000 ILSVRC-2012 wnids in Caffe's class order (label i = line i of ilsvrc12/synsets.txt)."""
+    return (ilsvrc12_dir() / "synsets.txt").read_text().split()
+
+
+def ilsvrc12_class_names() -> list[str]:
+    """Class names in label order, from ilsvrc12/synset_words.txt ("tench, Tinca tinca", ...)."""
+    lines = (ilsvrc12_dir() / "synset_words.txt").read_text().splitlines()
+    return [line.split(" ", 1)[1].strip() for line in lines if line.strip()]
+
+
+def imagenet_groups() -> dict[str, tuple[list[int], list[int]]]:
+    """{"natman": (natural, man-made)}: the 2014 grouping (449 / 551 class indices), from the shipped class lists."""
+    index = {wnid: i for i, wnid in enumerate(ilsvrc12_classes())}
+    natural = sorted(index[w] for w in (ilsvrc12_dir() / "natural_synsets.txt").read_text().split())
+    manmade = sorted(index[w] for w in (ilsvrc12_dir() / "manmade_synsets.txt").read_text().split())
+    return {"natman": (natural, manmade)}
+
+
+def published_md5_2014() -> dict[str, str]:
+    """The md5 of every list of the 2014 release ({"half0A_train/files.txt": md5, ...}), from ilsvrc12/."""
+    return read_manifest(ilsvrc12_dir() / "md5sums_2014.txt")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Splitting
+
+def random_halves(n_classes: int, seed: int) -> tuple[list[int], list[int]]:
+    """The 2014 rule: A = sorted(RandomState([seed]).choice(arange(n), n // 2, replace=False)), B = the rest."""
+    rng = np.random.RandomState([seed])
+    half_a = sorted(int(c) for c in rng.choice(np.arange(n_classes), n_classes // 2, replace=False))
+    chosen = set(half_a)
+    return half_a, [c for c in range(n_classes) if c not in chosen]
+
+
+def list_bytes(items: Iterable[tuple[str, int]]) -> bytes:
+    """The exact bytes of a files.txt: `<path> <label>\\n` per line (what the published md5s were taken of)."""
+    return "".join(f"{relpath} {label}\n" for relpath, label in items).encode("utf-8")
+
+
+@dataclass
+class _Split:
+    name: str                   # "half0A", "whole", "reduced0010"
+    classes: list[int] | None   # the classes kept, renumbered in this order; None = all, labels unchanged
+    per_class: int | None = None  # reduced: first N lines of each class
+    train_only: bool = False
+
+
+def _plan(n_classes: int, seeds: Sequence[int], groups: Mapping[str, tuple[Sequence[int], Sequence[int]]] | None,
+          reduced: Sequence[int]) -> list[_Split]:
+    """Every split in the 2014 manifest's order: halves by seed, groupings, reduced, whole."""
+    plan = []
+    for seed in seeds:
+        half_a, half_b = random_halves(n_classes, seed)
+        plan += [_Split(f"half{seed}A", half_a), _Split(f"half{seed}B", half_b)]
+    for name, (group_a, group_b) in (groups or {}).items():
+        half_a, half_b = _check_group(name, group_a, group_b, n_classes)
+        plan += [_Split(f"half{name}A", half_a), _Split(f"half{name}B", half_b)]
+    for n in reduced:
+        if int(n) < 1:
+            raise SplitError(f"reduced size {n}: the number of images per class must be at least 1")
+        plan.append(_Split(f"reduced{int(n):04d}", None, per_class=int(n), train_only=True))
+    plan.append(_Split("whole", None))
+    names = [s.name for s in plan]
+    if len(set(names)) != len(names):
+        raise SplitError(f"two splits would have the same name: {sorted(n for n in names if names.count(n) > 1)}")
+    return plan
+
+
+def _check_group(name: str, group_a, group_b, n_classes: int) -> tuple[list[int], list[int]]:
+    if not name or not all(ch.isalnum() or ch in "-_" for ch in name):
+        raise SplitError(f"grouping name {name!r}: use letters, digits, '-' or '_' (it becomes half{name}A/B)")
+    halves = []
+    for letter, group in (("A", group_a), ("B", group_b)):
+        classes = sorted(int(c) for c in group)
+        if not classes:
+            raise SplitError(f"grouping {name!r}: group {letter} is empty")
+        bad = [c for c in classes if not 0 <= c < n_classes]
+        if bad:
+            raise SplitError(f"grouping {name!r}: group {letter} has classes out of range 0..{n_classes - 1}: {bad}")
+        if len(set(classes)) != len(classes):
+            raise SplitError(f"grouping {name!r}: group {letter} lists a class twice")
+        halves.append(classes)
+    both = sorted(set(halves[0]) & set(halves[1]))
+    if both:
+        raise SplitError(f"grouping {name!r}: classes {both} are in both groups")
+    return halves[0], halves[1]
+
+
+def _select(items: list[tuple[str, int]], split: _Split) -> tuple[list[tuple[str, int]], list[tuple[int, int]]]:
+    """The lines of `split` (renumbered) and its idxmap pairs."""
+    if split.classes is None:  # whole or reduced: all classes, labels unchanged (the caller writes the identity)
+        if split.per_class is None:
+            return items, None
+        seen: Counter = Counter()
+        kept = []
+        for relpath, label in items:
+            if seen[label] < split.per_class:
+                seen[label] += 1
+                kept.append((relpath, label))
+        return kept, None
+    new = {orig: i for i, orig in enumerate(split.classes)}
+    return [(relpath, new[label]) for relpath, label in items if label in new], list(new.items())
+
+
+@dataclass
+class SplitReport:
+    """What make_splits did. `md5`: {"<split>/files.txt": md5} of every list made, in manifest order."""
+    out_dir: Path
+    md5: dict[str, str] = field(default_factory=dict)
+    checked: list[str] = field(default_factory=list)      # lists whose md5 equals the published one
+    new: list[tuple[str, str, str]] = field(default_factory=list)  # (list, expected, actual) accepted as new
+    unpublished: list[str] = field(default_factory=list)  # lists with no published md5
+    written: list[str] = field(default_factory=list)      # files created or replaced
+    unchanged: list[str] = field(default_factory=list)    # files already there with the same bytes
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def no_op(self) -> bool:
+        return not self.written
+
+    def summary(self) -> str:
+        lines = [f"{len(self.md5)} lists in {self.out_dir}: {len(self.checked)} match their published md5, "
+                 f"{len(self.new)} differ (accepted as new), {len(self.unpublished)} have no published md5"]
+        if self.no_op:
+            lines.append(f"nothing to do: all {len(self.unchanged)} files were already there with the same bytes")
+        else:
+            lines.append(f"wrote {len(self.written)} files, {len(self.unchanged)} already up to date; "
+                         f"manifest {self.out_dir / MANIFEST}")
+        return "\n".join(lines)
+
+
+def make_splits(train_list: str | os.PathLike | ImageList | None = None,
+                val_list: str | os.PathLike | ImageList | None = None,
+                out_dir: str | os.PathLike = ".", *, n_classes: int,
+                seeds: Sequence[int] = SEEDS_2014,
+                groups: Mapping[str, tuple[Sequence[int], Sequence[int]]] | None = None,
+                reduced: Sequence[int] = REDUCED_2014, published_md5: Mapping[str, str] | None = None,
+                accept_new: bool = False, short_classes: str = "error", progress: bool = True,
+                log: Callable[[str], None] | None = None) -> SplitReport:
+    """Write every split list of a dataset with `n_classes` classes under `out_dir` (layout: module docstring).
+
+    train_list, val_list: a Caffe list file or a sequence of (relpath, label); either may be None (not both).
+    seeds: random halves half{s}A/B.  groups: {name: (classes_A, classes_B)} -> half{name}A/B.
+    reduced: N images per class -> reduced{N:04d}_train (no valid list: the reduced nets test on whole_valid).
+    published_md5: {"<split>/files.txt": md5}; a list whose md5 differs raises Md5MismatchError naming the list
+        and both md5s, unless accept_new. An input whose whole list differs is reported first.
+    short_classes: a class with fewer train images than a reduced N: "error" (SplitError naming the class and its
+        count) or "keep" (keep all its images; the 2014 ILSVRC lists did this: some classes have only 732).
+    log: where messages go (default: stderr).  Returns a SplitReport; raises SplitError on bad input, having
+    written nothing.
+    """
+    say = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    if short_classes not in ("error", "keep"):
+        raise ValueError(f"short_classes must be 'error' or 'keep', not {short_classes!r}")
+    if n_classes < 2:
+        raise SplitError(f"n_classes = {n_classes}: a dataset to split needs at least 2 classes")
+    if train_list is None and val_list is None:
+        raise SplitError("give a train list, a validation list, or both")
+    out_dir = Path(out_dir)
+    plan = _plan(n_classes, seeds, groups, reduced)
+    published = dict(published_md5 or {})
+    report = SplitReport(out_dir)
+
+    inputs = {}
+    for phase, source in (("train", train_list), ("valid", val_list)):
+        if source is not None:
+            inputs[phase] = _as_list(source, n_classes, progress, phase)
+
+    # Say first when the input is not the published one: every derived md5 then differs too.
+    for phase, (items, name) in inputs.items():
+        key = f"whole_{phase}/files.txt"
+        if key in published:
+            actual = hashlib.md5(list_bytes(items)).hexdigest()
+            if actual != published[key]:
+                message = (f"{name} is not the {phase} list the published md5s were made from: {key} has md5 "
+                           f"{actual}, published {published[key]} ({len(items)} lines). Every list derived from "
+                           f"it will differ from its published md5 too.")
+                if not accept_new:
+                    raise Md5MismatchError(message + " Check the list (same lines, same order as Caffe's "
+                                           "train.txt/val.txt), or accept new lists with --accept-new "
+                                           "(accept_new=True).", key, published[key], actual)
+                say("note: " + message + " Accepting new lists (--accept-new).")
+
+    if "train" in inputs:
+        _check_short_classes(inputs["train"], n_classes, plan, short_classes, report, say)
+
+    jobs = [(split, phase) for phase in PHASES if phase in inputs for split in plan
+            if not (split.train_only and phase == "valid")]
+    large = progress and max(len(items) for items, _ in inputs.values()) >= LARGE_INPUT
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".make_splits-{os.getpid()}-", dir=out_dir))
+    try:
+        staged: list[tuple[str, str | None]] = []  # (relative name, md5 to check after writing)
+        with _bar(large, total=len(jobs), desc="making lists", unit="list") as bar:
+            for split, phase in jobs:
+                items, _ = inputs[phase]
+                lines, idxmap = _select(items, split)
+                if idxmap is None:
+                    idxmap = [(c, c) for c in range(n_classes)]
+                folder = f"{split.name}_{phase}"
+                files_md5 = _stage(staging, f"{folder}/files.txt", list_bytes(lines))
+                _stage(staging, f"{folder}/idxmap.txt", "".join(f"{o} {n}\n" for o, n in idxmap).encode())
+                report.md5[f"{folder}/files.txt"] = files_md5
+                staged += [(f"{folder}/files.txt", files_md5), (f"{folder}/idxmap.txt", None)]
+                bar.update()
+        _check_published(report, published, accept_new, say)
+        manifest = "".join(f"{md5}  {name}\n" for name, md5 in report.md5.items()).encode()
+        _stage(staging, MANIFEST, manifest)
+        staged.append((MANIFEST, None))
+        _install(staging, out_dir, [name for name, _ in staged], report)
+        for name, md5 in staged:  # checked after writing: the files under their final names
+            if md5 is not None and _file_md5(out_dir / name) != md5:
+                raise SplitError(f"{out_dir / name}: md5 after writing is {_file_md5(out_dir / name)}, expected "
+                                 f"{md5}; the disk or another process changed it, run again")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()   # failed before writing anything: leave no empty folder behind
+    say(report.summary())
+    return report
+
+
+def _check_short_classes(train, n_classes, plan, short_classes, report, say):
+    items, name = train
+    counts = Counter(label for _, label in items)
+    for split in plan:
+        if split.per_class is None:
+            continue
+        short = sorted((counts.get(c, 0), c) for c in range(n_classes) if counts.get(c, 0) < split.per_class)
+        if not short:
+            continue
+        fewest, cls = short[0]
+        what = (f"{split.name}_train: {len(short)} classes have fewer than {split.per_class} train images in {name}"
+                f" (class {cls} has {fewest})")
+        if short_classes == "error":
+            raise SplitError(f"{what}; ask for fewer images per class (--reduced), or keep all images of such "
+                             f"classes with --short-classes keep (short_classes='keep', as the 2014 lists did)")
+        note = f"{what}: keeping all their images"
+        report.notes.append(note)
+        say("note: " + note)
+
+
+def _check_published(report: SplitReport, published: Mapping[str, str], accept_new: bool, say) -> None:
+    for name, actual in report.md5.items():
+        expected = published.get(name)
+        if expected is None:
+            report.unpublished.append(name)
+        elif expected == actual:
+            report.checked.append(name)
+        elif not accept_new:
+            raise Md5MismatchError(f"{name}: md5 {actual} differs from the published {expected}; nothing was "
+                                   f"written. Check the inputs (class list, seeds, groupings), or accept new lists "
+                                   f"with --accept-new (accept_new=True)", name, expected, actual)
+        else:
+            report.new.append((name, expected, actual))
+    if report.new:
+        say(f"note: {len(report.new)} lists differ from their published md5 (accepted as new): "
+            + ", ".join(name for name, _, _ in report.new[:5]) + (" ..." if len(report.new) > 5 else ""))
+
+
+def _remove_stale_staging(out_dir: Path) -> None:
+    """Staging folders of runs that were killed (their process is gone): only complete copies, safe to drop."""
+    for folder in out_dir.glob(".make_splits-*-*"):
+        pid = folder.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stage(staging: Path, name: str, data: bytes) -> str:
+    path = staging / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return hashlib.md5(data).hexdigest()
+
+
+def _install(staging: Path, out_dir: Path, names: list[str], report: SplitReport) -> None:
+    """Rename each staged file into place unless the same bytes are already there (so mtimes stay)."""
+    for name in names:
+        source, target = staging / name, out_dir / name
+        if target.is_file() and target.stat().st_size == source.stat().st_size \
+                and _file_md5(target) == _file_md5(source):
+            report.unchanged.append(name)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(source, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(source, target)
+        report.written.append(name)
+
+
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _bar(enabled: bool, **kwargs):
+    from tqdm import tqdm
+    return tqdm(disable=not enabled, file=sys.stderr, leave=False, **kwargs)

@@ -1,0 +1,155 @@
+"""`tools/caffe_torch`: Caffe's command line (flags, exit codes, logs, signals), run as a real subprocess."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convnet_transfer.cli.caffe_torch import EXIT_DIVERGED, EXIT_ERROR, EXIT_STOPPED, UsageError, parse_args
+
+from test_engine_solver import SOLVER, make_case
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOL = ROOT / "tools" / "caffe_torch"
+
+
+def caffe_torch(*args, cwd, timeout=240, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(TOOL), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_flags_are_parsed_as_gflags_does():
+    positional, flags = parse_args(["train", "-solver", "s.prototxt", "--weights=a.caffemodel,b.caffemodel",
+                                    "-gpu=all", "--sigint_effect", "snapshot"])
+    assert positional == ["train"]
+    assert flags["solver"] == "s.prototxt" and flags["weights"] == "a.caffemodel,b.caffemodel"
+    assert flags["gpu"] == "all" and flags["sigint_effect"] == "snapshot" and flags["iterations"] == "50"
+    with pytest.raises(UsageError, match="unknown command line flag 'solvr'"):
+        parse_args(["train", "-solvr", "x"])
+    with pytest.raises(UsageError, match="missing its argument"):
+        parse_args(["train", "-solver"])
+
+
+def test_bad_command_lines_exit_non_zero_with_a_message(tmp_path):
+    proc = caffe_torch("train", "-solver", "s", "-weights", "w", "-snapshot", "x", cwd=tmp_path)
+    assert proc.returncode == EXIT_ERROR and "not both" in proc.stderr
+    proc = caffe_torch("train", "-solver", "missing.prototxt", cwd=tmp_path)
+    assert proc.returncode == EXIT_ERROR and "missing.prototxt" in proc.stderr
+    proc = caffe_torch("brew", cwd=tmp_path)
+    assert proc.returncode == EXIT_ERROR and "Unknown action: brew" in proc.stderr
+    proc = caffe_torch("train", "-nonsense", "1", cwd=tmp_path)
+    assert proc.returncode == EXIT_ERROR and "unknown command line flag 'nonsense'" in proc.stderr
+    proc = caffe_torch("-help", cwd=tmp_path)
+    assert proc.returncode == 0 and "train -solver" in proc.stdout
+
+
+def test_train_sh_runs_with_caffe_set_to_the_engine_then_test_and_time(tmp_path):
+    case = make_case(tmp_path, max_iter=4, snapshot=2)
+    # what a generated train.sh runs: ${CAFFE:-caffe} train -solver <solver>, output appended to a log
+    script = 'set -e; ${CAFFE:-caffe} train -solver solver.prototxt >> run.log 2>&1'
+    proc = subprocess.run(["bash", "-c", script], cwd=case, env={**os.environ, "CAFFE": str(TOOL)},
+                          capture_output=True, text=True, timeout=240)
+    log = (case / "run.log").read_text()
+    assert proc.returncode == 0, log[-3000:]
+    assert (case / "snap_iter_4.caffemodel").is_file() and (case / "snap_iter_4.solverstate").is_file()
+    assert "Iteration 0, Testing net (#0)" in log and "Optimization Done." in log
+    assert all(line[0] in "IWEF" and "] " in line for line in log.splitlines() if line.strip()), \
+        "every line is a glog line"
+
+    proc = caffe_torch("test", "-model", "net.prototxt", "-weights", "snap_iter_4.caffemodel", "-iterations", "2",
+                       cwd=case)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Batch 1, accuracy = " in proc.stderr and "] accuracy = " in proc.stderr
+
+    proc = caffe_torch("time", "-model", "net.prototxt", "-iterations", "2", cwd=case)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Average Forward-Backward:" in proc.stderr
+
+
+def test_caffe_parse_log_reads_our_log(tmp_path, real_caffe):
+    # Caffe's own log parser: in the build prefix when install_caffe keeps it, or in a Caffe source tree ($CAFFE_SRC)
+    roots = [real_caffe.root] + ([Path(os.environ["CAFFE_SRC"])] if os.environ.get("CAFFE_SRC") else [])
+    candidates = [p for root in roots for pattern in ("tools/extra/parse_log.py", "*/tools/extra/parse_log.py",
+                                                      "*/*/tools/extra/parse_log.py")
+                  for p in root.glob(pattern)]
+    if not candidates:
+        pytest.skip(f"Caffe's tools/extra/parse_log.py is not under {real_caffe.root} (set $CAFFE_SRC to a Caffe "
+                    f"source tree to run this check)")
+    # parse_log.py is Python 2 in one line (a `print` statement): copy it beside us with that line made a call
+    import re
+    for name in ("parse_log.py", "extract_seconds.py"):
+        text = (candidates[0].parent / name).read_text()
+        (tmp_path / name).write_text(re.sub(r"^(\s*)print (.+)$", r"\1print(\2)", text, flags=re.M))
+    parse_log = tmp_path / "parse_log.py"
+    case = make_case(tmp_path / "net", max_iter=10, snapshot=0)
+    proc = caffe_torch("train", "-solver", "solver.prototxt", cwd=case)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (case / "ours.log").write_text(proc.stderr)
+    run = subprocess.run([sys.executable, str(parse_log), "ours.log", "."], cwd=case, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    with open(case / "ours.log.train") as f:
+        train = list(csv.DictReader(f))
+    with open(case / "ours.log.test") as f:
+        test = list(csv.DictReader(f))
+    assert [float(r["NumIters"]) for r in train] == [0, 5]
+    assert "loss" in train[0] and float(train[0]["LearningRate"]) == pytest.approx(0.05)
+    assert [float(r["NumIters"]) for r in test] == [0, 10] and "accuracy" in test[0]
+
+
+def test_sigterm_snapshots_then_stops_and_the_run_resumes(tmp_path):
+    case = make_case(tmp_path, max_iter=100000, snapshot=0)
+    (case / "solver.prototxt").write_text((case / "solver.prototxt").read_text().replace("display: 5", "display: 1"))
+    proc = subprocess.Popen([str(TOOL), "train", "-solver", "solver.prototxt"], cwd=case, stderr=subprocess.PIPE,
+                            text=True)
+    lines = []
+    deadline = time.time() + 240
+    for line in proc.stderr:
+        lines.append(line)
+        if "Iteration 3, lr" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+        assert time.time() < deadline, "training did not reach iteration 3"
+    _, rest = proc.communicate(timeout=120)
+    log = "".join(lines) + rest
+    assert proc.returncode == EXIT_STOPPED, log[-2000:]
+    assert "Optimization stopped early." in log
+    snapshots = sorted(case.glob("snap_iter_*.solverstate"))
+    assert len(snapshots) == 1
+    stopped_at = int(snapshots[0].name.split("_iter_")[1].split(".")[0])
+    assert stopped_at >= 4
+    # resume for two more iterations
+    (case / "more.prototxt").write_text((case / "solver.prototxt").read_text()
+                                        .replace("max_iter: 100000", f"max_iter: {stopped_at + 2}"))
+    done = caffe_torch("train", "-solver", "more.prototxt", "-snapshot", snapshots[0].name, cwd=case)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"Iteration {stopped_at + 1}, lr" in done.stderr
+    assert (case / f"snap_iter_{stopped_at + 2}.caffemodel").is_file()
+
+
+def test_diverging_run_exits_with_its_own_code(tmp_path):
+    case = make_case(tmp_path, base_lr=1e5, max_iter=50, snapshot=5)
+    proc = caffe_torch("train", "-solver", "solver.prototxt", cwd=case)
+    assert proc.returncode == EXIT_DIVERGED, proc.stderr[-2000:]
+    assert "training diverged" in proc.stderr and "Iteration " in proc.stderr
+
+
+def test_our_log_parser_reads_the_engine_log(tmp_path):
+    from convnet_transfer.logs import parse_log
+    case = make_case(tmp_path, max_iter=10, snapshot=0)
+    proc = caffe_torch("train", "-solver", "solver.prototxt", cwd=case)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (case / "net.20261124-183000.log").write_text(proc.stderr)
+    parsed = parse_log(case / "net.20261124-183000.log")
+    assert list(parsed.train["NumIters"]) == [0, 5, 10]
+    assert parsed.train["LearningRate"][0] == pytest.approx(0.05)
+    assert list(parsed.test["NumIters"]) == [0, 10]
+    assert np.all((parsed.test["accuracy"] >= 0) & (parsed.test["accuracy"] <= 1))
+    assert not parsed.warnings

@@ -1,0 +1,400 @@
+"""The engine's training side: data pipeline, SGD solver, snapshots, resume, determinism, divergence, signals.
+
+A tiny LMDB (40 images 3x8x8, 4 classes) and a small net train in seconds on the CPU.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from convnet_transfer import caffe_pb2 as pb
+from convnet_transfer import protoio
+from convnet_transfer.engine import glog
+from convnet_transfer.engine.data import DataError, DataLayerSource
+from convnet_transfer.engine.solver import Diverged, SignalActions, SolverError, learning_rate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+N, C, H, W, CLASSES = 40, 3, 8, 8, 4
+
+NET = """name: "tiny"
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+  transform_param { mean_file: "mean.binaryproto" crop_size: 6 mirror: true scale: 0.01 }
+  data_param { source: "train_lmdb" batch_size: 8 backend: LMDB } }
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TEST }
+  transform_param { mean_file: "mean.binaryproto" crop_size: 6 scale: 0.01 }
+  data_param { source: "train_lmdb" batch_size: 10 backend: LMDB } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  param { lr_mult: %(conv1_lr)s decay_mult: 1 } param { lr_mult: %(conv1_lr)s decay_mult: 0 }
+  convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "fc6" type: "InnerProduct" bottom: "pool1" top: "fc6"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+  inner_product_param { num_output: 8 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu6" type: "ReLU" bottom: "fc6" top: "fc6" }
+layer { name: "drop6" type: "Dropout" bottom: "fc6" top: "fc6" dropout_param { dropout_ratio: 0.5 } }
+layer { name: "fc8" type: "InnerProduct" bottom: "fc6" top: "fc8"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+  inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" top: "loss" }
+layer { name: "accuracy" type: "Accuracy" bottom: "fc8" bottom: "label" top: "accuracy" include { phase: TEST } }
+"""
+
+SOLVER = """net: "net.prototxt"
+test_iter: 2
+test_interval: 10
+base_lr: %(base_lr)s
+lr_policy: "step"
+gamma: 0.5
+stepsize: 10
+momentum: 0.9
+weight_decay: 0.0005
+display: 5
+max_iter: %(max_iter)d
+snapshot: %(snapshot)d
+snapshot_prefix: "snap"
+solver_mode: CPU
+random_seed: 3
+"""
+
+
+def write_lmdb(path: Path, data: np.ndarray, labels: np.ndarray) -> None:
+    import lmdb
+    env = lmdb.open(str(path), map_size=32 << 20)
+    with env.begin(write=True) as txn:
+        for i, (image, label) in enumerate(zip(data, labels)):
+            datum = pb.Datum(channels=image.shape[0], height=image.shape[1], width=image.shape[2],
+                             data=image.tobytes(), label=int(label))
+            txn.put(b"%08d" % i, datum.SerializeToString())
+    env.close()
+
+
+def make_case(directory: Path, *, base_lr=0.05, max_iter=20, snapshot=10, conv1_lr=1) -> Path:
+    """A net directory: tiny LMDB, its mean, net.prototxt and solver.prototxt."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(0)
+    labels = np.arange(N) % CLASSES
+    data = rng.randint(0, 160, size=(N, C, H, W)).astype(np.uint8)
+    data[np.arange(N), labels % C] += 90
+    write_lmdb(directory / "train_lmdb", data, labels)
+    protoio.write_mean(directory / "mean.binaryproto", data.mean(axis=0).astype(np.float32))
+    (directory / "net.prototxt").write_text(NET % {"conv1_lr": conv1_lr})
+    (directory / "solver.prototxt").write_text(SOLVER % {"base_lr": base_lr, "max_iter": max_iter,
+                                                         "snapshot": snapshot})
+    return directory
+
+
+def weights_of(path: Path) -> dict[str, list[np.ndarray]]:
+    net = protoio.read_binary(path, pb.NetParameter)
+    return {layer.name: [protoio.blob_to_array(b) for b in layer.blobs] for layer in net.layer if layer.blobs}
+
+
+def run_train(directory: Path, monkeypatch, **kwargs) -> str:
+    from convnet_transfer.engine.train import train
+    monkeypatch.chdir(directory)
+    return train("solver.prototxt", **kwargs)
+
+
+# ---------------------------------------------------------------- pieces without a net
+
+def test_glog_line_format_and_numbers():
+    text = glog.line("I", "solver.cpp:239", "Iteration 20 (1.5 iter/s, 13.3s/20 iters), loss = 6.9", now=0.25)
+    assert text.startswith("I")
+    head, message = text.split("] ", 1)
+    assert message == "Iteration 20 (1.5 iter/s, 13.3s/20 iters), loss = 6.9"
+    date, clock, pid, where = head[1:].split()
+    assert len(date) == 4 and clock.endswith(".250000") and int(pid) == os.getpid() and where == "solver.cpp:239"
+    assert [glog.fmt(x) for x in (0.01, 1e-5, 6.907756, 100000.0, 1234567.0, float("nan"), float("inf"))] == \
+        ["0.01", "1e-05", "6.90776", "100000", "1.23457e+06", "nan", "inf"]
+
+
+def test_learning_rate_policies_follow_caffe():
+    def solver(**fields):
+        return pb.SolverParameter(base_lr=0.01, max_iter=100, **fields)
+
+    f32 = lambda x: float(np.float32(x))  # noqa: E731
+    assert learning_rate(solver(lr_policy="fixed"), 57, 0)[0] == f32(0.01)
+    assert learning_rate(solver(lr_policy="step", gamma=0.1, stepsize=20), 45, 0) == (f32(0.01 * 0.1 ** 2), 2)
+    assert learning_rate(solver(lr_policy="exp", gamma=0.99), 10, 0)[0] == pytest.approx(0.01 * 0.99 ** 10, 1e-6)
+    assert learning_rate(solver(lr_policy="inv", gamma=1e-4, power=0.75), 100, 0)[0] == \
+        pytest.approx(0.01 * (1 + 1e-4 * 100) ** -0.75, 1e-6)
+    assert learning_rate(solver(lr_policy="poly", power=2), 25, 0)[0] == pytest.approx(0.01 * 0.75 ** 2, 1e-6)
+    assert learning_rate(solver(lr_policy="sigmoid", gamma=0.1, stepsize=50), 60, 0)[0] == \
+        pytest.approx(0.01 / (1 + math.exp(-1)), 1e-6)
+    multi = solver(lr_policy="multistep", gamma=0.5, stepvalue=[10, 20])
+    step, rates = 0, []
+    for it in range(25):
+        rate, step = learning_rate(multi, it, step)
+        rates.append(rate)
+    assert rates[9] == f32(0.01) and rates[10] == f32(0.005) and rates[24] == f32(0.0025)
+    with pytest.raises(SolverError, match="Unknown learning rate policy"):
+        learning_rate(solver(lr_policy="cosine"), 0, 0)
+
+
+def test_signal_effects_validated():
+    with pytest.raises(SolverError, match="Invalid signal effect"):
+        SignalActions("halt")
+    actions = SignalActions("snapshot", "none")
+    actions._handle(signal.SIGINT, None)
+    assert actions.snapshot and not actions.stop
+    actions._handle(signal.SIGHUP, None)
+    assert not actions.stop
+    actions._handle(signal.SIGTERM, None)
+    assert actions.stop and actions.stopped_by == "SIGTERM"
+
+
+def _data_layer(text: str) -> pb.LayerParameter:
+    return protoio.parse_text(text, pb.LayerParameter())
+
+
+def test_data_layer_transform_crop_mirror_mean_scale_and_rewind(tmp_path, monkeypatch):
+    make_case(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.RandomState(0)
+    labels = np.arange(N) % CLASSES
+    data = rng.randint(0, 160, size=(N, C, H, W)).astype(np.uint8)
+    data[np.arange(N), labels % C] += 90
+    mean = data.mean(axis=0).astype(np.float32)
+
+    test_layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { '
+                             'mean_file: "mean.binaryproto" crop_size: 6 scale: 0.5 } '
+                             'data_param { source: "train_lmdb" batch_size: 16 backend: LMDB }')
+    source = DataLayerSource(test_layer, "TEST", seed=0)
+    assert source.shapes == {"data": (16, C, 6, 6), "label": (16,)}
+    seen = []
+    for _ in range(3):  # 48 records from 40: the third batch wraps to the start, like Caffe
+        batch = source.next_batch()
+        seen.extend(batch["label"].tolist())
+        first = len(seen) - 16
+        for j in range(16):
+            k = (first + j) % N
+            expect = (data[k].astype(np.float32) - mean)[:, 1:7, 1:7] * 0.5   # centre crop in TEST
+            np.testing.assert_allclose(batch["data"][j].numpy(), expect, rtol=1e-6, atol=1e-5)
+    assert seen == [float(labels[k % N]) for k in range(48)]
+    source.close()
+
+    train_layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { '
+                              'mean_value: 100 crop_size: 5 mirror: true } '
+                              'data_param { source: "train_lmdb" batch_size: 40 backend: LMDB }')
+    source = DataLayerSource(train_layer, "TRAIN", seed=1)
+    batch = source.next_batch()["data"].numpy()
+    mirrored = 0
+    for j in range(N):
+        full = data[j].astype(np.float32) - 100
+        candidates = [(full[:, y:y + 5, x:x + 5], False) for y in range(4) for x in range(4)]
+        candidates += [(c[:, :, ::-1], True) for c, _ in candidates]
+        matches = [m for c, m in candidates if np.array_equal(c, batch[j])]
+        assert matches, f"image {j} is not a (mirrored) 5x5 crop of its record"
+        mirrored += matches[0]
+    assert 5 < mirrored < 35   # random mirror: about half
+    source.close()
+
+    bad = _data_layer('name: "d" type: "Data" top: "data" data_param { source: "train_lmdb" batch_size: 4 }')
+    with pytest.raises(DataError, match="LMDB database but data_param.backend is LEVELDB"):
+        DataLayerSource(bad, "TRAIN")
+    missing = _data_layer('name: "d" type: "Data" top: "data" data_param { source: "nowhere" batch_size: 4 }')
+    with pytest.raises(DataError, match="nowhere not found"):
+        DataLayerSource(missing, "TRAIN")
+
+
+def test_data_layer_state_resumes_exactly(tmp_path, monkeypatch):
+    make_case(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { crop_size: 5 '
+                        'mirror: true } data_param { source: "train_lmdb" batch_size: 7 backend: LMDB }')
+    a = DataLayerSource(layer, "TRAIN", seed=5)
+    for _ in range(4):
+        a.next_batch()
+    state = json.loads(json.dumps(a.state_dict()))
+    expected = [a.next_batch() for _ in range(8)]
+    b = DataLayerSource(layer, "TRAIN", seed=99)
+    b.load_state_dict(state)
+    for want in expected:
+        got = b.next_batch()
+        assert torch.equal(got["data"], want["data"]) and torch.equal(got["label"], want["label"])
+    a.close()
+    b.close()
+
+
+def test_data_layer_with_worker_processes_gives_the_same_batches(tmp_path, monkeypatch):
+    make_case(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { crop_size: 5 '
+                        'mirror: true } data_param { source: "train_lmdb" batch_size: 16 backend: LMDB }')
+    a, b = DataLayerSource(layer, "TRAIN", seed=2, workers=0), DataLayerSource(layer, "TRAIN", seed=2, workers=2)
+    try:
+        for _ in range(4):
+            x, y = a.next_batch(), b.next_batch()
+            assert torch.equal(x["data"], y["data"]) and torch.equal(x["label"], y["label"])
+    finally:
+        a.close()
+        b.close()
+
+
+# ---------------------------------------------------------------- training
+
+def test_training_snapshots_caffe_files_and_the_update_rule(tmp_path, monkeypatch, capfd):
+    case = make_case(tmp_path / "run", max_iter=3, snapshot=1)
+    assert run_train(case, monkeypatch) == "done"
+    log = capfd.readouterr().err
+    for i in (1, 2, 3):
+        assert (case / f"snap_iter_{i}.caffemodel").is_file() and (case / f"snap_iter_{i}.solverstate").is_file()
+    state = protoio.read_binary(case / "snap_iter_3.solverstate", pb.SolverState)
+    assert state.iter == 3 and state.learned_net == "snap_iter_3.caffemodel" and state.current_step == 0
+    w2, w3 = weights_of(case / "snap_iter_2.caffemodel"), weights_of(case / "snap_iter_3.caffemodel")
+    order = [(name, i) for name in ("conv1", "fc6", "fc8") for i in range(2)]
+    assert len(state.history) == len(order)
+    for (name, i), blob in zip(order, state.history):
+        history = protoio.blob_to_array(blob)
+        assert history.shape == w3[name][i].shape
+        # w_3 = w_2 - v_3: the history saved is the last update
+        np.testing.assert_allclose(w2[name][i] - w3[name][i], history, rtol=1e-4, atol=1e-7)
+    # Caffe's log lines, in Caffe's order
+    assert "Iteration 0, Testing net (#0)" in log and "Test net output #0: accuracy = " in log
+    assert "Test net output #1: loss = " in log and "(* 1 = " in log
+    assert "Iteration 0 (" in log and "Train net output #0: loss = " in log
+    assert "Iteration 0, lr = 0.05" in log
+    assert "Snapshotting to binary proto file snap_iter_3.caffemodel" in log
+    assert "Snapshotting solver state to binary proto file snap_iter_3.solverstate" in log
+    assert log.rstrip().endswith("Optimization Done.")
+
+
+def test_frozen_layers_stay_bit_identical_from_a_caffemodel(tmp_path, monkeypatch):
+    base = make_case(tmp_path / "base", max_iter=2, snapshot=0)
+    assert run_train(base, monkeypatch) == "done"
+    transfer = make_case(tmp_path / "transfer", max_iter=12, snapshot=0, conv1_lr=0)
+    assert run_train(transfer, monkeypatch, weights=str(base / "snap_iter_2.caffemodel")) == "done"
+    before, after = weights_of(base / "snap_iter_2.caffemodel"), weights_of(transfer / "snap_iter_12.caffemodel")
+    for b0, b1 in zip(before["conv1"], after["conv1"]):
+        assert b0.tobytes() == b1.tobytes()          # frozen: bit-identical
+    assert not np.array_equal(before["fc6"][0], after["fc6"][0])   # fine-tuned: moved
+
+
+def test_same_seed_same_weights(tmp_path, monkeypatch):
+    a, b = make_case(tmp_path / "a"), make_case(tmp_path / "b")
+    run_train(a, monkeypatch)
+    run_train(b, monkeypatch)
+    assert (a / "snap_iter_20.caffemodel").read_bytes() == (b / "snap_iter_20.caffemodel").read_bytes()
+    assert (a / "snap_iter_20.solverstate").read_bytes() == (b / "snap_iter_20.solverstate").read_bytes()
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    whole = make_case(tmp_path / "whole", max_iter=20, snapshot=10)
+    run_train(whole, monkeypatch)
+    resumed = make_case(tmp_path / "resumed", max_iter=20, snapshot=10)
+    for suffix in ("caffemodel", "solverstate", "solverstate.rng"):
+        (resumed / f"snap_iter_10.{suffix}").write_bytes((whole / f"snap_iter_10.{suffix}").read_bytes())
+    assert run_train(resumed, monkeypatch, snapshot="snap_iter_10.solverstate") == "done"
+    assert (resumed / "snap_iter_20.caffemodel").read_bytes() == (whole / "snap_iter_20.caffemodel").read_bytes()
+    # without our .rng side file the resume still runs (like Caffe: data from the start, fresh random state)
+    again = make_case(tmp_path / "again", max_iter=20, snapshot=10)
+    for suffix in ("caffemodel", "solverstate"):
+        (again / f"snap_iter_10.{suffix}").write_bytes((whole / f"snap_iter_10.{suffix}").read_bytes())
+    assert run_train(again, monkeypatch, snapshot="snap_iter_10.solverstate") == "done"
+    assert (again / "snap_iter_20.caffemodel").is_file()
+
+
+def test_diverging_run_stops_naming_the_iteration_and_keeps_the_last_good_snapshot(tmp_path, monkeypatch):
+    case = make_case(tmp_path, base_lr=1e5, max_iter=50, snapshot=1)
+    with pytest.raises(Diverged, match=r"Iteration (\d+): .*(nan|inf)") as err:
+        run_train(case, monkeypatch)
+    stopped_at = int(err.value.args[0].split(":")[0].split()[-1])
+    snapshots = sorted(case.glob("snap_iter_*.caffemodel"), key=lambda p: int(p.stem.split("_")[-1]))
+    assert snapshots, "a good snapshot should exist before the divergence"
+    last = snapshots[-1]
+    assert int(last.stem.split("_")[-1]) <= stopped_at
+    assert f"The last good snapshot is {last.name}" in str(err.value)
+    for blobs in weights_of(last).values():
+        assert all(np.isfinite(b).all() for b in blobs)
+
+
+def test_errors_name_what_is_wrong(tmp_path, monkeypatch):
+    from convnet_transfer.engine.train import train
+    case = make_case(tmp_path)
+    monkeypatch.chdir(case)
+    with pytest.raises(SolverError, match="not both"):
+        train("solver.prototxt", weights="a.caffemodel", snapshot="b.solverstate")
+    (case / "bad_solver.prototxt").write_text(SOLVER.replace('"step"', '"wobble"')
+                                              % {"base_lr": 0.1, "max_iter": 1, "snapshot": 0})
+    with pytest.raises(SolverError, match="wobble"):
+        train("bad_solver.prototxt")
+    (case / "nosnap.prototxt").write_text((SOLVER % {"base_lr": 0.1, "max_iter": 1, "snapshot": 1})
+                                          .replace('snapshot_prefix: "snap"', 'snapshot_prefix: "no/such/dir/s"'))
+    with pytest.raises(SolverError, match="Cannot write to snapshot prefix"):
+        train("nosnap.prototxt")
+
+
+def test_device_and_precision_choices(capfd):
+    from convnet_transfer.engine.train import select_device, set_precision
+    gpu_solver = pb.SolverParameter(solver_mode=pb.SolverParameter.GPU, device_id=0)
+    if not torch.cuda.is_available():
+        assert select_device("", gpu_solver).type == "cpu"
+        assert "CUDA is not available" in capfd.readouterr().err
+    assert select_device("", pb.SolverParameter()).type == "cpu"   # solver_mode not set: CPU, as Caffe
+    assert set_precision(None, torch.device("cpu")) == "fp32"
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    with pytest.raises(SolverError, match="fp64"):
+        set_precision("fp64", torch.device("cpu"))
+
+
+V1_NET = """name: "tiny_v1"
+layers { name: "data" type: DATA top: "data" top: "label"
+  data_param { source: "train_lmdb" backend: LMDB batch_size: 8 mean_file: "mean.binaryproto" crop_size: 6
+               mirror: true scale: 0.01 } }
+layers { name: "conv1" type: CONVOLUTION bottom: "data" top: "conv1" blobs_lr: 0 blobs_lr: 0
+  weight_decay: 1 weight_decay: 0
+  convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layers { name: "relu1" type: RELU bottom: "conv1" top: "conv1" }
+layers { name: "fc8" type: INNER_PRODUCT bottom: "conv1" top: "fc8" blobs_lr: 1 blobs_lr: 2
+  weight_decay: 1 weight_decay: 0
+  inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 0.1 } } }
+layers { name: "loss" type: SOFTMAX_LOSS bottom: "fc8" bottom: "label" top: "loss" }
+"""
+
+V1_SOLVER = """train_net: "train_v1.prototxt"
+test_net: "test_v1.prototxt"
+test_iter: 1
+test_interval: 2
+base_lr: 0.01
+lr_policy: "fixed"
+momentum: 0.9
+weight_decay: 0.0005
+display: 1
+max_iter: 4
+snapshot: 2
+snapshot_prefix: "v1"
+solver_mode: 1
+solver_type: SGD
+random_seed: 1
+"""
+
+
+def test_2014_format_solver_and_nets_train(tmp_path, monkeypatch, capfd):
+    """The 2014 release's spellings: V1 `layers` with blobs_lr/weight_decay, data fields in data_param,
+    train_net/test_net, solver_mode: 1 (GPU: the CPU here, with a warning) and solver_type."""
+    case = make_case(tmp_path)
+    (case / "train_v1.prototxt").write_text(V1_NET)
+    (case / "test_v1.prototxt").write_text(V1_NET.replace("mirror: true", "mirror: false"))
+    (case / "solver_v1.prototxt").write_text(V1_SOLVER)
+    from convnet_transfer.engine.train import train
+    monkeypatch.chdir(case)
+    assert train("solver_v1.prototxt") == "done"
+    log = capfd.readouterr().err
+    assert "Iteration 2, Testing net (#0)" in log and "Test net output #0: loss = " in log
+    first, last = weights_of(case / "v1_iter_2.caffemodel"), weights_of(case / "v1_iter_4.caffemodel")
+    for a, b in zip(first["conv1"], last["conv1"]):   # blobs_lr 0: frozen
+        assert a.tobytes() == b.tobytes()
+    assert not np.array_equal(first["fc8"][0], last["fc8"][0])
+    if not torch.cuda.is_available():
+        assert "using the CPU" in log
