@@ -43,7 +43,7 @@ setup(
     ],
     extras_require={
         "leveldb": ["plyvel>=1.5"],
-        "test": ["pytest>=7", "pytest-timeout>=2", "plyvel>=1.5"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "plyvel>=1.5", "grpcio-tools==1.85.1"],
         "caffe": ["six", "scipy", "scikit-image"],  # what pycaffe imports (tools/install_caffe installs them)
         "dev": ["grpcio-tools==1.85.1"],  # regenerates caffe_pb2.py: python -m convnet_transfer.proto
     },

@@ -398,3 +398,28 @@ def test_2014_format_solver_and_nets_train(tmp_path, monkeypatch, capfd):
     assert not np.array_equal(first["fc8"][0], last["fc8"][0])
     if not torch.cuda.is_available():
         assert "using the CPU" in log
+
+
+def test_a_split_view_and_its_shared_database_train_in_one_process(tmp_path, monkeypatch):
+    """Train from a key-list view (databases --shared) and test on the shared database itself, in one process:
+    both readers share one LMDB handle (py-lmdb refuses to open an environment twice)."""
+    from convnet_transfer import databases
+
+    case = make_case(tmp_path / "net", max_iter=4, snapshot=0)
+    rng = np.random.RandomState(1)
+    whole = [(f"img{i:02d}.png", i % CLASSES) for i in range(N)]
+    images = rng.randint(0, 255, size=(N, C, H, W)).astype(np.uint8)
+    (case / "whole.txt").write_text("".join(f"{p} {label}\n" for p, label in whole))
+    half = [(p, label) for p, label in whole if label in (1, 3)]
+    (case / "half.txt").write_text("".join(f"{p} {label // 2}\n" for p, label in half))   # classes 1, 3 -> 0, 1
+    databases.write_arrays(case / "whole_lmdb", ((databases.make_key(i, p), images[i], label)
+                                                 for i, (p, label) in enumerate(whole)), progress=False)
+    databases.make_view(case / "half_view", case / "whole_lmdb", case / "half.txt", case / "whole.txt")
+    net = (case / "net.prototxt").read_text()
+    net = net.replace('source: "train_lmdb" batch_size: 8 backend: LMDB', 'source: "half_view" batch_size: 8')
+    net = net.replace('source: "train_lmdb" batch_size: 10', 'source: "whole_lmdb" batch_size: 10')
+    (case / "net.prototxt").write_text(net)
+    log = run_train(case, monkeypatch)
+    assert log == "done" and (case / "snap_iter_4.caffemodel").is_file()
+    reader = databases.open_reader(case / "half_view")
+    assert len(reader) == len(half) and {databases.decode_datum(v)[1] for _, v in reader} == {0, 1}

@@ -103,16 +103,17 @@ class _Cursor:
     def __init__(self, path: Path, backend: str):
         self.path = path
         self.kind = _kind(path)
+        from ..databases import open_reader, shared_handle
+
+        # one handle per database and process, shared with every other reader of it in this process
+        # (py-lmdb refuses to open an environment twice; LevelDB locks its directory)
         if self.kind == "lmdb":
-            self._env = _open_lmdb(path)
-            self._txn = self._env.begin(buffers=False)
+            self._txn = shared_handle(path).begin(buffers=False)
             self.size = self._txn.stat()["entries"]
         elif self.kind == "leveldb":
-            import plyvel
-            self._db = plyvel.DB(str(path), create_if_missing=False)
+            self._db = shared_handle(path)
             self.size = sum(1 for _ in self._db.iterator(include_value=False))
         else:
-            from ..databases import open_reader
             self._reader = open_reader(path)
             self.size = len(self._reader)
         if self.size == 0:
@@ -153,37 +154,10 @@ class _Cursor:
         return bytes(self._lookahead[0])
 
     def close(self) -> None:
-        if self.kind == "lmdb" and self._env is not None:
+        """End this cursor's read transaction; the shared handle stays open for the process's other readers."""
+        if self.kind == "lmdb" and self._txn is not None:
             self._txn.abort()
-            _close_lmdb(self._env)
-            self._env = None
-        elif self.kind == "leveldb":
-            self._db.close()
-
-
-_LMDB_ENVS: dict[str, list] = {}   # realpath -> [environment, users]: py-lmdb opens an environment once per process
-_LMDB_LOCK = threading.Lock()
-
-
-def _open_lmdb(path: Path):
-    import lmdb
-    key = os.path.realpath(path)
-    with _LMDB_LOCK:
-        if key not in _LMDB_ENVS:
-            env = lmdb.open(key, readonly=True, lock=False, readahead=False, subdir=True, max_readers=512)
-            _LMDB_ENVS[key] = [env, 0]
-        _LMDB_ENVS[key][1] += 1
-        return _LMDB_ENVS[key][0]
-
-
-def _close_lmdb(env) -> None:
-    with _LMDB_LOCK:
-        for key, entry in list(_LMDB_ENVS.items()):
-            if entry[0] is env:
-                entry[1] -= 1
-                if entry[1] == 0:
-                    env.close()
-                    del _LMDB_ENVS[key]
+            self._txn = None
 
 
 def _kind(path: Path) -> str:

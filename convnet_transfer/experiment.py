@@ -1,0 +1,400 @@
+"""The whole experiment on one machine, one command: dataset -> split lists -> databases -> nets -> training ->
+logs -> Figure 2 and its table -> the findings in plain words.
+
+    from convnet_transfer import experiment
+    report = experiment.run_experiment("generated/fashion-mnist")              # the default: Fashion-MNIST
+    report = experiment.run_experiment("out", dataset="folder", dataset_options={"root": "my_images"})
+    print(report.findings)
+
+Layout under `out_dir`:
+
+    data/      md5sums.txt, <split>_train|_valid/{files.txt, idxmap.txt, lmdb/, mean.binaryproto}   stages 1-2
+    nets/      nets.json, <net>/{solver.prototxt, train.prototxt, val.prototxt, train.sh, logs, snapshots}  3-4
+    results/   summary.csv/.json, fig2_transfer.png, fig2_transfer.txt/.csv, findings.txt            stage 5
+
+Every stage skips work whose outputs are complete, so running again after Ctrl-C or a kill finishes the job:
+the split lists are checked against data/md5sums.txt (written on the first run, then the published md5s), a
+database is finished only with its completion marker (a half-written one is redone), train.sh skips trained
+nets and resumes the others from their newest .solverstate, and the results are recomputed from the logs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import architectures, catalog, databases, datasets, logs, netgen, plots, splits
+
+__all__ = ["Settings", "PRESETS", "ExperimentReport", "ExperimentError", "run_experiment", "settings_for",
+           "make_lists", "make_databases", "make_nets", "train_nets", "summarize", "findings", "PAPER_FIG2"]
+
+ARCH = "caffenet_small"
+CROP = 28                    # caffenet_small's input: 28x28 (the whole Fashion-MNIST image; a random crop of 32x32)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What to run and how long: the nets (split seeds, pairs, fine-tuned, dissimilar halves) and the solver."""
+    seeds: tuple[int, ...] = (0, 1)          # random A/B halves half{s}A / half{s}B
+    pairs: tuple[str, ...] = ("AB", "BA", "BB", "AA")   # base half -> target half; AB = AnB, BB = BnB
+    fine_tuned: bool = True                  # AnB+ / BnB+ nets too
+    natman: bool = True                      # the dissimilar halves (upper-body garments vs the rest)
+    per_class: int | None = None             # keep only this many train images per class (val: a fifth)
+    image_size: int | None = None            # resize to this square size (None: the dataset's own, 28 for MNIST)
+    max_iter: int = 900
+    stepsize: int = 600                      # lr x 0.1 every stepsize iterations
+    base_lr: float = 0.01
+    batch_size: int = 64
+    val_batch_size: int = 100
+    test_iter: int = 20                      # x val_batch_size images tested every test_interval iterations
+    test_interval: int = 300
+    snapshot: int = 300                      # an interrupted net resumes from here at worst
+    display: int = 100
+    mode: str = "cpu"
+
+    def solver(self) -> dict:
+        return dict(max_iter=self.max_iter, stepsize=self.stepsize, base_lr=self.base_lr, test_iter=self.test_iter,
+                    test_interval=self.test_interval, snapshot=self.snapshot, display=self.display)
+
+
+PRESETS = {
+    # ~13 min on 2 CPU cores: 2 random splits + the dissimilar one, 72 nets
+    "default": Settings(),
+    # ~1 min: a smoke run on 150 images per class, every kind of net once
+    "quick": Settings(seeds=(0,), pairs=("AB", "BB"), natman=True, per_class=150, max_iter=40, stepsize=30,
+                      test_iter=3, test_interval=20, snapshot=20, display=10, val_batch_size=50),
+    # a GPU: the paper's 4 splits and every pair, trained 10x longer
+    "gpu": Settings(seeds=(0, 1, 2, 3), pairs=("AB", "BA", "BB", "AA"), max_iter=10000, stepsize=4000,
+                    test_iter=50, test_interval=1000, snapshot=1000, display=200, batch_size=128, mode="gpu"),
+}
+
+# The paper's Figure 2 (2014 logs, plots/reference_fig2_transfer.txt): mean top-1 accuracy by series and n.
+PAPER_FIG2 = {
+    "baseB": {0: 0.6245},
+    "BnB": {1: 0.6262, 2: 0.6228, 3: 0.6203, 4: 0.6041, 5: 0.5933, 6: 0.6185, 7: 0.6229},
+    "BnB+": {1: 0.6166, 2: 0.6214, 3: 0.6303, 4: 0.6284, 5: 0.6292, 6: 0.6274, 7: 0.6263},
+    "AnB": {1: 0.6275, 2: 0.6233, 3: 0.6183, 4: 0.5994, 5: 0.5777, 6: 0.5804, 7: 0.5419},
+    "AnB+": {1: 0.6364, 2: 0.6347, 3: 0.6421, 4: 0.6394, 5: 0.6443, 6: 0.6455, 7: 0.6457},
+}
+
+
+class ExperimentError(RuntimeError):
+    """A stage that cannot go on: the message says which and what to do."""
+
+
+def settings_for(quick: bool = False, gpu: bool = False, **changes) -> Settings:
+    """A preset (default, quick or gpu) with `changes` (Settings fields; None leaves a field as it is)."""
+    base = PRESETS["quick" if quick else "gpu" if gpu else "default"]
+    return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass
+class ExperimentReport:
+    out_dir: Path
+    settings: Settings
+    nets: list[str] = field(default_factory=list)
+    rows: list = field(default_factory=list)           # logs.NetSummary per net
+    table: list[dict] = field(default_factory=list)    # plots.figure_table(rows, "fig2_transfer")
+    figure: Path | None = None
+    table_path: Path | None = None
+    findings: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)   # wall time of each stage
+    trained: list[str] = field(default_factory=list)          # nets trained (or resumed) in this run
+    interrupted: bool = False
+
+    @property
+    def data_dir(self) -> Path:
+        return self.out_dir / "data"
+
+    @property
+    def nets_dir(self) -> Path:
+        return self.out_dir / "nets"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.out_dir / "results"
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- stage 1: the split lists
+
+def _subset(items: list[tuple[str, int]], per_class: int | None) -> list[tuple[str, int]]:
+    """The first `per_class` items of each class, in input order (all when None)."""
+    if per_class is None:
+        return items
+    seen: dict[int, int] = {}
+    out = []
+    for name, label in items:
+        if seen.get(label, 0) < per_class:
+            seen[label] = seen.get(label, 0) + 1
+            out.append((name, label))
+    return out
+
+
+def make_lists(dataset, data_dir: Path, settings: Settings, progress: bool = True) -> splits.SplitReport:
+    """Stage 1: the dataset's train and val lists -> every split's files.txt + idxmap.txt and md5sums.txt.
+    An existing md5sums.txt is the published manifest: a list that differs from it stops the run."""
+    train = _subset(dataset.items("train"), settings.per_class)
+    val = _subset(dataset.items("val"), None if settings.per_class is None else max(1, settings.per_class // 5))
+    groups = {name: g for name, g in dataset.dissimilar_groups.items()} if settings.natman else None
+    if settings.natman and not groups:
+        raise ExperimentError(f"dataset {dataset.name} has no dissimilar class groups; run with --no-natman")
+    manifest = data_dir / splits.MANIFEST
+    published = splits.read_manifest(manifest) if manifest.is_file() else None
+    try:
+        return splits.make_splits(train, val, data_dir, n_classes=len(dataset.classes), seeds=settings.seeds,
+                                  groups=groups, reduced=(), published_md5=published, progress=progress,
+                                  log=_say)
+    except splits.Md5MismatchError as err:
+        raise ExperimentError(f"{err}\nThe lists in {data_dir} were made from other images or settings; use "
+                              f"another --out, or delete {data_dir} to start over") from None
+
+
+# ---------------------------------------------------------------- stage 2: the databases
+
+def _as_chw(image: np.ndarray, channels: int, size: int | None) -> np.ndarray:
+    """An adapter's image (H,W grey or H,W,3 BGR) -> uint8 C x size x size, as convert_imageset stores it."""
+    if size is not None and image.shape[:2] != (size, size):
+        from PIL import Image
+        pil = Image.fromarray(image[:, :, ::-1] if image.ndim == 3 else image)
+        image = np.asarray(pil.resize((size, size), Image.BILINEAR))
+        image = image[:, :, ::-1] if image.ndim == 3 else image
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if channels == 3 and image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif channels == 1 and image.shape[2] == 3:
+        image = np.round(image @ np.array([0.114, 0.587, 0.299])).astype(np.uint8)[:, :, None]   # BGR weights
+    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.uint8)
+
+
+def _image_size(dataset, settings: Settings) -> int | None:
+    if settings.image_size is not None:
+        return settings.image_size
+    return None if isinstance(dataset, datasets.FashionMNIST) else 32
+
+
+def make_databases(dataset, data_dir: Path, split_names: list[str], settings: Settings,
+                   progress: bool = True) -> dict[str, databases.DbInfo]:
+    """Stage 2 (returns the databases written now): one raw-Datum LMDB per list (`<split>/lmdb`, records shuffled with seed 0 as
+    convert_imageset --shuffle) and the mean of every train database. Finished databases are kept; a
+    half-written one (no completion marker) is written again."""
+    channels = 1 if isinstance(dataset, datasets.FashionMNIST) else 3
+    size = _image_size(dataset, settings)
+    cache: dict[str, np.ndarray] = {}
+
+    def image(name: str) -> np.ndarray:
+        if name not in cache:
+            cache[name] = _as_chw(dataset.image(name), channels, size)
+        return cache[name]
+
+    infos = {}
+    for split in split_names:
+        folder = data_dir / split
+        db, mean = folder / "lmdb", (folder / "mean.binaryproto" if split.endswith("_train") else None)
+        if databases.is_complete(db) and (mean is None or mean.is_file()):
+            continue
+        items = databases._ordered(databases.read_image_list(folder / "files.txt"), 0)
+        records = ((databases.make_key(i, name), image(name), label) for i, (name, label) in enumerate(items))
+        infos[split] = databases.write_arrays(db, records, mean_path=mean, total=len(items), progress=progress,
+                                              overwrite=db.exists())
+    return infos
+
+
+# ---------------------------------------------------------------- stage 3: the nets
+
+def net_catalog(settings: Settings) -> catalog.Catalog:
+    """The base, selffer and transfer nets of the settings (frozen and fine-tuned), n = 1..7."""
+    return catalog.transfer_catalog([str(s) for s in settings.seeds], 7, pairs=settings.pairs,
+                                    fine_tuned=settings.fine_tuned, natman=settings.natman,
+                                    natman_pairs=("AB", "BA"), nolearn=False, reduced=(), whole=False)
+
+
+def make_nets(nets_dir: Path, data_dir: Path, settings: Settings, n_classes: dict[str, int],
+              crop: int = CROP) -> netgen.RenderReport:
+    """Stage 3: every net directory (solver, train/val prototxts, train.sh, links to the data) and nets.json,
+    rendered from the templates with the scaled CaffeNet; files whose content is unchanged are not touched."""
+    arch = architectures.get(ARCH, crop_size=crop)
+    return netgen.render_experiment(net_catalog(settings), nets_dir, data_dir, arch=arch, mode=settings.mode,
+                                    batch_size=settings.batch_size, val_batch_size=settings.val_batch_size,
+                                    n_classes=n_classes, solver=settings.solver())
+
+
+# ---------------------------------------------------------------- stage 4: training
+
+def train_nets(nets_dir: Path, engine: str = "torch", jobs: int = 2, gpus: str | None = None,
+               progress: bool = True):
+    """Stage 4: train every net with `jobs` workers in dependency order (base nets first) through the local
+    runner; finished nets are skipped, interrupted ones resume from their newest .solverstate."""
+    from . import local_runner, slurm
+    env = dict(os.environ)
+    env["CAFFE"] = slurm.caffe_command(engine)
+    env.update({k: v for k, v in slurm._real_caffe_env(engine).items() if k not in env})
+    if gpus is None:       # share the cores: one BLAS/OpenMP thread pool per trainer, no more threads than cores
+        threads = str(max(1, (os.cpu_count() or 1) // jobs))
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env.setdefault(var, threads)
+    return local_runner.run_local(nets_dir, jobs=jobs, env=env, gpus=gpus, progress=progress)
+
+
+# ---------------------------------------------------------------- stage 5: results
+
+def summarize(nets_dir: Path, results_dir: Path) -> tuple[list, list[dict], Path, Path]:
+    """Stage 5: every net's logs -> summary.csv/.json, Figure 2 (PNG) and the table behind it (.txt, .csv)."""
+    import csv
+    rows = logs.summarize_tree(nets_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    logs.write_summary(rows, results_dir)
+    table = plots.figure_table(rows, "fig2_transfer")
+    stem = results_dir / "fig2_transfer"
+    figure = plots.plot_transfer(rows, stem, formats=("png",))[0]
+    text = plots.format_table(table, "Figure 2 analogue: top-1 accuracy by series and n (x = layer n; 0 = base "
+                                     "nets) [final accuracy]")
+    stem.with_suffix(".txt").write_text(text)
+    if table:
+        with open(stem.with_suffix(".csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+    return rows, table, figure, stem.with_suffix(".txt")
+
+
+def _means(table: list[dict]) -> dict[str, dict[int, float]]:
+    out: dict[str, dict[int, float]] = {}
+    for entry in table:
+        if not math.isnan(entry["mean"]):
+            out.setdefault(entry["series"], {})[int(entry["x"])] = entry["mean"]
+    return out
+
+
+def findings(table: list[dict]) -> str:
+    """The paper's three findings checked on the numbers of `table`, in plain words, beside the paper's."""
+    ours, paper = _means(table), PAPER_FIG2
+    lines = []
+
+    def pct(v):
+        return f"{100 * v:.1f}%"
+
+    base = ours.get("baseB", {}).get(0)
+    p_base = paper["baseB"][0]
+    if base is not None:
+        lines.append(f"Base nets (each trained on one half): mean top-1 {pct(base)} (paper, ImageNet halves: "
+                     f"{pct(p_base)}).")
+    anb, p_anb = ours.get("AnB", {}), paper["AnB"]
+    if anb and 1 in anb and 7 in anb:
+        low, high = min(anb, key=anb.get), max(anb, key=anb.get)
+        falls = anb[7] < anb[1]
+        lines.append(
+            f"1. Does transfer AnB fall with n? {'Yes' if falls else 'No'}: AnB is {pct(anb[1])} at n=1 and "
+            f"{pct(anb[7])} at n=7 ({100 * (anb[7] - anb[1]):+.1f} points; lowest {pct(anb[low])} at n={low}, "
+            f"highest {pct(anb[high])} at n={high}). Paper: {pct(p_anb[1])} at n=1 -> {pct(p_anb[7])} at n=7 "
+            f"({100 * (p_anb[7] - p_anb[1]):+.1f} points), as features become specific to the base task.")
+    bnb, p_bnb = ours.get("BnB", {}), paper["BnB"]
+    if bnb and 1 in bnb and 7 in bnb:
+        middle = {n: v for n, v in bnb.items() if 3 <= n <= 6}
+        n_min = min(middle, key=middle.get) if middle else None
+        ends = min(bnb[1], bnb[7])
+        dips = n_min is not None and middle[n_min] < ends - 0.002
+        detail = (f"its lowest middle value is {pct(middle[n_min])} at n={n_min}, against {pct(bnb[1])} at n=1 "
+                  f"and {pct(bnb[7])} at n=7" if n_min is not None else "no middle values")
+        lines.append(
+            f"2. Does selffer BnB dip in the middle? {'Yes' if dips else 'No'}: {detail}. Paper: down to "
+            f"{pct(p_bnb[5])} at n=5 from {pct(p_bnb[1])} at n=1 and {pct(p_bnb[7])} at n=7 (co-adapted layers "
+            f"that the upper layers cannot relearn when the lower ones are frozen).")
+    anbp = ours.get("AnB+", {})
+    if anbp and base is not None:
+        mean_plus = float(np.mean(list(anbp.values())))
+        p_plus = float(np.mean(list(paper["AnB+"].values())))
+        beats = mean_plus > base
+        lines.append(
+            f"3. Does fine-tuned transfer AnB+ beat the base nets? {'Yes' if beats else 'No'}: AnB+ averages "
+            f"{pct(mean_plus)} over n=1..7 against {pct(base)} for the base nets ({100 * (mean_plus - base):+.1f} "
+            f"points). Paper: {pct(p_plus)} against {pct(p_base)} ({100 * (p_plus - p_base):+.1f} points), "
+            f"transferred features generalize better even after fine-tuning on the target.")
+    if not lines:
+        return "No results to compare yet (no net has a test accuracy in its logs)."
+    lines.append("These nets are small and trained for minutes on 28x28 images, so differences of a point or "
+                 "less are within the spread of the individual nets (see the table's std, min and max).")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the whole experiment
+
+def run_experiment(out_dir: str | os.PathLike, *, dataset: str = "fashion-mnist", dataset_options: dict | None = None,
+                   settings: Settings | None = None, quick: bool = False, engine: str = "torch", jobs: int = 2,
+                   gpus: str | None = None, progress: bool = True) -> ExperimentReport:
+    """Run every stage (each skips what is complete) and return the report; raises ExperimentError on a stage
+    that cannot go on. An interrupted training (Ctrl-C, SIGTERM) returns with report.interrupted set."""
+    out_dir = Path(out_dir)
+    settings = settings or settings_for(quick=quick)
+    report = ExperimentReport(out_dir, settings)
+    clock = time.monotonic()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        report.seconds[stage] = round(now - clock, 2)
+        clock = now
+
+    try:
+        data = datasets.open_dataset(dataset, **(dataset_options or {}))
+    except (TypeError, ValueError) as err:
+        raise ExperimentError(f"dataset {dataset!r}: {err}") from None
+    _say(f"[1/5] split lists of {data.name} ({len(data.classes)} classes) -> {report.data_dir}")
+    make_lists(data, report.data_dir, settings, progress)
+    lap("lists")
+
+    nets = net_catalog(settings)
+    report.nets = nets.names
+    needed = sorted({f"{n.split}_train" for n in nets} | {f"{n.val_split}_valid" for n in nets})
+    _say(f"[2/5] {len(needed)} databases -> {report.data_dir}/<split>/lmdb")
+    make_databases(data, report.data_dir, needed, settings, progress)
+    lap("databases")
+
+    classes = {n.split: _count_classes(report.data_dir / f"{n.split}_train" / "idxmap.txt") for n in nets}
+    _say(f"[3/5] {len(nets)} nets -> {report.nets_dir}")
+    rendered = make_nets(report.nets_dir, report.data_dir, settings, classes)
+    _say(rendered.summary())
+    lap("nets")
+
+    untrained = [n for n in nets.names if not _finished(report.nets_dir / n, settings.max_iter)]
+    _say(f"[4/5] training {len(untrained)} of {len(nets)} nets ({len(nets) - len(untrained)} already trained) "
+         f"with engine {engine}, {jobs} at a time")
+    if untrained:
+        result = train_nets(report.nets_dir, engine=engine, jobs=jobs, gpus=gpus, progress=progress)
+        report.trained = untrained
+        lap("training")
+        if result.interrupted:
+            report.interrupted = True
+            _say("interrupted: the nets stopped at a snapshot; run the same command again to finish")
+            return report
+        if not result.ok:
+            failed = [s for s in result.nets.values() if s.state != "finished"]
+            raise ExperimentError(f"{len(failed)} nets did not finish:\n{result.describe()}\nSee their logs; "
+                                  f"running again resumes them")
+    else:
+        lap("training")
+
+    _say(f"[5/5] logs -> {report.results_dir}")
+    report.rows, report.table, report.figure, report.table_path = summarize(report.nets_dir, report.results_dir)
+    report.findings = findings(report.table)
+    (report.results_dir / "findings.txt").write_text(report.findings + "\n")
+    lap("results")
+    return report
+
+
+def _count_classes(idxmap: Path) -> int:
+    return sum(1 for line in idxmap.read_text().splitlines() if line.strip())
+
+
+def _finished(net_dir: Path, max_iter: int) -> bool:
+    return (net_dir / f"snapshot_iter_{max_iter}.caffemodel").exists()
