@@ -3,7 +3,7 @@
 What Caffe's `convert_imageset` and `compute_image_mean` do, with the same records, in parallel and resumable:
 
     convert_list(files_txt, image_root, db_path, ...) -> DbInfo    one list -> one database (+ its mean)
-    convert_data_root(data_root, image_root, ...)                   every split of a data root
+    convert_data_root(data_root, image_root, val_root=None, ...)    every split of a data root
     write_arrays(db_path, records, ...) -> DbInfo                   in-memory images (embedded datasets)
     open_reader(path) -> DatumReader                                (key, value) in key order; LMDB, LevelDB,
                                                                     or a key-list view over a shared database
@@ -930,9 +930,12 @@ def split_dirs(data_root) -> list[Path]:
     return sorted(p.parent for p in Path(data_root).glob("*/files.txt"))
 
 
-def convert_data_root(data_root, image_root, *, shared=False, backend="lmdb", splits=None, progress=True,
-                      **options) -> dict[str, DbInfo]:
+def convert_data_root(data_root, image_root, *, val_root=None, shared=False, backend="lmdb", splits=None,
+                      progress=True, **options) -> dict[str, DbInfo]:
     """Every split of a data root -> <split>/<backend>/ (+ <split>/mean.binaryproto for *_train splits).
+
+    image_root: where the listed paths start; val_root: the same for the *_valid lists when they lie elsewhere
+    (ILSVRC-2012: train/n01440764/... and val/ILSVRC2012_val_00000001.JPEG, as Caffe's create_imagenet.sh has it).
 
     shared: only whole_train and whole_valid become databases; every other split becomes a key-list view
     <split>/keys/ over the whole database of its kind (for our engine; real Caffe needs per-split databases).
@@ -968,7 +971,8 @@ def convert_data_root(data_root, image_root, *, shared=False, backend="lmdb", sp
                 protoio.write_mean(mean_path, compute_mean(split / "keys", progress=progress))
                 info.mean_path = mean_path
         else:
-            info = convert_list(split / "files.txt", image_root, split / backend, backend=backend,
+            root = val_root if val_root is not None and split.name.endswith("_valid") else image_root
+            info = convert_list(split / "files.txt", root, split / backend, backend=backend,
                                 mean_path=mean_path, progress=progress, **options)
         results[split.name] = info
     return results

@@ -318,3 +318,22 @@ def test_cli_data_root(tmp_path):
     result = CliRunner().invoke(make_dbs_cli, ["--list", str(data / "whole_train" / "files.txt"), "--root",
                                                str(folder), "--out", str(tmp_path / "x"), "--size", "8x"])
     assert result.exit_code != 0 and "HEIGHTxWIDTH" in result.output
+
+
+def test_valid_lists_read_their_images_from_val_root(tmp_path):
+    """ILSVRC-2012 keeps train and val images in two folders: --val-root serves the *_valid lists."""
+    folder, data = _data_root(tmp_path)
+    options = dict(resize=(10, 10), workers=0, progress=False)
+    reference = databases.convert_data_root(data, folder, splits=["whole_valid"], **options)["whole_valid"]
+    val_folder = tmp_path / "val_images"
+    for relpath, _ in databases.read_image_list(data / "whole_valid" / "files.txt"):
+        (val_folder / relpath).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(folder / relpath), str(val_folder / relpath))
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved, ignore=shutil.ignore_patterns("lmdb*", "*.binaryproto"))
+    with pytest.raises(databases.BadImageError, match="whole_valid"):
+        databases.convert_data_root(moved, folder, splits=["whole_valid"], **options)
+    infos = databases.convert_data_root(moved, folder, val_root=val_folder, **options)
+    assert infos["whole_valid"].keys_md5 == reference.keys_md5
+    assert records(moved / "whole_valid") == records(data / "whole_valid")
+    assert databases.is_complete(moved / "half0A_train") and databases.is_complete(moved / "half0B_valid")

@@ -26,7 +26,7 @@ as Caffe's convert_imageset + compute_image_mean do, using every core; an interr
 
 \b
 One list:   make_dbs --list files.txt --root IMAGES/ --out DB [--mean mean.binaryproto]
-A data root: make_dbs --data ilsvrc12/data --root IMAGES/ [--shared]
+A data root: make_dbs --data ilsvrc12/data --root IMAGES/train/ [--val-root IMAGES/val/] [--shared]
 
 Reads: the list ("<relative/path> <label>" lines) and the images under --root. Writes: the database
 directory (with convnet_transfer.complete.json inside when finished; DB.partial/ while being made),
@@ -43,6 +43,8 @@ our engine; real Caffe needs the per-split databases).""")
 @click.option("--split", "splits", multiple=True, help="with --data: only these splits (repeatable)")
 @click.option("--root", required=True, type=click.Path(exists=True, file_okay=False),
               help="the folder the list's relative image paths start from")
+@click.option("--val-root", type=click.Path(exists=True, file_okay=False),
+              help="with --data: the folder of the *_valid lists' images, when not --root (ILSVRC2012/val/)")
 @click.option("--backend", type=click.Choice(databases.BACKENDS), default="lmdb", show_default=True)
 @click.option("--resize/--no-resize", default=True, show_default=True,
               help="resize every image (cv::resize INTER_LINEAR, bit-exact) or keep their sizes")
@@ -58,7 +60,7 @@ our engine; real Caffe needs the per-split databases).""")
 @click.option("--commit-every", type=int, default=databases.COMMIT_EVERY, show_default=True,
               help="records per transaction")
 @click.option("--progress/--no-progress", default=True, help="show a progress bar")
-def main(list_path, out, mean_path, data_root, splits, root, backend, resize, size, encoded, shuffle_seed, gray,
+def main(list_path, out, mean_path, data_root, splits, root, val_root, backend, resize, size, encoded, shuffle_seed, gray,
          workers, skip_bad, shared, commit_every, progress):
     options = dict(backend=backend, resize=size if resize else None, encoded=encoded, shuffle_seed=shuffle_seed,
                    gray=gray, workers=workers, skip_bad=skip_bad, progress=progress, commit_every=commit_every)
@@ -68,13 +70,13 @@ def main(list_path, out, mean_path, data_root, splits, root, backend, resize, si
         if list_path is not None:
             if out is None:
                 raise click.UsageError("--list needs --out")
-            if shared or splits:
-                raise click.UsageError("--shared and --split go with --data")
+            if shared or splits or val_root:
+                raise click.UsageError("--shared, --split and --val-root go with --data")
             infos = {out: databases.convert_list(list_path, root, out, mean_path=mean_path, **options)}
         else:
             if out or mean_path:
                 raise click.UsageError("--out and --mean go with --list; --data writes into each split directory")
-            infos = databases.convert_data_root(data_root, root, shared=shared, splits=splits or None, **options)
+            infos = databases.convert_data_root(data_root, root, val_root=val_root, shared=shared, splits=splits or None, **options)
     except databases.DatabaseError as err:
         click.echo(f"make_dbs: error: {err}", err=True)
         sys.exit(1)
