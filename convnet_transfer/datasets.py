@@ -63,6 +63,8 @@ class FashionMNIST:
               "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 
     def _load(self, subset: str):
+        if subset not in self._FILES:
+            raise DatasetError(f"unknown subset {subset!r}: train or val")
         if subset not in self._arrays:
             images_file, labels_file = (Path(self.root) / f for f in self._FILES[subset])
             for f in (images_file, labels_file):
@@ -87,8 +89,10 @@ class FashionMNIST:
 
 @dataclass
 class ImageFolder:
-    """An image folder per class: ROOT/<class>/*.jpg. With ROOT/train and ROOT/val, those are the subsets;
-    otherwise `val_fraction` of each class (the last files in name order... shuffled with `seed`) is held out."""
+    """An image folder per class: ROOT/<class>/*.jpg. With ROOT/train/<class>/ and ROOT/val/<class>/, those are
+    the subsets; otherwise (ROOT/<class>/ or only ROOT/train/<class>/) a random `val_fraction` of each class
+    (shuffled with `seed`, at least one image per class when the class has two) is held out for validation.
+    Classes are the sub-folder names in sorted order (hidden folders skipped); labels are their positions."""
 
     root: Path
     val_fraction: float = 0.2
@@ -98,10 +102,15 @@ class ImageFolder:
 
     def __post_init__(self):
         self.root = Path(self.root)
-        base = self.root / "train" if (self.root / "train").is_dir() else self.root
-        self.classes = tuple(sorted(p.name for p in base.iterdir() if p.is_dir()))
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: no such image folder (expected ROOT/<class>/<image>)")
+        base = self._base()
+        self.classes = tuple(sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")))
         if len(self.classes) < 2:
             raise DatasetError(f"{base}: expected one sub-folder per class, found {len(self.classes)}")
+
+    def _base(self) -> Path:
+        return self.root / "train" if (self.root / "train").is_dir() else self.root
 
     def _files(self, base: Path) -> list[tuple[str, int]]:
         out = []
@@ -117,13 +126,18 @@ class ImageFolder:
     def items(self, subset: str) -> list[tuple[str, int]]:
         if (self.root / "train").is_dir() and (self.root / "val").is_dir():
             return self._files(self.root / subset)
-        everything = self._files(self.root)
+        if subset not in ("train", "val"):
+            raise DatasetError(f"unknown subset {subset!r}: train or val")
+        everything = self._files(self._base())
         rng = random.Random(self.seed)
         held = set()
         for label in range(len(self.classes)):
             names = [n for n, lab in everything if lab == label]
             rng.shuffle(names)
-            held.update(names[:int(round(len(names) * self.val_fraction))])
+            count = int(round(len(names) * self.val_fraction))
+            if self.val_fraction > 0 and len(names) >= 2:
+                count = min(max(count, 1), len(names) - 1)
+            held.update(names[:count])
         return [(n, lab) for n, lab in everything if (n in held) == (subset == "val")]
 
     def image(self, name: str) -> np.ndarray:
@@ -148,7 +162,7 @@ class CaffeList:
         if self.val_list:
             self._lists["val"] = read_list(self.val_list)
         if not self.classes:
-            n = 1 + max(label for _, label in self._lists["train"])
+            n = 1 + max(label for items in self._lists.values() for _, label in items)
             self.classes = tuple(str(i) for i in range(n))
 
     def items(self, subset: str) -> list[tuple[str, int]]:
@@ -166,7 +180,9 @@ def load_image(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            if im.mode in ("L", "I;16", "1"):
+            if im.mode.startswith("I;16"):     # 16-bit grey: the high byte, as OpenCV's 8-bit conversion
+                return (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
+            if im.mode in ("L", "1"):
                 return np.asarray(im.convert("L"))
             return np.ascontiguousarray(np.asarray(im.convert("RGB"))[:, :, ::-1])
     except FileNotFoundError:

@@ -2,8 +2,10 @@
 training curves; each with the table of the numbers behind it.
 
     load_results(path)                      results tree / summary.json / summary.csv -> list[NetSummary]
-    figure_table(rows, figure, reference)   per series and n: mean, std, min, max, count (and diff to reference)
-    plot_transfer(rows, out, ...)           Figure 2: top-1 accuracy against n for baseB, BnB, BnB+, AnB, AnB+
+    figure_table(rows, figure, reference)   per series and n: mean, std, min, max, count (and diff to reference);
+                                            figure: a key of FIGURES (fig2_transfer, fig2_paired, ...)
+    plot_transfer(rows, out, ...)           Figure 2: top-1 accuracy against n for baseB, BnB, BnB+, AnB, AnB+,
+                                            and below, paired: each net minus the base net of its target half
     plot_natman_random(rows, out, ...)      Figure 3: natural/man-made transfer, random frozen filters, relative
     plot_reduced(rows, out, ...)            top-1 accuracy against training images per class
     plot_training_curves(nets, out)         train loss and test accuracy against iterations, several nets
@@ -30,7 +32,7 @@ import numpy as np  # noqa: E402
 from . import logs  # noqa: E402
 
 __all__ = ["load_results", "series_of", "figure_table", "format_table", "plot_transfer", "plot_natman_random",
-           "plot_reduced", "plot_training_curves", "plot_all", "choose_curve_nets", "FIGURES"]
+           "plot_reduced", "plot_training_curves", "plot_all", "choose_curve_nets", "write_table", "FIGURES"]
 
 # series: label in the paper's words, marker, face colour, edge colour, line style of the mean, "+" overlay
 STYLE = {
@@ -46,7 +48,9 @@ STYLE = {
 FIGURES = {"fig2_transfer": ("baseB", "BnB", "BnB+", "AnB", "AnB+"),
            "fig3_natman_random": ("natman man-made", "natman natural", "random", "relative AnB",
                                   "relative natman", "relative random"),
-           "reduced": ("reduced",)}
+           "reduced": ("reduced",),
+           # Figure 2 paired: each net minus the base net of its target half (split-to-split differences cancel)
+           "fig2_paired": ("relative BnB", "relative BnB+", "relative AnB", "relative AnB+")}
 
 
 def load_results(path: str | os.PathLike, jobs: int | None = None) -> list[logs.NetSummary]:
@@ -106,8 +110,8 @@ def _points(rows: list[logs.NetSummary], metric: str) -> list[Point]:
             points.append(Point("baseB", 0, v, r.net))
         elif s in ("BnB", "BnB+", "AnB", "AnB+") and r.n is not None:
             points.append(Point(s, r.n, v, r.net))
-            if s == "AnB" and r.split in bases_of_target:
-                points.append(Point("relative AnB", r.n, v - bases_of_target[r.split], r.net))
+            if r.split in bases_of_target:       # paired: minus the base net of the same target half
+                points.append(Point(f"relative {s}", r.n, v - bases_of_target[r.split], r.net))
         elif s == "natman-base":
             target = "natural" if r.split.endswith("A") else "man-made"
             points.append(Point(f"natman {target}", 0, v, r.net))
@@ -185,7 +189,7 @@ def format_table(table: list[dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_table(table: list[dict], title: str, stem: Path) -> str:
+def write_table(table: list[dict], title: str, stem: Path) -> str:
     text = format_table(table, title)
     stem.with_suffix(".txt").write_text(text)
     if table:
@@ -228,42 +232,54 @@ def _legend_handle(series: str):
 _OFFSETS = {"baseB": 0.0, "BnB": -0.27, "BnB+": -0.09, "AnB": 0.09, "AnB+": 0.27}
 
 
+def _mean_line(ax, points, series, off, style_series=None, **style):
+    xs = sorted({p.x for p in points if p.series == series})
+    means = [np.mean([p.value for p in points if p.series == series and p.x == x]) for x in xs]
+    if xs:
+        ax.plot([x + off for x in xs], means, linestyle=STYLE[style_series or series][4], **style)
+
+
 def plot_transfer(rows, out_stem: str | os.PathLike, reference=None, metric: str = "final",
                   formats=("png", "pdf")) -> list[Path]:
-    """Figure 2: every net a point (top-1 accuracy against the layer n at which it was chopped), means as lines."""
-    points = [p for p in _points(rows, metric) if p.series in _OFFSETS]
-    fig, ax = plt.subplots(figsize=(9, 5))
+    """Figure 2. Top: every net a point (top-1 accuracy against the layer n at which it was chopped), means as
+    lines. Bottom (paired): each net minus the base net of its target half, so that halves of unequal difficulty
+    do not hide the effect of n."""
+    points = _points(rows, metric)
+    fig, (ax, ax_rel) = plt.subplots(2, 1, figsize=(10, 7.5), sharex=True, height_ratios=(1.6, 1),
+                                     gridspec_kw={"hspace": 0.08})
     handles = []
     for series, off in _OFFSETS.items():
         ps = [p for p in points if p.series == series]
         if not ps:
             continue
         _scatter(ax, series, [p.x + off for p in ps], [p.value for p in ps])
-        xs = sorted({p.x for p in ps})
-        means = [np.mean([p.value for p in ps if p.x == x]) for x in xs]
-        label, _, _, edge, style, _ = STYLE[series]
+        _, _, _, edge, style, _ = STYLE[series]
         if series == "baseB":
-            ax.hlines(means[0], -0.35, 7.4, colors="black", linestyles=style, linewidth=0.8, zorder=1)
+            ax.hlines(np.mean([p.value for p in ps]), -0.35, 7.4, colors="black", linestyles=style, linewidth=0.8,
+                      zorder=1)
         else:
-            ax.plot([x + off for x in xs], means, linestyle=style, color=edge, linewidth=1.4, zorder=2)
+            _mean_line(ax, points, series, off, color=edge, linewidth=1.4, zorder=2)
+            rel = [p for p in points if p.series == f"relative {series}"]
+            _scatter(ax_rel, series, [p.x + off for p in rel], [p.value for p in rel], size=25, alpha=0.45)
+            _mean_line(ax_rel, points, f"relative {series}", off, series, color=edge, linewidth=1.4, zorder=2)
         handles.append(_legend_handle(series))
     if reference is not None:
-        rpoints = [p for p in _points(reference, metric) if p.series in _OFFSETS]
+        rpoints = _points(reference, metric)
         for series, off in _OFFSETS.items():
-            xs = sorted({p.x for p in rpoints if p.series == series})
-            means = [np.mean([p.value for p in rpoints if p.series == series and p.x == x]) for x in xs]
-            if xs:
-                ax.plot([x + off for x in xs], means, linestyle=STYLE[series][4], color="0.6", linewidth=1.0,
-                        marker="_", markersize=10, zorder=1)
+            _mean_line(ax, rpoints, series, off, color="0.6", linewidth=1.0, marker="_", markersize=10, zorder=1)
+            _mean_line(ax_rel, rpoints, f"relative {series}", off, series, color="0.6", linewidth=1.0, zorder=1)
         from matplotlib.lines import Line2D
         handles.append((Line2D([], [], color="0.6", marker="_"), "2014 reference: means"))
+    ax_rel.axhline(0, color="black", linestyle=STYLE["baseB"][4], linewidth=0.8, zorder=1)
     ax.set_xlim(-0.4, 7.45)
-    ax.set_xticks(range(8))
-    ax.set_xlabel("Layer $n$ at which network is chopped and retrained")
+    ax_rel.set_xticks(range(8))
+    ax_rel.set_xlabel("Layer $n$ at which network is chopped and retrained")
     ax.set_ylabel("Top-1 accuracy (higher is better)")
-    ax.grid(axis="y", color="0.9", linewidth=0.6)
-    ax.legend([h for h, _ in handles], [label for _, label in handles], loc="lower left", fontsize=9,
-              framealpha=0.95)
+    ax_rel.set_ylabel("Minus the base net\nof the same half")
+    for a in (ax, ax_rel):
+        a.grid(axis="y", color="0.9", linewidth=0.6)
+    ax.legend([h for h, _ in handles], [label for _, label in handles], loc="upper left", bbox_to_anchor=(1.01, 1),
+              fontsize=9, framealpha=0.95, borderaxespad=0)
     ax.set_title("Transfer and selffer nets on random A/B splits (Figure 2)")
     return _save(fig, Path(out_stem), formats)
 
@@ -434,8 +450,11 @@ def plot_training_curves(nets: dict[str, "logs.NetLog"], out_stem: str | os.Path
 _TITLES = {"fig2_transfer": "Figure 2: top-1 accuracy by series and n (x = layer n; 0 = base net)",
            "fig3_natman_random": "Figure 3: natural/man-made transfer, random features, relative accuracy "
                                  "(x = layer n; relative = net - its target's base net)",
-           "reduced": "Reduced data: top-1 accuracy (x = images per class)"}
-_PLOTTERS = {"fig2_transfer": plot_transfer, "fig3_natman_random": plot_natman_random, "reduced": plot_reduced}
+           "reduced": "Reduced data: top-1 accuracy (x = images per class)",
+           "fig2_paired": "Figure 2, paired: each net minus the base net of its target half (x = layer n)"}
+# figure -> the function that draws it (None: a table only, drawn as a panel of another figure)
+_PLOTTERS = {"fig2_transfer": plot_transfer, "fig2_paired": None, "fig3_natman_random": plot_natman_random,
+             "reduced": plot_reduced}
 
 
 def plot_all(rows, out_dir: str | os.PathLike, reference=None, metric: str = "final", formats=("png", "pdf"),
@@ -450,8 +469,9 @@ def plot_all(rows, out_dir: str | os.PathLike, reference=None, metric: str = "fi
         if not any(e["count"] for e in table):
             continue
         stem = out_dir / f"{prefix}{figure}"
-        written += plotter(rows, stem, reference=reference, metric=metric, formats=formats)
-        echo(_write_table(table, _TITLES[figure] + f" [{metric} accuracy]", stem))
+        if plotter is not None:
+            written += plotter(rows, stem, reference=reference, metric=metric, formats=formats)
+        echo(write_table(table, _TITLES[figure] + f" [{metric} accuracy]", stem))
         written += [stem.with_suffix(".txt"), stem.with_suffix(".csv")]
     if curves:
         written += plot_training_curves(curves, out_dir / f"{prefix}training_curves", formats=formats)

@@ -65,6 +65,13 @@ def test_tables_on_synthetic_rows():
     assert entry(fig3, "relative random", 5)["mean"] == pytest.approx(0.1 - 0.57)
     assert entry(fig3, "random", 0)["mean"] == pytest.approx(0.57)
 
+    # Figure 2 paired: each net minus the base net of its target half
+    paired = plots.figure_table(rows, "fig2_paired")
+    assert {e["series"] for e in paired} == {"relative BnB", "relative AnB", "relative AnB+"}
+    assert entry(paired, "relative BnB", 4)["mean"] == pytest.approx(-0.004)        # 0A0A_1_4 - half0A
+    assert entry(paired, "relative AnB+", 2)["mean"] == pytest.approx(0.63 - 0.62)   # ft0A0B_1_2 - half0B
+    assert entry(paired, "relative AnB", 1)["std"] == pytest.approx(0.0)             # both splits' AnB: -0.01
+
     reduced = plots.figure_table(rows, "reduced")
     assert [e["x"] for e in reduced] == [1, 10, 100, 1300]
     assert entry(reduced, "reduced", 1300)["mean"] == pytest.approx(0.55)
@@ -96,6 +103,7 @@ def test_plot_all_writes_figures_and_tables(tmp_path):
     for figure in ("fig2_transfer", "fig3_natman_random", "reduced"):
         for suffix in (".png", ".pdf", ".txt", ".csv"):
             assert f"x_{figure}{suffix}" in names
+    assert "x_fig2_paired.txt" in names and "x_fig2_paired.png" not in names   # a table: the lower panel
     with Image.open(tmp_path / "x_fig2_transfer.png") as image:
         assert image.width > 500 and image.height > 300
     assert (tmp_path / "x_fig2_transfer.pdf").read_bytes().startswith(b"%PDF")
@@ -182,3 +190,17 @@ def test_reference_figure_3_and_reduced_findings(reference_rows, tmp_path):
     assert reduced[100] < 0.01 < 0.3 < reduced[250] and reduced[1300] == pytest.approx(0.5516, abs=1e-4)
     written = plots.plot_all(reference_rows, tmp_path, formats=("png",), echo=lambda text: None)
     assert {p.name for p in written} >= {"fig2_transfer.png", "fig3_natman_random.png", "reduced.png"}
+
+
+@pytest.mark.slow
+def test_findings_in_plain_words_on_the_2014_logs(reference_rows):
+    from convnet_transfer import experiment
+
+    table = plots.figure_table(reference_rows, "fig2_transfer")
+    paired = plots.figure_table(reference_rows, "fig2_paired")
+    assert experiment.split_spread(paired) == pytest.approx(0.0017, abs=0.0003)   # 8 nets per point: tight
+    text = experiment.findings(table, paired).splitlines()
+    assert text[2].startswith("1. Does transfer AnB fall with n? Yes: AnB is 62.7% at n=1 and 54.2% at n=7")
+    assert text[3].startswith("2. Does selffer BnB dip in the middle? Yes: its lowest middle value is 59.3% at n=5")
+    assert text[4].startswith("3. Does fine-tuned transfer AnB+ beat the base nets? Yes: AnB+ averages 64.1%")
+    assert "transfer itself adds +1.5 points (Yes)" in text[4] and "not trained to convergence" not in text[4]

@@ -1,0 +1,115 @@
+"""tools/run_experiment: the whole transfer experiment, one command (convnet_transfer.experiment)."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .. import experiment
+from ..datasets import DATASETS, DatasetError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+HELP = """Run the whole transfer experiment of Yosinski et al. (2014) on one machine and draw Figure 2.
+
+\b
+Stages (each skips what is already complete; run it again after Ctrl-C or a kill to finish):
+  1 split lists  dataset -> random A/B halves (seeds 0, 1) and the dissimilar halves -> OUT/data/md5sums.txt
+  2 databases    one raw Datum LMDB + mean.binaryproto per list          -> OUT/data/<split>/
+  3 nets         scaled CaffeNet (caffenet_small: 5 conv, 3 fc, n = 1..7) -> OUT/nets/<net>/, nets.json
+  4 training     base nets, then selffer BnB(+) and transfer AnB(+) nets, --jobs at a time (make -j)
+  5 results      logs -> OUT/results/summary.csv, fig2_transfer.png, fig2_transfer.txt/.csv, findings.txt
+
+\b
+Reads:  --dataset fashion-mnist: /usr/share/datasets/fashion-mnist/*.gz (Debian's dataset-fashion-mnist;
+          another folder with --dataset-root);
+        --dataset folder: --dataset-root ROOT/<class>/<image> (or ROOT/train/<class>/, ROOT/val/<class>/);
+        --dataset list: --train-list and --val-list (Caffe lists, "<path> <label>") under --dataset-root.
+Writes: everything under --out (default generated/fashion-mnist, generated/fashion-mnist-quick with --quick).
+
+\b
+Default: 60 nets x 200 iterations of batch 64 on the CPU, 8.5 minutes on 2 cores (measured).
+  tools/run_experiment                       # the default experiment on Fashion-MNIST
+  tools/run_experiment --quick               # a 1-minute smoke run (150 images per class, 16 nets)
+  tools/run_experiment --gpu                 # 4 splits, every pair, dissimilar halves, 5000 iterations (GPU)
+  tools/run_experiment --dataset folder --dataset-root ~/my_images --out generated/mine
+"""
+
+
+@click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: generated/fashion-mnist, or generated/<dataset>-quick with --quick].")
+@click.option("--dataset", type=click.Choice(sorted(DATASETS)), default="fashion-mnist", show_default=True,
+              help="Where the images come from (a dataset adapter of convnet_transfer.datasets).")
+@click.option("--dataset-root", type=click.Path(path_type=Path), default=None,
+              help="fashion-mnist: the IDX files' folder; folder: the image folder; list: the images' root.")
+@click.option("--train-list", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="--dataset list: the train list.")
+@click.option("--val-list", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="--dataset list: the validation list.")
+@click.option("--quick", is_flag=True, help="A smoke run: 150 images per class, 16 nets, 30 iterations each.")
+@click.option("--gpu", "gpu", default=None, metavar="IDS",
+              help="Train on these GPUs (e.g. 0 or 0,1; one net per GPU at a time) with the larger GPU settings.")
+@click.option("--engine", type=click.Choice(["torch", "caffe", "auto"]), default="torch", show_default=True,
+              help="torch: our engine (tools/caffe_torch); caffe: real Caffe (tools/install_caffe); auto: "
+                   "real Caffe when one is found.")
+@click.option("--jobs", type=click.IntRange(1), default=None,
+              help="Nets trained at once [default: the number of CPU cores, or of GPUs with --gpu].")
+@click.option("--iterations", type=click.IntRange(1), default=None,
+              help="Iterations per net (max_iter; the lr step and test/snapshot intervals follow).")
+@click.option("--seeds", default=None, metavar="S,S,...", help="Random split seeds [default: 0,1].")
+@click.option("--natman/--no-natman", default=None,
+              help="Also train on the dissimilar halves (upper-body garments vs the rest) [default: off; on with "
+                   "--gpu].")
+@click.option("--per-class", type=click.IntRange(1), default=None,
+              help="Use only the first N train images of each class (and N/5 val images).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
+def main(out, dataset, dataset_root, train_list, val_list, quick, gpu, engine, jobs, iterations, seeds, natman,
+         per_class, progress):
+    options = {"fashion-mnist": {"root": dataset_root}, "folder": {"root": dataset_root},
+               "list": {"train_list": train_list, "val_list": val_list, "root": dataset_root}}[dataset]
+    if dataset != "fashion-mnist" and dataset_root is None:
+        raise click.UsageError(f"--dataset {dataset} needs --dataset-root")
+    if dataset == "list" and (train_list is None or val_list is None):
+        raise click.UsageError("--dataset list needs --train-list and --val-list")
+    changes = {"natman": natman, "per_class": per_class}
+    if seeds is not None:
+        try:
+            changes["seeds"] = tuple(int(s) for s in seeds.split(",") if s.strip())
+        except ValueError:
+            raise click.BadParameter(f"{seeds!r}: expected comma-separated integers", param_hint="--seeds")
+    settings = experiment.settings_for(quick=quick, gpu=gpu is not None, **changes)
+    if iterations is not None:
+        settings = experiment.scaled(settings, iterations)
+    gpus = gpu.split(",") if gpu else None
+    if jobs is None:
+        jobs = len(gpus) if gpus else (os.cpu_count() or 1)
+    if out is None:
+        out = ROOT / "generated" / (dataset + ("-quick" if quick else ""))
+    # the default run on the packaged data redraws the README's figure (plots/fashion_mnist_fig2.png)
+    default_run = (dataset == "fashion-mnist" and dataset_root is None and settings == experiment.PRESETS["default"]
+                   and engine == "torch")
+    publish_to = ROOT / "plots" / "fashion_mnist_fig2" if default_run and (ROOT / "plots").is_dir() else None
+    started = time.monotonic()
+    try:
+        report = experiment.run_experiment(out, dataset=dataset, dataset_options=options, settings=settings,
+                                           engine=engine, jobs=jobs, gpus=gpu, progress=progress)
+    except (experiment.ExperimentError, DatasetError) as err:
+        raise click.ClickException(str(err))
+    if report.interrupted:
+        click.echo(f"Interrupted after {time.monotonic() - started:.0f} s; run the same command again to resume.",
+                   err=True)
+        sys.exit(130)
+    click.echo(report.tables)
+    click.echo(f"Figure: {report.figure}\nTables: {report.results_dir}/fig2_transfer.txt, fig2_paired.txt (and "
+               f".csv); every net: {report.results_dir / 'summary.csv'}")
+    if publish_to is not None:
+        written = experiment.publish(report, publish_to)
+        click.echo(f"The README's figure and table: {', '.join(str(p) for p in written)}")
+    click.echo("\n" + report.findings)
+    click.echo(f"\n{len(report.nets)} nets ({len(report.trained)} trained in this run) in "
+               f"{time.monotonic() - started:.0f} s: "
+               + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in report.seconds.items()))
