@@ -67,9 +67,9 @@ class Settings:
 
 
 PRESETS = {
-    # 8.5 min on 2 CPU cores (measured): 2 random splits, AnB, BnB, AnB+, BnB+ at n = 1..7 and the base nets: 60 nets
+    # 7 min on 2 CPU cores (measured): 2 random splits, AnB, BnB, AnB+, BnB+ at n = 1..7 and the base nets: 60 nets
     "default": Settings(),
-    # ~1 min: a smoke run on 150 images per class, 16 nets (AnB and BnB of one split)
+    # ~30 s: a smoke run on 150 images per class, 16 nets (AnB and BnB of one split)
     "quick": Settings(seeds=(0,), fine_tuned=False, per_class=150, max_iter=30, stepsize=20, test_iter=3,
                       test_interval=15, snapshot=15, display=5, val_batch_size=50),
     # a GPU: the paper's 4 splits, every pair, the dissimilar halves, 25x longer (about 27 epochs of a half)

@@ -550,7 +550,9 @@ def tree_status(root: str | os.PathLike, nets: list[str] | None = None, use_slur
                            log=str(logs[-1]) if logs else None)
         task = records.get(net.name)
         _, state, reason = states.get(net.name, ("", "", ""))
-        if net.finished:
+        # the final snapshot comes before Caffe's final test: a net is finished once its trainer has exited too
+        locally = lock_held(root / "local" / "locks" / f"{net.name}.lock")
+        if net.finished and state not in ACTIVE and not locally:
             status.state, status.iteration = "finished", net.max_iter
             status.accuracy = _final_accuracy(net.dir, scan["accuracy"])
         elif state in ACTIVE:
@@ -558,7 +560,7 @@ def tree_status(root: str | os.PathLike, nets: list[str] | None = None, use_slur
         elif state in WAITING:
             why = "" if reason in ("None", "") else f", {reason}"
             status.state, status.detail = "pending", f"job {task} {state.lower()}{why}"
-        elif lock_held(root / "local" / "locks" / f"{net.name}.lock"):
+        elif locally:
             status.state, status.detail = "running", "local runner"
         elif state == "CANCELLED" and not logs:
             why = "" if reason in ("None", "") else f" ({reason})"

@@ -73,6 +73,22 @@ def test_train_sh_runs_with_caffe_set_to_the_engine_then_test_and_time(tmp_path)
     assert "Average Forward-Backward:" in proc.stderr
 
 
+def test_time_fills_input_layers_with_zeros_as_caffe(tmp_path):
+    # `caffe time -model deploy.prototxt`: Input-layer tops that nothing feeds are zeros in Caffe
+    (tmp_path / "deploy.prototxt").write_text(
+        'name: "tiny" layer { name: "data" type: "Input" top: "data" top: "label"\n'
+        '  input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } shape { dim: 2 } } }\n'
+        'layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"\n'
+        '  convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.1 } } }\n'
+        'layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
+        'layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 3 } }\n'
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }\n')
+    proc = caffe_torch("time", "-model", "deploy.prototxt", "-iterations", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Average Forward-Backward:" in proc.stderr
+    assert "Initial loss: 1.09861" in proc.stderr          # zero input, zero bias: uniform softmax, ln 3
+
+
 def test_caffe_parse_log_reads_our_log(tmp_path, real_caffe):
     # Caffe's own log parser: in the build prefix when install_caffe keeps it, or in a Caffe source tree ($CAFFE_SRC)
     roots = [real_caffe.root] + ([Path(os.environ["CAFFE_SRC"])] if os.environ.get("CAFFE_SRC") else [])

@@ -7,6 +7,7 @@ Without the Slurm binaries (or root) the tests skip, saying so; in CI ($CONVNET_
 from __future__ import annotations
 
 import calendar
+import fcntl
 import json
 import os
 import re
@@ -152,6 +153,16 @@ def test_status_from_net_directories_alone(tmp_path):
     assert states["transferAB_1_1"].state == "not started"
     table = slurm.format_status(list(states.values()))
     assert "1 finished, 1 failed, 4 not started, 1 stopped (of 7 nets)" in table
+    # the final snapshot comes before Caffe's final test: while its trainer (the local runner's lock) is still
+    # there, a net with its final snapshot is running, not finished with a not-yet-final accuracy
+    lock = root / "local" / "locks" / "halfA.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert subprocess.run([sys.executable, "-c", "import sys; from convnet_transfer import slurm; "
+                               "print({s.name: s.state for s in slurm.tree_status(sys.argv[1])}['halfA'])",
+                               str(root)], capture_output=True, text=True).stdout.strip() == "running"
+    assert {s.name: s.state for s in slurm.tree_status(root)}["halfA"] == "finished"
 
 
 # ---------------------------------------------------------------------------------------------- the cluster

@@ -250,6 +250,12 @@ class Net(nn.Module):
         self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
         return self
 
+    def place(self, device: torch.device) -> "Net":
+        """Move the net to `device`; on the CPU in channels-last memory (oneDNN's convolutions and pooling: 13-17%
+        faster on CaffeNet at batch 32 and 256, bench/bench_engine.py). Returns the net."""
+        self.to(device)
+        return self.set_channels_last(torch.device(device).type == "cpu")
+
     def set_seed(self, seed: int) -> None:
         """Reseed dropout (the solver calls this with random_seed; fillers were seeded at construction)."""
         self.seed = seed

@@ -171,7 +171,7 @@ class _NetWithData:
             for source in self.sources:
                 shapes.update(source.shapes)
             self.net = Net(filtered, phase, shapes, level=level, stages=stages, seed=seed, log=phase == "TRAIN")
-            self.net.to(device)
+            self.net.place(device)
             self.name = filtered.name
         except BaseException:
             self.close()

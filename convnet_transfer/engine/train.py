@@ -127,7 +127,7 @@ def _build(model: str, phase: str, device: torch.device, level: int = 0, stage: 
     for source in sources:
         shapes.update(source.shapes)
     net = Net(filtered, phase, shapes, level=level, stages=stages, log=True)
-    net.to(device)
+    net.place(device)
     return net, sources
 
 
@@ -198,6 +198,9 @@ def time_net(model: str, iterations: int = 50, *, gpu: str = "", phase: str = "T
     def forward():
         batch = _next_batch(sources)
         batch.update({k: v.to(device) for k, v in (inputs or {}).items()})
+        for name in net.input_blobs:          # Input-layer tops nobody fills: zeros, as Caffe allocates them
+            if name not in batch:
+                batch[name] = torch.zeros(net.blob_shapes[name], device=device)
         if autocast is None:
             blobs = net.forward(batch)
             return net.loss(blobs)
