@@ -39,6 +39,7 @@ setup(
         "matplotlib>=3.7",
         "tqdm>=4.60",
         "pillow>=10",
+        "opencv-python-headless>=4.5",   # cv2.resize: the resize Caffe's convert_imageset calls (numpy fallback)
         "torch>=2.1",
     ],
     extras_require={

@@ -52,6 +52,7 @@ class FashionMNIST:
 
     root: Path = FASHION_MNIST_ROOT
     name: str = "fashion-mnist"
+    title: str = "Fashion-MNIST"     # for figure titles
     classes: tuple = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
     # The analogue of the paper's natural / man-made split: garments worn on the upper body (A)

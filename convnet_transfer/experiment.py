@@ -265,7 +265,7 @@ def train_nets(nets_dir: Path, engine: str = "torch", jobs: int = 2, gpus: str |
 
 # ---------------------------------------------------------------- stage 5: results
 
-def summarize(nets_dir: Path, results_dir: Path) -> tuple[list, list[dict], list[dict], Path, str]:
+def summarize(nets_dir: Path, results_dir: Path, dataset: str = "") -> tuple[list, list[dict], list[dict], Path, str]:
     """Stage 5: every net's logs -> summary.csv/.json, Figure 2 (PNG) and the tables behind it: fig2_transfer
     (accuracy by series and n) and fig2_paired (each net minus the base net of its target half), .txt and .csv.
     Returns (rows, table, paired table, figure, the two tables as text)."""
@@ -277,7 +277,8 @@ def summarize(nets_dir: Path, results_dir: Path) -> tuple[list, list[dict], list
     shown = [r for r in rows if r.kind != "base" or r.split in targets or not targets]
     table = plots.figure_table(shown, "fig2_transfer")
     paired = plots.figure_table(shown, "fig2_paired")
-    figure = plots.plot_transfer(shown, results_dir / "fig2_transfer", formats=("png",))[0]
+    title = "Transfer and selffer nets on random A/B splits" + (f" of {dataset}" if dataset else "") + " (Figure 2)"
+    figure = plots.plot_transfer(shown, results_dir / "fig2_transfer", formats=("png",), title=title)[0]
     text = plots.write_table(table, "Figure 2 analogue: top-1 accuracy by series and n (n = 0: the base nets) "
                                     "[final accuracy]", results_dir / "fig2_transfer")
     text += "\n" + plots.write_table(paired, "Paired: each net minus the base net of its target half (the lower "
@@ -426,8 +427,8 @@ def run_experiment(out_dir: str | os.PathLike, *, dataset: str = "fashion-mnist"
         lap("training")
 
     _say(f"[5/5] logs -> {report.results_dir}")
-    report.rows, report.table, report.paired, report.figure, report.tables = summarize(report.nets_dir,
-                                                                                        report.results_dir)
+    report.rows, report.table, report.paired, report.figure, report.tables = summarize(
+        report.nets_dir, report.results_dir, getattr(data, "title", data.name))
     report.findings = findings(report.table, report.paired)
     (report.results_dir / "findings.txt").write_text(report.findings + "\n")
     lap("results")

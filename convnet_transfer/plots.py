@@ -240,7 +240,8 @@ def _mean_line(ax, points, series, off, style_series=None, **style):
 
 
 def plot_transfer(rows, out_stem: str | os.PathLike, reference=None, metric: str = "final",
-                  formats=("png", "pdf")) -> list[Path]:
+                  formats=("png", "pdf"), title: str = "Transfer and selffer nets on random A/B splits (Figure 2)"
+                  ) -> list[Path]:
     """Figure 2. Top: every net a point (top-1 accuracy against the layer n at which it was chopped), means as
     lines. Bottom (paired): each net minus the base net of its target half, so that halves of unequal difficulty
     do not hide the effect of n."""
@@ -280,7 +281,7 @@ def plot_transfer(rows, out_stem: str | os.PathLike, reference=None, metric: str
         a.grid(axis="y", color="0.9", linewidth=0.6)
     ax.legend([h for h, _ in handles], [label for _, label in handles], loc="upper left", bbox_to_anchor=(1.01, 1),
               fontsize=9, framealpha=0.95, borderaxespad=0)
-    ax.set_title("Transfer and selffer nets on random A/B splits (Figure 2)")
+    ax.set_title(title)
     return _save(fig, Path(out_stem), formats)
 
 

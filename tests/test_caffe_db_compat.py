@@ -160,7 +160,13 @@ def opencv_program(tmp_path_factory):
     return program
 
 
-def test_decode_and_resize_equal_opencv(opencv_program, tmp_path):
+@pytest.mark.parametrize("resize", ["opencv-python", "numpy"])
+def test_decode_and_resize_equal_opencv(opencv_program, tmp_path, resize, monkeypatch):
+    from convnet_transfer import images
+    if resize == "numpy":
+        monkeypatch.setattr(images, "opencv", lambda: None)
+    elif images.opencv() is None:
+        pytest.skip("opencv-python-headless is not installed: only the numpy resize is used")
     rng = np.random.default_rng(4)
     shapes = [(375, 500), (512, 512), (256, 256), (100, 80), (31, 617), (600, 45)]
     targets = [(256, 256), (227, 227), (64, 300), (13, 7)]

@@ -294,6 +294,26 @@ def test_not_a_database(tmp_path):
     assert not databases.is_complete(tmp_path)
 
 
+def test_numpy_resize_equals_opencv_python(monkeypatch):
+    """The two ways resize_linear runs (OpenCV's cv2.resize, and numpy redoing its fixed-point arithmetic)
+    agree bit for bit: downscales, upscales, the exact 2x area shortcut, 1 and 3 channels."""
+    from convnet_transfer import images
+    cv2 = images.opencv()
+    if cv2 is None:
+        pytest.skip("opencv-python-headless is not installed: only the numpy resize is used")
+    rng = np.random.default_rng(1)
+    cases = [((375, 500), (256, 256)), ((512, 512), (256, 256)), ((20, 30), (227, 227)), ((31, 617), (13, 7))]
+    cases += [(tuple(rng.integers(5, 400, 2)), tuple(rng.integers(5, 300, 2))) for _ in range(40)]
+    for i, ((h, w), (oh, ow)) in enumerate(cases):
+        image = rng.integers(0, 256, (h, w, 1 if i % 4 == 3 else 3), dtype=np.uint8)
+        fast = resize_linear(image, int(oh), int(ow))
+        assert np.array_equal(fast, images._resize_linear_numpy(image, int(oh), int(ow))), ((h, w), (oh, ow))
+        assert fast.shape == (oh, ow, image.shape[2])
+        if image.shape[2] == 3:        # read_image's BGR: a reversed view of an RGB array
+            bgr_view = np.ascontiguousarray(image[:, :, ::-1])[:, :, ::-1]
+            assert np.array_equal(resize_linear(bgr_view, int(oh), int(ow)), fast)
+
+
 def test_resize_invariants():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
