@@ -1,6 +1,7 @@
 """Image decoding and resizing as Caffe's `convert_imageset` does it with OpenCV, in Pillow + numpy.
 
-- `read_image(path, gray=False)` is `cv::imread(path, IMREAD_COLOR | IMREAD_GRAYSCALE)`: an H x W x C uint8
+- `read_image(path, gray=False)` is `cv::imread(path, IMREAD_COLOR | IMREAD_GRAYSCALE)` (OpenCV's own for whole
+  JPEG files when opencv-python-headless is installed, else Pillow): an H x W x C uint8
   array, C = 3 in BGR order (grayscale and palette files expanded, alpha dropped, EXIF orientation of JPEGs
   applied as OpenCV 4 does) or C = 1 with `gray` (a JPEG's luma plane as libjpeg decodes it, a PNG's gray as
   libpng computes it: both exactly as OpenCV; other formats' gray follows libpng's weights).
@@ -8,7 +9,7 @@
   (opencv-python-headless, a dependency) when it imports, else numpy reproducing OpenCV's fixed-point
   arithmetic (11-bit weights, the SIMD vertical pass's rounding, the 2x area shortcut and the same-size copy).
   Both equal the OpenCV that Caffe links bit for bit (tests/test_caffe_db_compat.py checks each); OpenCV's is
-  about 10x faster. CONVNET_TRANSFER_NUMPY_RESIZE=1 forces the numpy one.
+  about 10x faster. CONVNET_TRANSFER_NO_OPENCV=1 forces numpy (and Pillow for decoding).
 - `encode_image` / `decode_image`: `cv::imencode` / `cv::imdecode(-1)` for encoded Datums.
 """
 from __future__ import annotations
@@ -78,8 +79,28 @@ def _open(source, gray: bool, native: bool) -> np.ndarray:
     return _to_array(image, gray, native, fmt)
 
 
+def _whole_jpeg(path: str | os.PathLike) -> bool:
+    """Whether a file starts with JPEG's SOI marker and ends with its EOI marker (not truncated)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(3)
+            f.seek(-2, os.SEEK_END)
+            return head == b"\xff\xd8\xff" and f.read(2) == b"\xff\xd9"
+    except OSError:
+        return False
+
+
 def read_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray:
-    """Decode an image file like cv::imread (COLOR or GRAYSCALE): H x W x C uint8, BGR when C = 3."""
+    """Decode an image file like cv::imread (COLOR or GRAYSCALE): H x W x C uint8, BGR when C = 3.
+
+    A whole JPEG file is read by OpenCV's own cv2.imread when it is installed (twice as fast as Pillow);
+    everything else, and a truncated JPEG (which cv::imread would keep half-decoded), goes through Pillow,
+    which stops on it with the file named."""
+    cv2 = opencv()
+    if cv2 is not None and _whole_jpeg(path):
+        image = cv2.imread(os.fspath(path), cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
+        if image is not None:
+            return image[:, :, None] if image.ndim == 2 else image
     try:
         with open(path, "rb") as f:
             return _open(f, gray, native=False)
@@ -150,8 +171,8 @@ def _resize_plan(src_h: int, src_w: int, channels: int, height: int, width: int,
 @functools.cache
 def opencv():
     """OpenCV's Python module (cv2), one thread per process (the converter runs a process per core), or None
-    when it is not installed or CONVNET_TRANSFER_NUMPY_RESIZE=1."""
-    if os.environ.get("CONVNET_TRANSFER_NUMPY_RESIZE") == "1":
+    when it is not installed or CONVNET_TRANSFER_NO_OPENCV=1."""
+    if os.environ.get("CONVNET_TRANSFER_NO_OPENCV") == "1":
         return None
     try:
         import cv2

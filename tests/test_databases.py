@@ -314,6 +314,28 @@ def test_numpy_resize_equals_opencv_python(monkeypatch):
             assert np.array_equal(resize_linear(bgr_view, int(oh), int(ow)), fast)
 
 
+@pytest.mark.parametrize("decoder", ["opencv-python", "pillow"])
+def test_truncated_jpeg_is_an_error_and_trailing_bytes_are_not(tmp_path, decoder, monkeypatch):
+    """cv::imread keeps a truncated JPEG half-decoded; we stop on it (naming the file) with either decoder.
+    Bytes after the end marker (some cameras write them) are read as the image."""
+    from convnet_transfer import images
+    if decoder == "pillow":
+        monkeypatch.setattr(images, "opencv", lambda: None)
+    elif images.opencv() is None:
+        pytest.skip("opencv-python-headless is not installed")
+    rng = np.random.default_rng(2)
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(whole, quality=90)
+    data = whole.read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ImageError, match="cut.jpg"):
+        read_image(tmp_path / "cut.jpg")
+    (tmp_path / "tail.jpg").write_bytes(data + b"\x00trailer")
+    expected = read_image(whole)
+    assert expected.shape == (64, 80, 3) and np.array_equal(read_image(tmp_path / "tail.jpg"), expected)
+    assert np.array_equal(read_image(whole, gray=True), read_image(tmp_path / "tail.jpg", gray=True))
+
+
 def test_resize_invariants():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
