@@ -481,7 +481,7 @@ def _convert_chunk(options: _Options, chunk: list[tuple[int, str, int]]):
         records.append((index, make_key(index, relpath), value))
         if array is not None and not mixed:
             if total is None:
-                shape, total = array.shape, array.astype(np.int64)
+                shape, total = array.shape, array.astype(np.uint32)    # a chunk's sum fits: 255 * CHUNK
             elif array.shape == shape:
                 total += array
             else:
@@ -506,7 +506,7 @@ class _Progress:
         if mixed or self.mixed or (self.shape is not None and shape is not None and tuple(shape) != self.shape):
             self.mixed, self.total = True, None
         elif total is not None:
-            self.total = total.copy() if self.total is None else self.total + total
+            self.total = total.astype(np.int64) if self.total is None else self.total + total
             self.shape = tuple(shape)
 
     def save(self, work: Path) -> None:
