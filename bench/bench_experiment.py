@@ -80,8 +80,8 @@ def side_by_side(iters: int, jobs: int) -> None:
             out = Path(tmp) / f"jobs{n_jobs}"
             experiment.make_lists(data, out / "data", settings, progress=False)
             nets = experiment.net_catalog(settings)
-            needed = sorted({f"{n.split}_train" for n in nets} | {f"{n.val_split}_valid" for n in nets})
-            experiment.make_databases(data, out / "data", needed, settings, progress=False)
+            experiment.make_databases(data, out / "data", experiment.database_splits(nets), settings,
+                                      progress=False)
             experiment.make_nets(out / "nets", out / "data", settings, {n.split: 5 for n in nets})
             start = time.monotonic()
             result = experiment.train_nets(out / "nets", jobs=n_jobs, progress=False)

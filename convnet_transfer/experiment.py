@@ -33,8 +33,8 @@ import numpy as np
 from . import architectures, catalog, databases, datasets, logs, netgen, plots, splits
 
 __all__ = ["Settings", "PRESETS", "ExperimentReport", "ExperimentError", "run_experiment", "settings_for", "scaled",
-           "make_lists", "make_databases", "make_nets", "train_nets", "summarize", "findings", "split_spread",
-           "publish", "PAPER_FIG2"]
+           "make_lists", "database_splits", "make_databases", "make_nets", "train_nets", "summarize", "findings",
+           "split_spread", "publish", "PAPER_FIG2"]
 
 ARCH = "caffenet_small"
 CROP = 28                    # caffenet_small's input: 28x28 (the whole Fashion-MNIST image; a random crop of 32x32)
@@ -195,6 +195,11 @@ def _image_size(dataset, settings: Settings) -> int | None:
     if settings.image_size is not None:
         return settings.image_size
     return None if isinstance(dataset, datasets.FashionMNIST) else 32
+
+
+def database_splits(nets: catalog.Catalog) -> list[str]:
+    """The lists the nets train and test on (`<split>_train`, `<split>_valid`): the databases stage 2 writes."""
+    return sorted({f"{n.split}_train" for n in nets} | {f"{n.val_split}_valid" for n in nets})
 
 
 def make_databases(dataset, data_dir: Path, split_names: list[str], settings: Settings,
@@ -397,7 +402,7 @@ def run_experiment(out_dir: str | os.PathLike, *, dataset: str = "fashion-mnist"
 
     nets = net_catalog(settings)
     report.nets = nets.names
-    needed = sorted({f"{n.split}_train" for n in nets} | {f"{n.val_split}_valid" for n in nets})
+    needed = database_splits(nets)
     _say(f"[2/5] {len(needed)} databases -> {report.data_dir}/<split>/lmdb")
     make_databases(data, report.data_dir, needed, settings, progress)
     lap("databases")

@@ -4,6 +4,7 @@ mid-training that, run again, resumes the stopped nets and ends with the same re
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -100,7 +101,7 @@ def test_every_net_trained_logged_and_plotted(quick_run):
     out, result = quick_run
     names = experiment.net_catalog(QUICK).names
     assert len(names) == 16
-    nets_json = {e["name"] for e in __import__("json").loads((out / "nets" / "nets.json").read_text())}
+    nets_json = {e["name"] for e in json.loads((out / "nets" / "nets.json").read_text())}
     assert nets_json == set(names)
     for name in names:
         assert (out / "nets" / name / f"snapshot_iter_{QUICK.max_iter}.caffemodel").is_file(), name
