@@ -6,6 +6,8 @@ plain `pip install .` carries the Jinja templates and the class lists the code n
 """
 from setuptools import setup
 
+PYCAFFE_IMPORTS = ["six", "scipy", "scikit-image"]
+
 setup(
     name="convnet_transfer",
     version="0.1.0",
@@ -44,8 +46,9 @@ setup(
     ],
     extras_require={
         "leveldb": ["plyvel>=1.5"],
-        "test": ["pytest>=7", "pytest-timeout>=2", "plyvel>=1.5", "grpcio-tools==1.85.1"],
-        "caffe": ["six", "scipy", "scikit-image"],  # what pycaffe imports (tools/install_caffe installs them)
+        # the tests compare with real Caffe through pycaffe where a build is found: its imports come with them
+        "test": ["pytest>=7", "pytest-timeout>=2", "plyvel>=1.5", "grpcio-tools==1.85.1", *PYCAFFE_IMPORTS],
+        "caffe": PYCAFFE_IMPORTS,  # what pycaffe imports (tools/install_caffe installs them)
         "dev": ["grpcio-tools==1.85.1"],  # regenerates caffe_pb2.py: python -m convnet_transfer.proto
     },
     entry_points={
