@@ -4,6 +4,7 @@
     python bench/bench_engine.py                       # batches 256 and 32, 2 rounds of 3 iterations, CPU
     python bench/bench_engine.py --batches 32 --iterations 5 --rounds 3
     python bench/bench_engine.py --gpu                 # also our engine on CUDA (fp32, and --precision tf32|bf16)
+    python bench/bench_engine.py --gpu-only --batches 256,1024   # CUDA alone (a GPU machine without Caffe)
 
 Each round runs `caffe time -model M -iterations K` (the real Caffe that convnet_transfer.realcaffe finds,
 tools/install_caffe) and then `tools/caffe_torch time` with the same arguments, one after the other, so that each
@@ -90,6 +91,7 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per `time` run (default 3)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per engine (default 2)")
     parser.add_argument("--gpu", action="store_true", help="also time our engine on CUDA device 0 when present")
+    parser.add_argument("--gpu-only", action="store_true", help="CUDA alone: no CPU rounds (implies --gpu)")
     parser.add_argument("--precision", default=None, help="extra GPU run in tf32 or bf16")
     args = parser.parse_args()
 
@@ -112,17 +114,18 @@ def main() -> int:
         for batch in (int(b) for b in args.batches.split(",")):
             model = Path(tmp) / f"caffenet_{batch}.prototxt"
             model.write_text(CAFFENET % {"batch": batch})
-            times = {name: [] for name in engines}
-            for _ in range(args.rounds):
-                for name, run in engines.items():
-                    times[name].append(time_command(run, model, args.iterations))
-            mine = rates(times["ours"], batch)
-            theirs = rates(times["caffe"], batch) if caffe else None
-            ratio = f"{mine[0] / theirs[0]:.2f}x" if theirs else "-"
-            caffe_text = f"{theirs[0]:.1f} ({theirs[1]:.1f})" if theirs else "-"
-            print(f"{'cpu':<10}{batch:>6}{caffe_text:>20}{f'{mine[0]:.1f} ({mine[1]:.1f})':>20}{ratio:>12}",
-                  flush=True)
-            if args.gpu:
+            if not args.gpu_only:
+                times = {name: [] for name in engines}
+                for _ in range(args.rounds):
+                    for name, run in engines.items():
+                        times[name].append(time_command(run, model, args.iterations))
+                mine = rates(times["ours"], batch)
+                theirs = rates(times["caffe"], batch) if caffe else None
+                ratio = f"{mine[0] / theirs[0]:.2f}x" if theirs else "-"
+                caffe_text = f"{theirs[0]:.1f} ({theirs[1]:.1f})" if theirs else "-"
+                print(f"{'cpu':<10}{batch:>6}{caffe_text:>20}{f'{mine[0]:.1f} ({mine[1]:.1f})':>20}{ratio:>12}",
+                      flush=True)
+            if args.gpu or args.gpu_only:
                 import torch
                 if not torch.cuda.is_available():
                     print("(no CUDA device here: GPU timing skipped)")

@@ -32,14 +32,15 @@ def relative_error(ours: np.ndarray, theirs: np.ndarray) -> float:
     return 0.0 if diff == 0 else diff / max(scale, 1e-30)
 
 
-def compare_with_golden(folder: Path, name: str, weights: str, channels_last: bool = False):
+def compare_with_golden(folder: Path, name: str, weights: str, channels_last: bool = False, device: str = "cpu"):
     golden = dict(np.load(folder / f"{name}.npz"))
     phase = str(golden["meta/phase"])
     net = Net(read_net_file(folder / f"{name}.prototxt"), phase, seed=0)
     if channels_last:
         net.set_channels_last()
     net.load_caffemodel(folder / f"{weights}.caffemodel")
-    inputs = {k.split("/", 1)[1]: torch.from_numpy(v) for k, v in golden.items() if k.startswith("input/")}
+    net.to(device)
+    inputs = {k.split("/", 1)[1]: torch.from_numpy(v).to(device) for k, v in golden.items() if k.startswith("input/")}
     blobs = net(inputs)
     errors = {}
     compared = 0
@@ -47,16 +48,16 @@ def compare_with_golden(folder: Path, name: str, weights: str, channels_last: bo
         if key.startswith("blob/"):
             blob = key.split("/", 1)[1]
             assert blob in blobs, f"{name}: Caffe has blob {blob}, the engine does not"
-            errors[key] = relative_error(blobs[blob].detach().numpy(), theirs)
+            errors[key] = relative_error(blobs[blob].detach().cpu().numpy(), theirs)
             compared += 1
     if phase == "TRAIN":
         loss = net.loss(blobs)
-        errors["loss"] = relative_error(loss.detach().numpy(), golden["loss"])
+        errors["loss"] = relative_error(loss.detach().cpu().numpy(), golden["loss"])
         loss.backward()
         for param in net.params:
             key = f"grad/{param.layer_name}/{param.index}"
             theirs = golden[key]
-            ours = param.tensor.grad.numpy() if param.tensor.grad is not None else np.zeros_like(theirs)
+            ours = param.tensor.grad.cpu().numpy() if param.tensor.grad is not None else np.zeros_like(theirs)
             if param.frozen:   # Caffe computes no diff for lr_mult 0: exactly zero
                 assert not np.any(theirs) and param.tensor.grad is None, key
             errors[key] = relative_error(ours, theirs)

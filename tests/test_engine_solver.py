@@ -208,6 +208,38 @@ def test_data_layer_transform_crop_mirror_mean_scale_and_rewind(tmp_path, monkey
         DataLayerSource(missing, "TRAIN")
 
 
+@pytest.mark.parametrize("transform", [
+    'mean_file: "mean.binaryproto" crop_size: 5 mirror: true scale: 0.25',
+    'mean_value: 10 mean_value: 20 mean_value: 30 crop_size: 7 mirror: true',
+    'mean_file: "mean.binaryproto" mirror: true',
+    'mean_value: 3.5 scale: 0.00390625',
+    'crop_size: 4',
+], ids=["mean-file-crop-mirror-scale", "mean-values-crop-mirror", "mean-file-mirror", "mean-value-scale", "crop"])
+@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
+def test_the_gpu_transform_equals_the_cpu_transform_bit_for_bit(tmp_path, monkeypatch, transform, phase):
+    """Under CUDA the crop, mirror, mean and scale run as one gather on the GPU, on the CPU image by image in
+    numpy in the reading thread: with the same draws both give the same float32 bits (run here on the CPU)."""
+    make_case(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { %s } '
+                        'data_param { source: "train_lmdb" batch_size: 40 backend: LMDB }' % transform)
+    source = DataLayerSource(layer, phase, seed=4)
+    source._stop_thread()   # this test reads and draws itself
+    raw, _, _ = source._read_batch()
+    raw = raw.clone()
+    draws = source._draw(raw.shape)
+    if "mirror" in transform:
+        assert 5 < draws[2].sum() < 35
+    cpu = source._transform_numpy(raw.numpy(), draws)
+    source.channels_last = False
+    cpu_nchw = source._transform_numpy(raw.numpy(), draws)
+    device = source._transform_on_device(raw, draws)
+    source.close()
+    assert cpu.shape == cpu_nchw.shape == tuple(device.shape) == source.shapes["data"]
+    assert torch.from_numpy(cpu).is_contiguous(memory_format=torch.channels_last)   # the CPU net's layout
+    assert cpu.tobytes() == cpu_nchw.tobytes() == device.numpy().tobytes()
+
+
 def test_data_layer_state_resumes_exactly(tmp_path, monkeypatch):
     make_case(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -227,19 +259,104 @@ def test_data_layer_state_resumes_exactly(tmp_path, monkeypatch):
     b.close()
 
 
-def test_data_layer_with_worker_processes_gives_the_same_batches(tmp_path, monkeypatch):
+def _write_values(path: Path, values: list[bytes]) -> None:
+    import lmdb
+    env = lmdb.open(str(path), map_size=32 << 20)
+    with env.begin(write=True) as txn:
+        for i, value in enumerate(values):
+            txn.put(b"%08d" % i, value)
+    env.close()
+
+
+def test_encoded_records_decoded_by_worker_processes_give_the_same_batches(tmp_path, monkeypatch):
+    """PNG-encoded Datums: decoded by 2 worker processes or by the reading thread, the batches are the same and
+    equal the raw pixels; raw Datums never start workers (their pixels are copied, not decoded)."""
+    from convnet_transfer.images import encode_image
     make_case(tmp_path)
     monkeypatch.chdir(tmp_path)
-    layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { crop_size: 5 '
-                        'mirror: true } data_param { source: "train_lmdb" batch_size: 16 backend: LMDB }')
-    a, b = DataLayerSource(layer, "TRAIN", seed=2, workers=0), DataLayerSource(layer, "TRAIN", seed=2, workers=2)
+    rng = np.random.RandomState(3)
+    pixels = rng.randint(0, 256, size=(N, C, H, W)).astype(np.uint8)
+    _write_values(tmp_path / "png_lmdb", [pb.Datum(data=encode_image(image.transpose(1, 2, 0), "png"), label=i % 4,
+                                                   encoded=True).SerializeToString() for i, image in enumerate(pixels)])
+    text = ('name: "d" type: "Data" top: "data" top: "label" transform_param { crop_size: 5 mirror: true } '
+            'data_param { source: "%s" batch_size: 16 backend: LMDB }')
+    encoded = _data_layer(text % "png_lmdb")
+    a, b = DataLayerSource(encoded, "TRAIN", seed=2, workers=0), DataLayerSource(encoded, "TRAIN", seed=2, workers=2)
+    raw = DataLayerSource(_data_layer(text % "train_lmdb"), "TRAIN", seed=2, workers=2)
     try:
+        assert (a.workers, b.workers, raw.workers) == (0, 2, 0) and b._pool is not None and raw._pool is None
         for _ in range(4):
             x, y = a.next_batch(), b.next_batch()
             assert torch.equal(x["data"], y["data"]) and torch.equal(x["label"], y["label"])
+        a.load_state_dict({"position": 0, "next_key": None, "rng": a.rng.bit_generator.state})
+        whole = _data_layer(text.replace("crop_size: 5 mirror: true", "") % "png_lmdb")
+        plain = DataLayerSource(whole, "TEST", seed=0, workers=2)
+        batch = plain.next_batch()
+        assert np.array_equal(batch["data"].numpy(), pixels[:16]) and batch["label"].tolist() == [i % 4 for i in range(16)]
+        plain.close()
     finally:
         a.close()
         b.close()
+        raw.close()
+
+
+@pytest.mark.parametrize("datum", [
+    pb.Datum(channels=3, height=2, width=4, data=bytes(range(24)), label=7),
+    pb.Datum(channels=1, height=1, width=1, data=b"\x05", label=-3),                 # int32 sign-extended
+    pb.Datum(channels=2, height=3, width=1, data=bytes(6), label=2**31 - 1),
+    pb.Datum(channels=1, height=2, width=2, data=bytes(4)),                           # label absent: 0
+], ids=["colour", "negative-label", "max-label", "no-label"])
+def test_raw_datum_layout_reads_the_wire_format_as_protobuf_does(datum):
+    from convnet_transfer.engine.data import decode_record, raw_datum_layout
+    value = datum.SerializeToString()
+    offset, shape, label = raw_datum_layout(value)
+    array, expected_label = decode_record(value)
+    assert shape == array.shape and label == expected_label == datum.label
+    assert value[offset:offset + array.size] == array.tobytes()
+    # fields in another order (protobuf allows any), label given twice (the last one wins)
+    reordered = pb.Datum(label=99).SerializeToString() + pb.Datum(data=datum.data).SerializeToString() + \
+        pb.Datum(channels=datum.channels, height=datum.height, width=datum.width, label=datum.label).SerializeToString()
+    offset, shape, label = raw_datum_layout(reordered)
+    assert (shape, label) == (array.shape, datum.label) and reordered[offset:offset + array.size] == array.tobytes()
+    assert raw_datum_layout(memoryview(value)) == raw_datum_layout(value)
+
+
+@pytest.mark.parametrize("value", [
+    pb.Datum(channels=1, height=1, width=3, data=b"abc", encoded=True).SerializeToString(),
+    pb.Datum(channels=1, height=1, width=2, float_data=[1.5, 2.5]).SerializeToString(),   # packed floats
+    pb.Datum(channels=1, height=1, width=2, data=b"abc").SerializeToString(),             # 3 bytes for 1x1x2
+    pb.Datum(channels=1, height=2, width=2, data=bytes(4)).SerializeToString()[:-2],      # truncated
+    b"\xff\xff\xff", b"",
+], ids=["encoded", "float", "size-mismatch", "truncated", "garbage", "empty"])
+def test_raw_datum_layout_leaves_everything_else_to_the_protobuf_decoder(value):
+    from convnet_transfer.engine.data import raw_datum_layout
+    assert raw_datum_layout(value) is None
+
+
+def test_a_damaged_record_is_an_error_naming_the_record_and_database(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    good = pb.Datum(channels=1, height=2, width=2, data=bytes(4), label=1).SerializeToString()
+    _write_values(tmp_path / "db", [good, good, good[:-3] + b"\xff\xff\xff", good])
+    source = DataLayerSource(_data_layer('name: "d" type: "Data" top: "data" top: "label" '
+                                         'data_param { source: "db" batch_size: 4 backend: LMDB }'), "TRAIN")
+    with pytest.raises(DataError, match=r"record 00000002 in db is not a readable Datum .*re-create it"):
+        source.next_batch()
+    source.close()
+
+
+def test_float_datums_and_batches_not_aliasing_the_reused_buffers(tmp_path, monkeypatch):
+    """float_data Datums go through protobuf; a batch stays valid after the source reuses its memory."""
+    monkeypatch.chdir(tmp_path)
+    values = [pb.Datum(channels=1, height=1, width=2, float_data=[i, -i], label=i).SerializeToString() for i in range(5)]
+    _write_values(tmp_path / "db", values)
+    source = DataLayerSource(_data_layer('name: "d" type: "Data" top: "data" top: "label" '
+                                         'data_param { source: "db" batch_size: 2 backend: LMDB }'), "TEST")
+    batches = [source.next_batch() for _ in range(12)]   # the raw buffer is reused 12 times
+    source.close()
+    for k, batch in enumerate(batches):
+        records = [(2 * k + j) % 5 for j in range(2)]
+        assert batch["data"].flatten().tolist() == [v for r in records for v in (r, -r)]
+        assert batch["label"].tolist() == records
 
 
 # ---------------------------------------------------------------- training

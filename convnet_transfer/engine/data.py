@@ -10,11 +10,16 @@ centre crop in TEST; `mirror`: a random horizontal flip (in either phase, as Caf
 this source's own generator (numpy PCG64, seeded from the solver's random_seed and the layer), not Caffe's
 Boost RNG: crops and flips are distributed as Caffe's, not the same ones.
 
-Pipeline: a background thread reads raw records and decodes them into uint8 batches (worker processes do the
-decoding when `workers` > 0, useful for JPEG-encoded Datums), `prefetch` batches ahead. The crop, mirror, mean
-and scale run as tensor operations on the training device (the GPU under CUDA), on uint8 data copied there.
-The random draws are made when a batch is consumed, so results do not depend on prefetching or workers, and
-`state_dict()` / `load_state_dict()` save and restore the position and generator for an exact resume.
+Pipeline: a background thread reads records and fills uint8 batches `prefetch` batches ahead. Raw Datums (the
+paper's databases) are copied straight from LMDB's memory map into the batch (pinned memory under CUDA): their
+wire format is read by hand (`raw_datum_layout`), without a protobuf parse of the pixels. Encoded Datums (JPEG,
+PNG) are decoded by worker processes when `workers` > 0 (default 4 under CUDA; `-workers N` or
+$CAFFE_TORCH_WORKERS), else by the thread. The thread also makes each batch's random draws, in batch order, and
+on the CPU applies the transform too (numpy views, channels-last output: it overlaps the net's work, as Caffe's
+prefetch thread does); under CUDA the crop, mirror, mean and scale run on the GPU (one gather), on the uint8
+batch copied there. Both transforms give the same float32 bits. Each batch carries the generator's state after
+its draws, so results do not depend on prefetching or workers, and `state_dict()` / `load_state_dict()` save and
+restore the position and generator for an exact resume.
 """
 from __future__ import annotations
 
@@ -43,46 +48,78 @@ class DataError(EngineError):
 
 # ---------------------------------------------------------------- records
 
-_DECODE_DATUM = []   # convnet_transfer.databases.decode_datum, looked up once (None when that stage is absent)
+def decode_record(value) -> tuple[np.ndarray, int]:
+    """Datum bytes -> (array C,H,W: uint8 for pixel data, BGR for colour; float32 for float_data; label); encoded
+    images decoded as Caffe's DecodeDatumNative."""
+    from ..databases import decode_datum
+    array, label = decode_datum(bytes(value))
+    return np.asarray(array), int(label)
 
 
-def _databases_decoder():
-    if not _DECODE_DATUM:
-        try:
-            from ..databases import decode_datum
-        except ImportError:
-            decode_datum = None
-        _DECODE_DATUM.append(decode_datum)
-    return _DECODE_DATUM[0]
+def _varint(buf, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
 
 
-def decode_record(value: bytes) -> tuple[np.ndarray, int]:
-    """Raw Datum bytes -> (array C,H,W: uint8 for pixel data, float32 for float_data; label)."""
-    decode_datum = _databases_decoder()
-    datum = pb.Datum()
-    datum.ParseFromString(value)
-    if datum.float_data and not datum.data:
-        array = np.asarray(datum.float_data, dtype=np.float32).reshape(datum.channels, datum.height, datum.width)
-        return array, int(datum.label)
-    if decode_datum is not None:
-        array, label = decode_datum(value)
-        return np.asarray(array), int(label)
-    if datum.encoded:
-        import io
+def raw_datum_layout(value) -> tuple[int, tuple[int, int, int], int] | None:
+    """(offset of the pixel bytes, (C, H, W), label) of a raw uint8 Datum, read from the protobuf wire format
+    without copying the pixels; None for anything else (encoded, float_data, malformed): `decode_record` then."""
+    fields = {1: 0, 2: 0, 3: 0, 5: 0}
+    data = None
+    pos, end = 0, len(value)
+    try:
+        while pos < end:
+            tag, pos = _varint(value, pos)
+            number, wire = tag >> 3, tag & 7
+            if wire == 0:
+                field, pos = _varint(value, pos)
+                if number == 7 and field:             # encoded: true
+                    return None
+                fields[number] = field
+            elif wire == 2:
+                length, pos = _varint(value, pos)
+                if number == 4:
+                    data = (pos, length)
+                elif number == 6 and length:          # packed float_data
+                    return None
+                pos += length
+            elif wire == 5 and number != 6:
+                pos += 4
+            elif wire == 1:
+                pos += 8
+            else:                                    # float_data, or not protobuf
+                return None
+    except IndexError:
+        return None
+    shape = (fields[1], fields[2], fields[3])
+    if pos != end or data is None or data[1] == 0 or data[1] != shape[0] * shape[1] * shape[2]:
+        return None
+    label = fields[5] - (1 << 64) if fields[5] >= 1 << 63 else fields[5]   # int32 varints are sign-extended
+    return data[0], shape, label
 
-        from PIL import Image
-        image = Image.open(io.BytesIO(datum.data))
-        image = image.convert("RGB" if datum.channels != 1 else "L")
-        array = np.asarray(image)
-        array = array[None] if array.ndim == 2 else array[:, :, ::-1].transpose(2, 0, 1)  # RGB -> BGR, HWC -> CHW
-        return np.ascontiguousarray(array), int(datum.label)
-    array = np.frombuffer(datum.data, dtype=np.uint8).reshape(datum.channels, datum.height, datum.width)
-    return array, int(datum.label)
+
+_TORCH_DTYPE = {np.dtype(np.uint8): torch.uint8, np.dtype(np.float32): torch.float32}
 
 
-def _decode_chunk(values: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    arrays, labels = zip(*(decode_record(v) for v in values))
-    return np.stack(arrays), np.asarray(labels, dtype=np.int64)
+def _decode_chunk(job: tuple[str, list[tuple[bytes, bytes]]]) -> list[tuple[np.ndarray, int]]:
+    """In a worker process: decode (key, value) records of one database."""
+    path, records = job
+    return [_decode_named(Path(path), key, value) for key, value in records]
+
+
+def _decode_named(path: Path, key: bytes, value) -> tuple[np.ndarray, int]:
+    """decode_record, with an error that names the record (and its database) when the bytes are not a Datum."""
+    try:
+        return decode_record(value)
+    except Exception as err:   # protobuf's DecodeError, a size that does not match C*H*W, an undecodable image
+        raise DataError(f"record {key.decode(errors='replace')} in {path} is not a readable Datum ({err}); the "
+                        f"database is damaged: re-create it (tools/make_dbs).") from None
 
 
 def _worker_init() -> None:
@@ -108,7 +145,7 @@ class _Cursor:
         # one handle per database and process, shared with every other reader of it in this process
         # (py-lmdb refuses to open an environment twice; LevelDB locks its directory)
         if self.kind == "lmdb":
-            self._txn = shared_handle(path).begin(buffers=False)
+            self._txn = shared_handle(path).begin(buffers=True)   # values: views of the memory map, no copy
             self.size = self._txn.stat()["entries"]
         elif self.kind == "leveldb":
             self._db = shared_handle(path)
@@ -139,8 +176,9 @@ class _Cursor:
             for _ in range(skip):
                 self.next()
 
-    def next(self) -> tuple[bytes, bytes]:
-        """The next record; rewinds to the first (and says so, as Caffe does) after the last."""
+    def next(self) -> tuple[bytes, bytes | memoryview]:
+        """The next (key, value); rewinds to the first (and says so, as Caffe does) after the last. An LMDB
+        value is a view of the memory map, valid while this cursor's read transaction lives."""
         if self._lookahead is None:
             self.seek(None)
         record = self._lookahead
@@ -148,7 +186,7 @@ class _Cursor:
         if self._lookahead is None:
             glog.info("data_layer.cpp:73", "Restarting data prefetching from start.")
             self.seek(None)
-        return bytes(record[0]), bytes(record[1])
+        return bytes(record[0]), record[1]
 
     def peek_key(self) -> bytes:
         return bytes(self._lookahead[0])
@@ -174,7 +212,8 @@ class DataLayerSource:
     """Batches {top: tensor} for one Data layer. tops[0]: float32 (N,C,H',W') on `device`; tops[1]: float32 labels."""
 
     def __init__(self, layer: pb.LayerParameter, phase: str, device: torch.device | str = "cpu", *,
-                 seed: int = 0, workers: int | None = None, prefetch: int | None = None):
+                 seed: int = 0, workers: int | None = None, prefetch: int | None = None,
+                 channels_last: bool | None = None):
         if layer.type not in DATA_LAYER_TYPES:
             raise DataError(f"layer '{layer.name}': data layer type '{layer.type}' is not supported by the engine "
                             f"(supported: {', '.join(DATA_LAYER_TYPES)}); convert the data to a Datum LMDB.")
@@ -182,6 +221,8 @@ class DataLayerSource:
         self.tops = list(layer.top)
         self.phase = phase
         self.device = torch.device(device)
+        # CPU batches come in the memory layout Net.place gives the net there (channels-last): no copy per batch
+        self.channels_last = self.device.type == "cpu" if channels_last is None else bool(channels_last)
         dp = layer.data_param
         self.batch_size = int(dp.batch_size)
         if self.batch_size <= 0:
@@ -203,8 +244,10 @@ class DataLayerSource:
         self._cursor = _Cursor(source, backend)
         self.size = self._cursor.size
 
-        first, _ = decode_record(self._cursor._lookahead[1])
-        self.datum_shape = tuple(first.shape)
+        first_key, first_value = self._cursor._lookahead
+        first, _ = self._decode(bytes(first_key), first_value)
+        self.datum_shape, self.dtype = tuple(first.shape), first.dtype
+        self.encoded = pb.Datum.FromString(bytes(first_value)).encoded
         channels, height, width = self.datum_shape
         if self.crop and (self.crop > height or self.crop > width):
             raise DataError(f"layer '{layer.name}': crop_size {self.crop} is larger than the images "
@@ -231,6 +274,7 @@ class DataLayerSource:
                                 f"{channels}.")
             values = values * channels if len(values) == 1 else values
             self.mean = torch.tensor(values, dtype=torch.float32, device=self.device).view(channels, 1, 1)
+        self._mean_numpy = self.mean.cpu().numpy() if self.mean is not None else None
 
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self._position = 0            # records consumed so far (mod size)
@@ -239,10 +283,13 @@ class DataLayerSource:
             skip = int(self.rng.integers(0, dp.rand_skip))
             glog.info("data_layer.cpp:50", f"Skipping first {skip} data points.")
             self._position = skip % self.size
-        self.workers = _default_workers(self.device) if workers is None else int(workers)
+        # worker processes decode encoded images; raw pixels are faster copied by the reading thread itself
+        self.workers = (_default_workers(self.device) if workers is None else int(workers)) if self.encoded else 0
         self.prefetch = max(1, int(prefetch if prefetch is not None else dp.prefetch or 4))
         self._thread = None
         self._pool = None
+        self._buffer = None
+        self._rng_state = self.rng.bit_generator.state   # after the draws of the last batch consumed
         self._start(None)
 
     # ------------------------------------------------------------ background reading
@@ -265,22 +312,11 @@ class DataLayerSource:
     def _fill(self) -> None:
         try:
             while not self._stop.is_set():
-                values = [self._cursor.next()[1] for _ in range(self.batch_size)]
-                next_key = self._cursor.peek_key()
-                if self._pool is not None:
-                    step = -(-len(values) // self.workers)
-                    parts = self._pool.map(_decode_chunk, [values[i:i + step] for i in range(0, len(values), step)])
-                    data, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-                else:
-                    data, labels = _decode_chunk(values)
-                if data.shape[1:] != self.datum_shape:
-                    raise DataError(f"layer '{self.name}': records of shape {data.shape[1:]} among records of "
-                                    f"shape {self.datum_shape} in {self._cursor.path}; all images of a database "
-                                    f"must have one size (re-create it with a resize).")
-                data = torch.from_numpy(data)
-                if self.device.type == "cuda":
-                    data = data.pin_memory()
-                item = (data, torch.from_numpy(labels), next_key)
+                data, labels, next_key = self._read_batch()
+                draws = self._draw(data.shape)
+                if self.device.type == "cpu":   # here, overlapping the net's work, as Caffe's prefetch thread
+                    data = torch.from_numpy(self._transform_numpy(data.numpy(), draws))
+                item = (data, labels, next_key, draws, self.rng.bit_generator.state)
                 while not self._stop.is_set():
                     try:
                         self._queue.put(item, timeout=0.1)
@@ -289,6 +325,51 @@ class DataLayerSource:
                         continue
         except BaseException as err:  # hand the error to the consumer
             self._queue.put(err)
+
+    def _read_batch(self) -> tuple[torch.Tensor, torch.Tensor, bytes]:
+        """The next batch_size records as (data N,C,H,W uint8 or float32, labels, key of the record after)."""
+        records = [self._cursor.next() for _ in range(self.batch_size)]
+        next_key = self._cursor.peek_key()
+        labels = np.empty(self.batch_size, np.int64)
+        data = self._next_buffer()
+        out = data.numpy()
+        if self._pool is not None:
+            step = -(-len(records) // self.workers)
+            chunks = [[(key, bytes(value)) for key, value in records[i:i + step]]
+                      for i in range(0, len(records), step)]
+            path = str(self._cursor.path)
+            decoded = [pair for part in self._pool.map(_decode_chunk, [(path, chunk) for chunk in chunks])
+                       for pair in part]
+        else:
+            decoded = None
+        for i, (key, value) in enumerate(records):
+            layout = raw_datum_layout(value) if decoded is None else None
+            if layout is not None and layout[1] == self.datum_shape and self.dtype == np.uint8:
+                offset, shape, labels[i] = layout
+                out[i] = np.frombuffer(value, np.uint8, out[i].size, offset).reshape(shape)
+                continue
+            array, labels[i] = decoded[i] if decoded is not None else self._decode(key, value)
+            if array.shape != self.datum_shape:
+                raise DataError(f"layer '{self.name}': record {key.decode(errors='replace')} has shape "
+                                f"{array.shape} among records of shape {self.datum_shape} in {self._cursor.path}; "
+                                f"all images of a database must have one size (re-create it with a resize).")
+            out[i] = array
+        return data, torch.from_numpy(labels), next_key
+
+    def _next_buffer(self) -> torch.Tensor:
+        """Memory for the next raw batch. CPU: one buffer, allocated once (the thread transforms it before it
+        reads the next batch; a fresh 50 MB batch costs more in page faults than reading the records). Other
+        devices: a new one, pinned under CUDA (torch's caching host allocator reuses a pinned block only once its
+        copy to the GPU is done)."""
+        shape, dtype = (self.batch_size,) + self.datum_shape, _TORCH_DTYPE[self.dtype]
+        if self.device.type != "cpu":
+            return torch.empty(shape, dtype=dtype, pin_memory=self.device.type == "cuda")
+        if self._buffer is None:
+            self._buffer = torch.empty(shape, dtype=dtype)
+        return self._buffer
+
+    def _decode(self, key: bytes, value) -> tuple[np.ndarray, int]:
+        return _decode_named(self._cursor.path, key, value)
 
     def _stop_thread(self) -> None:
         if self._thread is not None:
@@ -307,35 +388,69 @@ class DataLayerSource:
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
-        data, labels, next_key = item
+        data, labels, next_key, draws, self._rng_state = item
         self._position = (self._position + self.batch_size) % self.size
         self._next_key = next_key
-        batch = {self.tops[0]: self._transform(data)}
+        if self.device.type != "cpu":
+            data = self._transform_on_device(data, draws)
+        batch = {self.tops[0]: data}
         if len(self.tops) > 1:
             batch[self.tops[1]] = labels.to(self.device, non_blocking=True).to(torch.float32)
         return batch
 
-    def _transform(self, data: torch.Tensor) -> torch.Tensor:
-        """Caffe's DataTransformer on a uint8 batch (N,C,H,W): mean, crop, mirror, scale, on the device."""
-        n, channels, height, width = data.shape
+    def _draw(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Caffe's per-image draws: crop offsets (random in TRAIN, the centre in TEST, 0 without crop_size) and
+        mirror flags (random in either phase when `mirror`, else None)."""
+        n, _, height, width = shape
         mirror = self.rng.integers(0, 2, n).astype(bool) if self.mirror else None
         if self.crop and self.phase == "TRAIN":
             h_off = self.rng.integers(0, height - self.crop + 1, n)
             w_off = self.rng.integers(0, width - self.crop + 1, n)
-        elif self.crop:
-            h_off = np.full(n, (height - self.crop) // 2)
-            w_off = np.full(n, (width - self.crop) // 2)
-        x = data.to(self.device, non_blocking=True).to(torch.float32)
+        else:
+            h_off = np.full(n, (height - self.crop) // 2 if self.crop else 0)
+            w_off = np.full(n, (width - self.crop) // 2 if self.crop else 0)
+        return h_off, w_off, mirror
+
+    def _transform_numpy(self, data: np.ndarray, draws) -> np.ndarray:
+        """Caffe's DataTransformer on a batch (N,C,H,W), image by image on views (the crop and the mirror cost no
+        copy): (x - mean) * scale, the mean taken at the source pixel, into a new float32 array (N,C,H',W'), laid
+        out channels-last in memory when `self.channels_last`."""
+        n, channels, height, width = data.shape
+        h_off, w_off, mirror = draws
+        out_h, out_w = (self.crop, self.crop) if self.crop else (height, width)
+        if self.channels_last:
+            out = np.empty((n, out_h, out_w, channels), np.float32).transpose(0, 3, 1, 2)
+        else:
+            out = np.empty((n, channels, out_h, out_w), np.float32)
+        mean = self._mean_numpy
+        for i in range(n):
+            rows, cols = slice(h_off[i], h_off[i] + out_h), slice(w_off[i], w_off[i] + out_w)
+            x = data[i, :, rows, cols]
+            mu = mean[:, rows, cols] if mean is not None and mean.shape[1] > 1 else mean
+            if mirror is not None and mirror[i]:
+                x = x[:, :, ::-1]
+                mu = mu[:, :, ::-1] if mu is not None and mu.shape[2] > 1 else mu
+            if mu is None:
+                out[i] = x
+            else:
+                np.subtract(x, mu, out=out[i], dtype=np.float32)
+        if self.scale != 1:
+            out *= np.float32(self.scale)
+        return out
+
+    def _transform_on_device(self, data: torch.Tensor, draws) -> torch.Tensor:
+        """The same transform as `_transform_numpy`, as tensor operations on the training device (one gather for
+        the whole batch): under CUDA, uint8 pixels cross the bus and the GPU does the rest."""
+        n, channels, height, width = data.shape
+        h_off, w_off, mirror = draws
+        x = data.to(self.device, non_blocking=True).to(torch.float32, copy=True)   # never the reused buffer
         if self.mean is not None:
             x = x - self.mean
         if self.crop or (mirror is not None and mirror.any()):
             out_h, out_w = (self.crop, self.crop) if self.crop else (height, width)
             dev = self.device
-            rows = torch.arange(out_h, device=dev).expand(n, out_h)
-            cols = torch.arange(out_w, device=dev).expand(n, out_w)
-            if self.crop:
-                rows = rows + torch.from_numpy(h_off).to(dev)[:, None]
-                cols = cols + torch.from_numpy(w_off).to(dev)[:, None]
+            rows = torch.arange(out_h, device=dev) + torch.from_numpy(h_off).to(dev)[:, None]
+            cols = torch.arange(out_w, device=dev) + torch.from_numpy(w_off).to(dev)[:, None]
             if mirror is not None:
                 cols = torch.where(torch.from_numpy(mirror).to(dev)[:, None], cols.flip(1), cols)
             index_n = torch.arange(n, device=dev)[:, None, None, None]
@@ -350,11 +465,12 @@ class DataLayerSource:
     def state_dict(self) -> dict:
         """Where the next batch starts and the random generator's state: JSON-serialisable."""
         return {"position": self._position, "next_key": self._next_key.hex() if self._next_key else None,
-                "rng": self.rng.bit_generator.state}
+                "rng": self._rng_state}
 
     def load_state_dict(self, state: dict) -> None:
         self._position = int(state["position"]) % self.size
-        self.rng.bit_generator.state = state["rng"]
+        self._stop_thread()   # it has drawn ahead for the batches it prefetched
+        self.rng.bit_generator.state = self._rng_state = state["rng"]
         key = bytes.fromhex(state["next_key"]) if state.get("next_key") else None
         if self._cursor.kind == "other":
             key = None

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""How fast the Data layer feeds a net: Caffe's DataLayer against ours, images per second, side by side.
+
+    python bench/bench_data.py                      # 512 raw 3x256x256 Datums, batch 256, crop 227, mirror, mean
+    python bench/bench_data.py --records 1024 --iterations 20 --rounds 3
+    python bench/bench_data.py --gpu                # also our Data layer feeding CUDA device 0, when there is one
+
+The database is an LMDB of raw Datums as tools/make_dbs (and convert_imageset) writes them, with its mean file;
+the net is that Data layer alone (TRAIN: random crop 227, mirror, mean file), as in the paper's train nets. Each
+round runs `caffe time -model M -iterations K` (real Caffe, tools/install_caffe) and then `tools/caffe_torch time`
+with the same arguments, one after the other. Both print "Average Forward pass": the time the net waits for a
+transformed batch once the prefetch queues have filled, so batch / that time is the rate the Data layer sustains.
+Caffe transforms in its prefetch thread; ours reads in a thread and transforms on the training device. A third
+column gives the rate of our reading thread alone (raw uint8 batches, no transform), measured in this process.
+The GPU goal of the engine (issue 5) is 10,000 images/s on CaffeNet, so the feeding rate must stay above that.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DATA_NET = """name: "DataOnly"
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+  transform_param { mirror: true crop_size: 227 mean_file: "mean.binaryproto" }
+  data_param { source: "train_lmdb" batch_size: %(batch)d backend: LMDB } }
+"""
+
+FORWARD = re.compile(r"Average Forward pass: ([\d.eE+-]+) ms")
+
+
+def make_database(folder: Path, records: int) -> None:
+    """`records` raw 3x256x256 Datums (16 distinct random images, repeated) and their mean file."""
+    from convnet_transfer import databases
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, size=(16, 3, 256, 256)).astype(np.uint8)
+    databases.write_arrays(folder / "train_lmdb", ((databases.make_key(i, f"n{i:08d}.JPEG"), images[i % 16], i % 500)
+                                                   for i in range(records)),
+                           mean_path=folder / "mean.binaryproto", total=records, progress=False)
+
+
+def forward_seconds(run, model: Path, iterations: int, cwd: Path, extra: tuple[str, ...] = ()) -> float:
+    proc = run(["time", "-model", str(model), "-iterations", str(iterations), *extra], cwd)
+    found = FORWARD.search(proc.stderr + proc.stdout)
+    if proc.returncode != 0 or not found:
+        raise RuntimeError(f"time -model {model} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return float(found.group(1)) / 1000
+
+
+def run_ours(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "caffe_torch"), *args], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+def reader_rate(folder: Path, batch: int, batches: int) -> float:
+    """Raw batches per second from our reading thread alone (no transform), after the queue has filled."""
+    from convnet_transfer import caffe_pb2 as pb
+    from convnet_transfer import protoio
+    from convnet_transfer.engine.data import DataLayerSource
+    layer = protoio.parse_text(DATA_NET % {"batch": batch}, pb.NetParameter()).layer[0]
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        source = DataLayerSource(layer, "TRAIN", "cpu")
+        for _ in range(source.prefetch):
+            source._queue.get()
+        start = time.perf_counter()
+        for _ in range(batches):
+            item = source._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+        seconds = time.perf_counter() - start
+        source.close()
+    finally:
+        os.chdir(cwd)
+    return batch * batches / seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=512, help="Datums in the database (default 512)")
+    parser.add_argument("--batch", type=int, default=256, help="batch size (default 256, the paper's)")
+    parser.add_argument("--iterations", type=int, default=10, help="timed iterations per `time` run (default 10)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per engine (default 2)")
+    parser.add_argument("--gpu", action="store_true", help="also our Data layer feeding CUDA device 0")
+    args = parser.parse_args()
+
+    from convnet_transfer.realcaffe import find_caffe
+    caffe = find_caffe()
+    if caffe is not None and not caffe.ok:
+        print(f"real Caffe found but not usable: {caffe.problem}", file=sys.stderr)
+        caffe = None
+    engines = {"ours": run_ours}
+    if caffe:
+        engines["caffe"] = lambda argv, cwd: caffe.run("caffe", *argv, cwd=str(cwd), check=False)
+    print(f"Data layer alone: LMDB of {args.records} raw 3x256x256 Datums, batch {args.batch}, TRAIN (crop 227, "
+          f"mirror, mean file); `time`, {args.iterations} iterations, {args.rounds} alternating rounds, one engine "
+          f"at a time; {os.cpu_count()} CPUs")
+    print(f"real Caffe: {caffe.describe() if caffe else 'not found (tools/install_caffe)'}")
+    print("img/s from the mean time per round (in brackets: from the fastest round)")
+    print(f"{'device':<10}{'Caffe img/s':>20}{'ours img/s':>20}{'ours/Caffe':>12}{'our reader alone':>18}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        make_database(folder, args.records)
+        model = folder / "data.prototxt"
+        model.write_text(DATA_NET % {"batch": args.batch})
+        seconds = {name: [] for name in engines}
+        for _ in range(args.rounds):
+            for name, run in engines.items():
+                seconds[name].append(forward_seconds(run, model, args.iterations, folder))
+        mine = [args.batch / (sum(seconds["ours"]) / args.rounds), args.batch / min(seconds["ours"])]
+        theirs = [args.batch / (sum(seconds["caffe"]) / args.rounds), args.batch / min(seconds["caffe"])] \
+            if caffe else None
+        reader = reader_rate(folder, args.batch, args.iterations)
+        print(f"{'cpu':<10}{f'{theirs[0]:.0f} ({theirs[1]:.0f})' if theirs else '-':>20}"
+              f"{f'{mine[0]:.0f} ({mine[1]:.0f})':>20}{f'{mine[0] / theirs[0]:.2f}x' if theirs else '-':>12}"
+              f"{reader:>18.0f}", flush=True)
+        if args.gpu:
+            import torch
+            if not torch.cuda.is_available():
+                print("(no CUDA device here: GPU feeding skipped)")
+                return 0
+            gpu = [forward_seconds(run_ours, model, max(args.iterations, 20), folder, ("-gpu", "0"))
+                   for _ in range(args.rounds)]
+            print(f"{'cuda':<10}{'-':>20}{f'{args.batch / (sum(gpu) / len(gpu)):.0f} ({args.batch / min(gpu):.0f})':>20}"
+                  f"{'-':>12}{'-':>18}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
