@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import images
+
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
@@ -176,20 +178,12 @@ class CaffeList:
 
 
 def load_image(path: Path) -> np.ndarray:
-    """An image file -> uint8 (H, W) greyscale or (H, W, 3) BGR, as cv::imread gives Caffe."""
-    from PIL import Image, UnidentifiedImageError
-
+    """An image file -> uint8 (H, W, 3) BGR, as convert_imageset reads it (cv::imread, IMREAD_COLOR: grey
+    expanded, EXIF orientation applied, 16-bit keeping the high byte); `images.read_image`."""
     try:
-        with Image.open(path) as im:
-            if im.mode.startswith("I;16"):     # 16-bit grey: the high byte, as OpenCV's 8-bit conversion
-                return (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
-            if im.mode in ("L", "1"):
-                return np.asarray(im.convert("L"))
-            return np.ascontiguousarray(np.asarray(im.convert("RGB"))[:, :, ::-1])
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: image not found") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise DatasetError(f"{path}: cannot decode image ({err})") from None
+        return images.read_image(path)
+    except images.ImageError as err:
+        raise DatasetError(str(err)) from None
 
 
 DATASETS = {"fashion-mnist": FashionMNIST, "folder": ImageFolder, "list": CaffeList}

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import architectures, catalog, databases, datasets, logs, netgen, plots, splits
+from . import architectures, catalog, databases, datasets, images, logs, netgen, plots, splits
 
 __all__ = ["Settings", "PRESETS", "ExperimentReport", "ExperimentError", "run_experiment", "settings_for", "scaled",
-           "make_lists", "database_splits", "make_databases", "make_nets", "train_nets", "summarize", "findings",
+           "make_lists", "database_splits", "make_databases", "classes_per_split", "make_nets", "train_nets", "summarize", "findings",
            "split_spread", "publish", "PAPER_FIG2"]
 
 ARCH = "caffenet_small"
@@ -177,13 +177,10 @@ def make_lists(dataset, data_dir: Path, settings: Settings, progress: bool = Tru
 
 def _as_chw(image: np.ndarray, channels: int, size: int | None) -> np.ndarray:
     """An adapter's image (H,W grey or H,W,3 BGR) -> uint8 C x size x size, as convert_imageset stores it."""
-    if size is not None and image.shape[:2] != (size, size):
-        from PIL import Image
-        pil = Image.fromarray(image[:, :, ::-1] if image.ndim == 3 else image)
-        image = np.asarray(pil.resize((size, size), Image.BILINEAR))
-        image = image[:, :, ::-1] if image.ndim == 3 else image
     if image.ndim == 2:
         image = image[:, :, None]
+    if size is not None and image.shape[:2] != (size, size):
+        image = images.resize_linear(image, size, size)   # cv::resize(INTER_LINEAR), as convert_imageset
     if channels == 3 and image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
     elif channels == 1 and image.shape[2] == 3:
@@ -241,6 +238,11 @@ def net_catalog(settings: Settings) -> catalog.Catalog:
                                                             % 2**31}) for net in nets)
 
 
+def classes_per_split(data_dir: Path, nets: catalog.Catalog) -> dict[str, int]:
+    """The number of classes each net's training split holds (its idxmap.txt, stage 1): fc8's num_output."""
+    return {n.split: _count_classes(data_dir / f"{n.split}_train" / "idxmap.txt") for n in nets}
+
+
 def make_nets(nets_dir: Path, data_dir: Path, settings: Settings, n_classes: dict[str, int],
               crop: int = CROP) -> netgen.RenderReport:
     """Stage 3: every net directory (solver, train/val prototxts, train.sh, links to the data) and nets.json,
@@ -254,7 +256,7 @@ def make_nets(nets_dir: Path, data_dir: Path, settings: Settings, n_classes: dic
 # ---------------------------------------------------------------- stage 4: training
 
 def train_nets(nets_dir: Path, engine: str = "torch", jobs: int = 2, gpus: str | None = None,
-               progress: bool = True):
+               progress: bool = True, quiet: bool = False):
     """Stage 4: train every net with `jobs` workers in dependency order (base nets first) through the local
     runner; finished nets are skipped, interrupted ones resume from their newest .solverstate."""
     from . import local_runner, slurm
@@ -265,7 +267,7 @@ def train_nets(nets_dir: Path, engine: str = "torch", jobs: int = 2, gpus: str |
         threads = str(max(1, (os.cpu_count() or 1) // jobs))
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env.setdefault(var, threads)
-    return local_runner.run_local(nets_dir, jobs=jobs, env=env, gpus=gpus, progress=progress)
+    return local_runner.run_local(nets_dir, jobs=jobs, env=env, gpus=gpus, progress=progress, quiet=quiet)
 
 
 # ---------------------------------------------------------------- stage 5: results
@@ -319,12 +321,15 @@ def findings(table: list[dict], paired: list[dict] | None = None) -> str:
     def pts(v):
         return f"{100 * v:+.1f} points"
 
-    def verdict(effect: float) -> str:
+    def verdict(effect: float) -> tuple[str, str]:
+        """(the answer: Yes, No or Barely; the answer in words, with what qualifies it)"""
         if effect <= 0:
-            return "No"
+            return "No", "No"
         if spread is None:
-            return "Yes, on one split (no spread to judge it by)"
-        return "Yes" if effect > spread else f"Barely: within the split-to-split spread ({100 * spread:.1f} points)"
+            return "Yes", "Yes, on one split (no spread to judge it by)"
+        if effect > spread:
+            return "Yes", "Yes"
+        return "Barely", f"Barely: within the split-to-split spread ({100 * spread:.1f} points)"
 
     lines = []
     base = ours.get("baseB", {}).get(0)
@@ -338,7 +343,7 @@ def findings(table: list[dict], paired: list[dict] | None = None) -> str:
     anb, p_anb = ours.get("AnB", {}), paper["AnB"]
     if anb and 1 in anb and 7 in anb:
         lines.append(
-            f"1. Does transfer AnB fall with n? {verdict(anb[1] - anb[7])}: AnB is {pct(anb[1])} at n=1 and "
+            f"1. Does transfer AnB fall with n? {verdict(anb[1] - anb[7])[1]}: AnB is {pct(anb[1])} at n=1 and "
             f"{pct(anb[7])} at n=7 ({pts(anb[7] - anb[1])}). Paper: {pct(p_anb[1])} -> {pct(p_anb[7])} "
             f"({pts(p_anb[7] - p_anb[1])}), as the upper layers' features become specific to the base task.")
     bnb, p_bnb = ours.get("BnB", {}), paper["BnB"]
@@ -347,7 +352,7 @@ def findings(table: list[dict], paired: list[dict] | None = None) -> str:
         if middle:
             n_min = min(middle, key=middle.get)
             lines.append(
-                f"2. Does selffer BnB dip in the middle? {verdict(min(bnb[1], bnb[7]) - middle[n_min])}: its "
+                f"2. Does selffer BnB dip in the middle? {verdict(min(bnb[1], bnb[7]) - middle[n_min])[1]}: its "
                 f"lowest middle value is {pct(middle[n_min])} at n={n_min}, against {pct(bnb[1])} at n=1 and "
                 f"{pct(bnb[7])} at n=7. Paper: down to {pct(p_bnb[5])} at n=5 from {pct(p_bnb[1])} at n=1 and "
                 f"{pct(p_bnb[7])} at n=7 (co-adapted middle layers that the upper layers cannot relearn alone).")
@@ -355,16 +360,16 @@ def findings(table: list[dict], paired: list[dict] | None = None) -> str:
     if anbp and base is not None:
         mean_plus = float(np.mean(list(anbp.values())))
         p_plus, p_ctrl = (float(np.mean(list(paper[s].values()))) for s in ("AnB+", "BnB+"))
-        line = (f"3. Does fine-tuned transfer AnB+ beat the base nets? {verdict(mean_plus - base)}: AnB+ averages "
+        line = (f"3. Does fine-tuned transfer AnB+ beat the base nets? {verdict(mean_plus - base)[1]}: AnB+ averages "
                 f"{pct(mean_plus)} over n=1..7 against {pct(base)} ({pts(mean_plus - base)}). Paper: "
                 f"{pct(p_plus)} against {pct(p_base)} ({pts(p_plus - p_base)}).")
         if bnbp:
             control = float(np.mean(list(bnbp.values())))
             line += (f" The control is selffer BnB+, trained as long on its own half: {pct(control)}, so transfer "
-                     f"itself adds {pts(mean_plus - control)} ({verdict(mean_plus - control).split(':')[0]}). Paper: "
+                     f"itself adds {pts(mean_plus - control)} ({verdict(mean_plus - control)[0]}). Paper: "
                      f"BnB+ {pct(p_ctrl)}, transfer adds {pts(p_plus - p_ctrl)}: features from another task "
                      f"generalize better even after fine-tuning.")
-            if verdict(control - base).startswith("Yes"):
+            if verdict(control - base)[0] == "Yes":
                 line += (f" Here BnB+ itself beats its base nets by {pts(control - base)}: the base nets are not "
                          f"trained to convergence as the paper's were, so fine-tuning goes on training them; "
                          f"compare AnB+ with BnB+, not with the base nets.")
@@ -407,7 +412,7 @@ def run_experiment(out_dir: str | os.PathLike, *, dataset: str = "fashion-mnist"
     make_databases(data, report.data_dir, needed, settings, progress)
     lap("databases")
 
-    classes = {n.split: _count_classes(report.data_dir / f"{n.split}_train" / "idxmap.txt") for n in nets}
+    classes = classes_per_split(report.data_dir, nets)
     _say(f"[3/5] {len(nets)} nets -> {report.nets_dir}")
     rendered = make_nets(report.nets_dir, report.data_dir, settings, classes)
     _say(rendered.summary())

@@ -42,6 +42,10 @@ def _cmyk_to_bgr(image: Image.Image) -> np.ndarray:
 
 
 def _to_array(image: Image.Image, gray: bool, native: bool = False, fmt: str | None = None) -> np.ndarray:
+    if image.mode.startswith("I;16") or (image.mode == "I" and fmt == "PNG"):
+        # 16-bit grey: OpenCV's 8-bit read keeps the high byte (png_set_strip_16); Pillow's convert would clip
+        grey = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)[:, :, None]
+        return grey if gray or native else np.repeat(grey, 3, axis=2)
     if image.mode == "CMYK" and fmt == "JPEG":
         bgr = _cmyk_to_bgr(image)
         if not gray:

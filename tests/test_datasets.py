@@ -107,8 +107,8 @@ def test_image_folder_holds_out_a_fraction_of_each_class(tmp_path):
     assert all(not n.endswith(".txt") for n, _ in train + val)
     assert data.items("val") == val                                 # deterministic for a seed
     assert len(datasets.ImageFolder(root, seed=1).items("val")) == 3
-    grey = data.image("cat/3.png")
-    assert grey.shape == (8, 6) and grey.dtype == np.uint8 and (grey == 30).all()
+    grey = data.image("cat/3.png")                                 # IMREAD_COLOR: grey in 3 channels
+    assert grey.shape == (8, 6, 3) and grey.dtype == np.uint8 and (grey == 30).all()
     colour = data.image("emu/2.png")                                # BGR, as cv::imread gives Caffe
     assert colour.shape == (8, 6, 3) and colour[0, 0].tolist() == [2, 40, 200]
 
@@ -121,7 +121,7 @@ def test_image_folder_with_train_and_val_folders(tmp_path):
     assert data.classes == ("cat", "dog", "emu")
     assert len(data.items("train")) == 15 and len(data.items("val")) == 6
     assert data.items("val")[0] == ("val/cat/0.png", 0)
-    assert data.image("val/cat/1.png").shape == (8, 6)
+    assert data.image("val/cat/1.png").shape == (8, 6, 3)
 
 
 def test_image_folder_with_only_a_train_folder(tmp_path):
@@ -143,7 +143,7 @@ def test_image_folder_errors(tmp_path):
     data = open_dataset("folder", root=root)
     with pytest.raises(DatasetError, match=r"dog/0.png: cannot decode"):
         data.image("dog/0.png")
-    with pytest.raises(DatasetError, match=r"nope.png: image not found"):
+    with pytest.raises(DatasetError, match=r"nope.png: no such image file"):
         data.image("dog/nope.png")
     with pytest.raises(DatasetError, match="unknown dataset"):
         open_dataset("cifar")
@@ -163,3 +163,32 @@ def test_caffe_list(tmp_path):
     (tmp_path / "bad.txt").write_text("cat/0.png zero\n")
     with pytest.raises(ValueError, match="bad.txt:1"):
         open_dataset("list", train_list=tmp_path / "bad.txt", root=root)
+
+
+def test_folder_images_become_the_records_convert_imageset_writes(tmp_path):
+    """A folder's images (colour and grey PNG, a JPEG with an EXIF rotation), resized for the experiment's
+    databases, equal the records of our convert_imageset (databases.convert_list, checked against Caffe's own in
+    test_caffe_db_compat.py): cv::imread's decoding and cv::resize's interpolation, not Pillow's."""
+    from PIL import Image
+
+    from convnet_transfer import databases, experiment
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(2)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(root / cls / "colour.png")
+        Image.fromarray(rng.integers(0, 256, (45, 20), dtype=np.uint8)).save(root / cls / "grey.png")
+        exif = Image.Exif()
+        exif[0x0112] = 6                                            # rotate 90 degrees on display
+        Image.fromarray(rng.integers(0, 256, (40, 64, 3), dtype=np.uint8)).save(root / cls / "rotated.jpg",
+                                                                              quality=90, exif=exif)
+    data = open_dataset("folder", root=root, val_fraction=0)
+    items = data.items("train")
+    assert len(items) == 6
+    files = tmp_path / "files.txt"
+    files.write_text("".join(f"{name} {label}\n" for name, label in items))
+    databases.convert_list(files, root, tmp_path / "db", resize=(32, 32), workers=0, progress=False)
+    stored = [databases.decode_datum(value)[0] for _, value in databases.open_reader(tmp_path / "db")]
+    for (name, _), record in zip(items, stored):
+        assert np.array_equal(experiment._as_chw(data.image(name), 3, 32), record), name
+    assert data.image("a/rotated.jpg").shape == (64, 40, 3)         # EXIF applied, as OpenCV's imread does
