@@ -82,9 +82,10 @@ def side_by_side(iters: int, jobs: int) -> None:
             nets = experiment.net_catalog(settings)
             experiment.make_databases(data, out / "data", experiment.database_splits(nets), settings,
                                       progress=False)
-            experiment.make_nets(out / "nets", out / "data", settings, {n.split: 5 for n in nets})
+            experiment.make_nets(out / "nets", out / "data", settings,
+                                 experiment.classes_per_split(out / "data", nets))
             start = time.monotonic()
-            result = experiment.train_nets(out / "nets", jobs=n_jobs, progress=False)
+            result = experiment.train_nets(out / "nets", jobs=n_jobs, progress=False, quiet=True)
             times[n_jobs] = time.monotonic() - start
             assert result.ok, result.describe()
             rates = [statistics.median(net_rates(out / "nets" / n)) for n in nets.names]

@@ -75,7 +75,8 @@ def write_makefile(root: str | os.PathLike, nets: list[str] | None = None, gpus:
 
 
 def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = None, env: dict | None = None,
-              gpus: list[str] | str | None = None, caffe: str | None = None, progress: bool = True) -> LocalResult:
+              gpus: list[str] | str | None = None, caffe: str | None = None, progress: bool = True,
+              quiet: bool = False) -> LocalResult:
     """Train the nets of a tree (all, or those matching the patterns `nets` plus their base nets) with
     `jobs` workers, base nets before their transfer nets; blocks until done and returns every net's status.
 
@@ -83,6 +84,7 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
     solvers say (CPU or GPU 0). env: the environment of the trainers (default: this process's); its CAFFE is
     the trainer command train.sh runs. caffe: shorthand for env["CAFFE"]. With neither, real Caffe when
     realcaffe.find_caffe() finds a working build, else tools/caffe_torch (caffe_command("torch") forces ours).
+    progress: a bar of nets trained; quiet: no line per net started and finished (make's output).
     Returns LocalResult: returncode, interrupted, nets = {name: NetStatus} (state finished / failed (detail:
     the log line that says why) / stopped (resumable) / not started).
     """
@@ -106,7 +108,8 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
     chosen = read_tree(root, nets)
     selected = [n.name for n in chosen] if nets else None
     cmd = [make, "--no-print-directory", "-C", str(root), "-f", str(makefile.relative_to(root)), f"-j{jobs}", "-k"]
-    proc = subprocess.Popen(cmd, env=run_env, start_new_session=True)   # own group: Ctrl-C reaches it once
+    proc = subprocess.Popen(cmd, env=run_env, start_new_session=True,   # own group: Ctrl-C reaches it once
+                            stdout=subprocess.DEVNULL if quiet else None)
     interrupted = 0
     bar = _progress_bar(progress, len(chosen))
 

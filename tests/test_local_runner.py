@@ -116,7 +116,7 @@ def test_interrupt_then_resume(tmp_path):
         assert resumed[3] == f"resume:{name}_iter_{rows[-1][2]}.solverstate"
 
 
-def test_failure_stops_only_dependents(tmp_path):
+def test_failure_stops_only_dependents(tmp_path, capfd):
     nets = small_experiment(seconds_per_iter=0.05)
     nets[0]["fail_at"] = 3                                   # halfA fails
     root = make_tree(tmp_path / "tree", nets)
@@ -129,8 +129,10 @@ def test_failure_stops_only_dependents(tmp_path):
     for name in ("halfB", "transferBA_1_1", "transferBA_1_2", "netbase"):
         assert s[name].state == "finished", s[name]
 
-    # only the chosen nets (and the base nets they need) are trained
+    # only the chosen nets (and the base nets they need) are trained; quiet: no line per net on stdout
     root2 = make_tree(tmp_path / "tree2", small_experiment(seconds_per_iter=0.05))
-    result = run_local(root2, jobs=1, nets=["transferBA_1_1"], caffe=FAKE_COMMAND, progress=False)
+    capfd.readouterr()
+    result = run_local(root2, jobs=1, nets=["transferBA_1_1"], caffe=FAKE_COMMAND, progress=False, quiet=True)
     assert result.ok and set(result.nets) == {"transferBA_1_1"}
     assert timeline(root2 / "halfB") and not timeline(root2 / "halfA") and not timeline(root2 / "netbase")
+    assert "transferBA_1_1" not in capfd.readouterr().out
