@@ -84,7 +84,8 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
     solvers say (CPU or GPU 0). env: the environment of the trainers (default: this process's); its CAFFE is
     the trainer command train.sh runs. caffe: shorthand for env["CAFFE"]. With neither, real Caffe when
     realcaffe.find_caffe() finds a working build, else tools/caffe_torch (caffe_command("torch") forces ours).
-    progress: a bar of nets trained; quiet: no line per net started and finished (make's output).
+    progress: a bar of nets trained; quiet: nothing from make and the net scripts on the terminal (their
+    lines per net started and finished; the returned statuses still say which net failed and why).
     Returns LocalResult: returncode, interrupted, nets = {name: NetStatus} (state finished / failed (detail:
     the log line that says why) / stopped (resumable) / not started).
     """
@@ -109,7 +110,8 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
     selected = [n.name for n in chosen] if nets else None
     cmd = [make, "--no-print-directory", "-C", str(root), "-f", str(makefile.relative_to(root)), f"-j{jobs}", "-k"]
     proc = subprocess.Popen(cmd, env=run_env, start_new_session=True,   # own group: Ctrl-C reaches it once
-                            stdout=subprocess.DEVNULL if quiet else None)
+                            stdout=subprocess.DEVNULL if quiet else None,
+                            stderr=subprocess.DEVNULL if quiet else None)
     interrupted = 0
     bar = _progress_bar(progress, len(chosen))
 

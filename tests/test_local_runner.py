@@ -135,4 +135,4 @@ def test_failure_stops_only_dependents(tmp_path, capfd):
     result = run_local(root2, jobs=1, nets=["transferBA_1_1"], caffe=FAKE_COMMAND, progress=False, quiet=True)
     assert result.ok and set(result.nets) == {"transferBA_1_1"}
     assert timeline(root2 / "halfB") and not timeline(root2 / "halfA") and not timeline(root2 / "netbase")
-    assert "transferBA_1_1" not in capfd.readouterr().out
+    assert "transferBA_1_1" not in "".join(capfd.readouterr())
