@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench_engine import real_caffe, run_ours  # noqa: E402  (bench/, the script's own folder)
 
 DATA_NET = """name: "DataOnly"
 layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
@@ -56,11 +57,6 @@ def forward_seconds(run, model: Path, iterations: int, cwd: Path, extra: tuple[s
     if proc.returncode != 0 or not found:
         raise RuntimeError(f"time -model {model} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     return float(found.group(1)) / 1000
-
-
-def run_ours(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "caffe_torch"), *args], capture_output=True,
-                          text=True, cwd=cwd)
 
 
 def reader_rate(folder: Path, batch: int, batches: int) -> float:
@@ -96,11 +92,7 @@ def main() -> int:
     parser.add_argument("--gpu", action="store_true", help="also our Data layer feeding CUDA device 0")
     args = parser.parse_args()
 
-    from convnet_transfer.realcaffe import find_caffe
-    caffe = find_caffe()
-    if caffe is not None and not caffe.ok:
-        print(f"real Caffe found but not usable: {caffe.problem}", file=sys.stderr)
-        caffe = None
+    caffe = real_caffe()
     engines = {"ours": run_ours}
     if caffe:
         engines["caffe"] = lambda argv, cwd: caffe.run("caffe", *argv, cwd=str(cwd), check=False)

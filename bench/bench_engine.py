@@ -75,9 +75,19 @@ def time_command(run, model: Path, iterations: int, extra: tuple[str, ...] = ())
     return float(found.group(1)) / 1000
 
 
-def run_ours(args: list[str]) -> subprocess.CompletedProcess:
+def run_ours(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "tools" / "caffe_torch"), *args], capture_output=True,
-                          text=True)
+                          text=True, cwd=cwd)
+
+
+def real_caffe():
+    """The working real Caffe build (convnet_transfer.realcaffe) or None, saying why a found one is unusable."""
+    from convnet_transfer.realcaffe import find_caffe
+    caffe = find_caffe()
+    if caffe is not None and not caffe.ok:
+        print(f"real Caffe found but not usable: {caffe.problem}", file=sys.stderr)
+        return None
+    return caffe
 
 
 def rates(seconds: list[float], batch: int) -> tuple[float, float]:
@@ -95,11 +105,7 @@ def main() -> int:
     parser.add_argument("--precision", default=None, help="extra GPU run in tf32 or bf16")
     args = parser.parse_args()
 
-    from convnet_transfer.realcaffe import find_caffe
-    caffe = find_caffe()
-    if caffe is not None and not caffe.ok:
-        print(f"real Caffe found but not usable: {caffe.problem}", file=sys.stderr)
-        caffe = None
+    caffe = real_caffe()
     engines = {"ours": run_ours}
     if caffe:
         engines["caffe"] = lambda args: caffe.run("caffe", *args, check=False)
