@@ -167,7 +167,11 @@ def _reader_handle(path: Path, kind: str):
             import lmdb
             if handle is not None:    # the parent's, inherited through fork: unusable here, and py-lmdb
                 handle.close()        # refuses a second open while it exists (lock=False: closing is local)
-            handle = lmdb.open(key, readonly=True, lock=False, subdir=True, max_readers=512)
+            try:
+                handle = lmdb.open(key, readonly=True, lock=False, subdir=True, max_readers=512)
+            except lmdb.Error as err:
+                raise DatabaseError(f"{path}: cannot open it as an LMDB database ({err}); it is damaged or was "
+                                    f"not written completely: delete it and re-create it (tools/make_dbs)") from None
         elif handle is not None:
             # LevelDB remembers its lock in process memory, so a forked child cannot open the directory again;
             # it reads through the inherited handle (safe once the parent is done writing). Open readers
@@ -175,7 +179,12 @@ def _reader_handle(path: Path, kind: str):
             pass
         else:
             import plyvel
-            handle = plyvel.DB(key, create_if_missing=False, max_open_files=100)
+            try:
+                handle = plyvel.DB(key, create_if_missing=False, max_open_files=100)
+            except (plyvel.Error, OSError) as err:
+                raise DatabaseError(f"{path}: cannot open it as a LevelDB database ({err}); if another process "
+                                    f"holds it, wait for that one; else delete it and re-create it "
+                                    f"(tools/make_dbs)") from None
         _READ_ENVS[key] = (os.getpid(), handle)
     return handle
 

@@ -157,6 +157,19 @@ def test_diverging_run_exits_with_its_own_code(tmp_path):
     assert "training diverged" in proc.stderr and "Iteration " in proc.stderr
 
 
+def test_a_damaged_database_stops_training_with_a_message_naming_it(tmp_path):
+    """data.mdb overwritten with garbage (a copy that broke off, a full disk): no traceback, the database named
+    and what to do; nothing else in the directory is touched."""
+    case = make_case(tmp_path)
+    (case / "train_lmdb" / "data.mdb").write_bytes(os.urandom(64 << 10))
+    before = sorted(p.name for p in case.iterdir())
+    proc = caffe_torch("train", "-solver", "solver.prototxt", cwd=case)
+    assert proc.returncode == EXIT_ERROR, proc.stderr[-2000:]
+    assert "train_lmdb: cannot open it as an LMDB database" in proc.stderr and "re-create it" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in case.iterdir() if not p.name.endswith(".log")) == before
+
+
 def test_our_log_parser_reads_the_engine_log(tmp_path):
     from convnet_transfer.logs import parse_log
     case = make_case(tmp_path, max_iter=10, snapshot=0)

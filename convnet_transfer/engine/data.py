@@ -140,8 +140,18 @@ class _Cursor:
     def __init__(self, path: Path, backend: str):
         self.path = path
         self.kind = _kind(path)
-        from ..databases import open_reader, shared_handle
+        from ..databases import DatabaseError
+        try:
+            self._open(path)
+        except DatabaseError as err:
+            raise DataError(str(err)) from None
+        if self.size == 0:
+            raise DataError(f"{path}: the database is empty; re-create it (tools/make_dbs).")
+        self._iter = None
+        self.seek(None)
 
+    def _open(self, path: Path) -> None:
+        from ..databases import open_reader, shared_handle
         # one handle per database and process, shared with every other reader of it in this process
         # (py-lmdb refuses to open an environment twice; LevelDB locks its directory)
         if self.kind == "lmdb":
@@ -153,10 +163,6 @@ class _Cursor:
         else:
             self._reader = open_reader(path)
             self.size = len(self._reader)
-        if self.size == 0:
-            raise DataError(f"{path}: the database is empty; re-create it (tools/make_dbs).")
-        self._iter = None
-        self.seek(None)
 
     def seek(self, key: bytes | None, skip: int = 0) -> None:
         """Position at `key` (the first record when None), else at the first record plus `skip`."""
@@ -328,8 +334,12 @@ class DataLayerSource:
 
     def _read_batch(self) -> tuple[torch.Tensor, torch.Tensor, bytes]:
         """The next batch_size records as (data N,C,H,W uint8 or float32, labels, key of the record after)."""
-        records = [self._cursor.next() for _ in range(self.batch_size)]
-        next_key = self._cursor.peek_key()
+        try:
+            records = [self._cursor.next() for _ in range(self.batch_size)]
+            next_key = self._cursor.peek_key()
+        except Exception as err:   # lmdb.CorruptedError, plyvel.CorruptionError, ...
+            raise DataError(f"layer '{self.name}': reading {self._cursor.path} failed ({type(err).__name__}: "
+                            f"{err}); the database is damaged: re-create it (tools/make_dbs).") from None
         labels = np.empty(self.batch_size, np.int64)
         data = self._next_buffer()
         out = data.numpy()
