@@ -72,6 +72,32 @@ def test_data_layer_feeds_the_gpu_with_the_cpu_transform_bit_for_bit(tmp_path, m
         cpu.close()
 
 
+def test_encoded_records_decoded_by_workers_feed_the_gpu_as_the_cpu(tmp_path, monkeypatch):
+    """PNG Datums: the default worker processes under CUDA decode into shared memory, the batch goes to the GPU
+    pinned; equal to the CPU source decoding in its thread."""
+    from convnet_transfer.engine.data import DataLayerSource
+    from convnet_transfer.images import encode_image
+    from test_engine_solver import _write_values
+    from convnet_transfer import caffe_pb2 as pb
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.RandomState(3)
+    _write_values(tmp_path / "png_lmdb", [pb.Datum(data=encode_image(rng.randint(0, 256, (9, 9, 3)).astype(np.uint8),
+                                                                     "png"), label=i % 4, encoded=True)
+                                          .SerializeToString() for i in range(40)])
+    layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { crop_size: 7 '
+                        'mirror: true mean_value: 100 } data_param { source: "png_lmdb" batch_size: 16 backend: LMDB }')
+    gpu, cpu = DataLayerSource(layer, "TRAIN", "cuda", seed=1), DataLayerSource(layer, "TRAIN", "cpu", seed=1)
+    try:
+        assert gpu.workers > 0 and cpu.workers == 0
+        for _ in range(4):
+            a, b = gpu.next_batch(), cpu.next_batch()
+            assert a["data"].cpu().numpy().tobytes() == b["data"].numpy().tobytes()
+            assert torch.equal(a["label"].cpu(), b["label"])
+    finally:
+        gpu.close()
+        cpu.close()
+
+
 def test_frozen_layers_stay_bit_identical_on_cuda(tmp_path, monkeypatch):
     case = make_case(tmp_path / "run", max_iter=6, snapshot=3, conv1_lr=0)
     from convnet_transfer.engine.train import train

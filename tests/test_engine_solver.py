@@ -300,6 +300,45 @@ def test_encoded_records_decoded_by_worker_processes_give_the_same_batches(tmp_p
         raw.close()
 
 
+def test_decoding_workers_name_bad_records_stop_cleanly_and_report_a_dead_worker(tmp_path, monkeypatch):
+    from convnet_transfer.images import encode_image
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.RandomState(5)
+
+    def png(h, w):
+        return pb.Datum(data=encode_image(rng.randint(0, 256, (h, w, 3)).astype(np.uint8), "png"), label=1,
+                        encoded=True).SerializeToString()
+
+    text = ('name: "d" type: "Data" top: "data" top: "label" '
+            'data_param { source: "%s" batch_size: 8 backend: LMDB }')
+    _write_values(tmp_path / "broken", [png(6, 6)] * 5 + [png(6, 6)[:-20]] + [png(6, 6)] * 4)
+    _write_values(tmp_path / "sizes", [png(6, 6)] * 6 + [png(7, 6)] + [png(6, 6)] * 3)
+    _write_values(tmp_path / "good", [png(6, 6)] * 10)
+    for db, message in (("broken", r"record 00000005 in broken is not a readable Datum"),
+                        ("sizes", r"record 00000006 in sizes has shape \(3, 7, 6\) among records of shape")):
+        source = DataLayerSource(_data_layer(text % db), "TRAIN", workers=2)
+        with pytest.raises(DataError, match=message):
+            source.next_batch()
+        source.close()
+
+    source = DataLayerSource(_data_layer(text % "good"), "TRAIN", workers=2, prefetch=1)
+    pids = list(source._pool.pids)
+    assert len(pids) == 2 and source.next_batch()["data"].shape == (8, 3, 6, 6)
+    start = time.monotonic()
+    source.close()                                          # SIGKILL and reap: nothing left, no wait
+    assert time.monotonic() - start < 10
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+    source = DataLayerSource(_data_layer(text % "good"), "TRAIN", workers=2, prefetch=1)
+    os.kill(source._pool.pids[0], signal.SIGKILL)            # the OOM killer, say
+    with pytest.raises(DataError, match="a data worker process died"):
+        for _ in range(4):
+            source.next_batch()
+    source.close()
+
+
 @pytest.mark.parametrize("datum", [
     pb.Datum(channels=3, height=2, width=4, data=bytes(range(24)), label=7),
     pb.Datum(channels=1, height=1, width=1, data=b"\x05", label=-3),                 # int32 sign-extended

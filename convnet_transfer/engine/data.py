@@ -13,8 +13,8 @@ Boost RNG: crops and flips are distributed as Caffe's, not the same ones.
 Pipeline: a background thread reads records and fills uint8 batches `prefetch` batches ahead. Raw Datums (the
 paper's databases) are copied straight from LMDB's memory map into the batch (pinned memory under CUDA): their
 wire format is read by hand (`raw_datum_layout`), without a protobuf parse of the pixels. Encoded Datums (JPEG,
-PNG) are decoded by worker processes when `workers` > 0 (default 4 under CUDA; `-workers N` or
-$CAFFE_TORCH_WORKERS), else by the thread. The thread also makes each batch's random draws, in batch order, and
+PNG) are decoded by worker processes when `workers` > 0 (default under CUDA: all cores but 2, at most 16;
+`-workers N` or $CAFFE_TORCH_WORKERS), straight into a batch in shared memory, else by the thread. The thread also makes each batch's random draws, in batch order, and
 on the CPU applies the transform too (numpy views, channels-last output: it overlaps the net's work, as Caffe's
 prefetch thread does); under CUDA the crop, mirror, mean and scale run on the GPU (one gather), on the uint8
 batch copied there. Both transforms give the same float32 bits. Each batch carries the generator's state after
@@ -107,10 +107,23 @@ def raw_datum_layout(value) -> tuple[int, tuple[int, int, int], int] | None:
 _TORCH_DTYPE = {np.dtype(np.uint8): torch.uint8, np.dtype(np.float32): torch.float32}
 
 
-def _decode_chunk(job: tuple[str, list[tuple[bytes, bytes]]]) -> list[tuple[np.ndarray, int]]:
-    """In a worker process: decode (key, value) records of one database."""
-    path, records = job
-    return [_decode_named(Path(path), key, value) for key, value in records]
+_WORKER_BATCH: list[np.ndarray] = []   # in a worker process: the batch in shared memory it decodes into
+
+
+def _decode_into_batch(job: tuple[str, int, list[tuple[bytes, bytes]]]) -> list[int]:
+    """In a worker process: decode (key, value) records of one database into rows start.. of the shared batch;
+    only the labels go back through the pipe (a decoded image through it costs more than its decoding)."""
+    path, start, records = job
+    batch, labels = _WORKER_BATCH[0], []
+    for row, (key, value) in enumerate(records, start):
+        array, label = _decode_named(Path(path), key, value)
+        if array.shape != batch.shape[1:]:
+            raise DataError(f"record {key.decode(errors='replace')} in {path} has shape {array.shape} among "
+                            f"records of shape {batch.shape[1:]}; all images of a database must have one size "
+                            f"(re-create it with a resize).")
+        batch[row] = array
+        labels.append(label)
+    return labels
 
 
 def _decode_named(path: Path, key: bytes, value) -> tuple[np.ndarray, int]:
@@ -122,9 +135,83 @@ def _decode_named(path: Path, key: bytes, value) -> tuple[np.ndarray, int]:
                         f"database is damaged: re-create it (tools/make_dbs).") from None
 
 
-def _worker_init() -> None:
-    """Workers leave signals to the trainer (it snapshots, then stops them) and die with it (Linux)."""
+class _DecodeWorkers:
+    """`count` forked processes that decode encoded Datums into `batch` (shared memory). One pipe each and no lock
+    shared between processes (multiprocessing.Pool's queues have one), so stopping them with SIGKILL cannot
+    leave anything held; and no multiprocessing bookkeeping that would wait for them at exit."""
+
+    def __init__(self, count: int, batch: np.ndarray):
+        from multiprocessing import Pipe
+        self.pids, self.conns = [], []
+        for _ in range(count):
+            ours, theirs = Pipe()
+            pid = os.fork()   # as torch's DataLoader: the workers only parse and decode bytes (no CUDA, no torch)
+            if pid == 0:
+                status = 1
+                try:
+                    ours.close()
+                    _worker_init(batch)
+                    _serve(theirs)
+                    status = 0
+                finally:
+                    os._exit(status)
+            theirs.close()
+            self.pids.append(pid)
+            self.conns.append(ours)
+
+    def map(self, jobs: list) -> list:
+        """Run one job per worker (at most as many jobs as workers); their results in order."""
+        for conn, job in zip(self.conns, jobs):
+            conn.send(job)
+        results, error = [], None
+        for conn in self.conns[:len(jobs)]:
+            try:
+                ok, value = conn.recv()
+            except (EOFError, OSError):
+                raise DataError("a data worker process died (killed, or out of memory); train again: the run "
+                                "resumes from its last snapshot.") from None
+            if ok:
+                results.append(value)
+            elif error is None:
+                error = value
+        if error is not None:
+            raise error
+        return results
+
+    def close(self) -> None:
+        import signal
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in self.pids:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        for conn in self.conns:
+            conn.close()
+        self.pids, self.conns = [], []
+
+
+def _serve(conn) -> None:
+    """A worker's loop: decode the jobs the trainer sends until it closes its end of the pipe."""
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        try:
+            conn.send((True, _decode_into_batch(job)))
+        except Exception as err:   # a damaged record: the trainer raises it
+            conn.send((False, err))
+
+
+def _worker_init(batch: np.ndarray) -> None:
+    """Workers leave signals to the trainer (it snapshots, then stops them: SIGKILL) and die with it (Linux)."""
     import signal
+    _WORKER_BATCH[:] = [batch]
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
     try:
@@ -307,11 +394,12 @@ class DataLayerSource:
         self._queue: queue.Queue = queue.Queue(maxsize=self.prefetch)
         self._stop = threading.Event()
         if self.workers > 0 and self._pool is None:
-            import multiprocessing
-            # fork, as torch's DataLoader: the workers only parse and decode bytes (no CUDA, no torch ops), and
-            # spawn would re-run the main script of a tool that has no `if __name__ == "__main__"` guard
-            context = multiprocessing.get_context("fork")
-            self._pool = context.Pool(self.workers, initializer=_worker_init)
+            import mmap
+            # the batch the workers decode into: anonymous shared memory, mapped before the fork
+            shape = (self.batch_size,) + self.datum_shape
+            self._shared = np.frombuffer(mmap.mmap(-1, int(np.prod(shape)) * self.dtype.itemsize),
+                                         self.dtype).reshape(shape)
+            self._pool = _DecodeWorkers(self.workers, self._shared)
         self._thread = threading.Thread(target=self._fill, name=f"data:{self.name}", daemon=True)
         self._thread.start()
 
@@ -340,25 +428,27 @@ class DataLayerSource:
         except Exception as err:   # lmdb.CorruptedError, plyvel.CorruptionError, ...
             raise DataError(f"layer '{self.name}': reading {self._cursor.path} failed ({type(err).__name__}: "
                             f"{err}); the database is damaged: re-create it (tools/make_dbs).") from None
+        if self._pool is not None:   # encoded images: decoded by the workers, straight into shared memory
+            step = -(-len(records) // self.workers)
+            path = str(self._cursor.path)
+            jobs = [(path, i, [(key, bytes(value)) for key, value in records[i:i + step]])
+                    for i in range(0, len(records), step)]
+            labels = np.asarray([label for part in self._pool.map(jobs) for label in part], np.int64)
+            if self.device.type == "cpu":   # transformed by this thread before the workers decode the next batch
+                return torch.from_numpy(self._shared), torch.from_numpy(labels), next_key
+            data = self._next_buffer()
+            data.numpy()[:] = self._shared
+            return data, torch.from_numpy(labels), next_key
         labels = np.empty(self.batch_size, np.int64)
         data = self._next_buffer()
         out = data.numpy()
-        if self._pool is not None:
-            step = -(-len(records) // self.workers)
-            chunks = [[(key, bytes(value)) for key, value in records[i:i + step]]
-                      for i in range(0, len(records), step)]
-            path = str(self._cursor.path)
-            decoded = [pair for part in self._pool.map(_decode_chunk, [(path, chunk) for chunk in chunks])
-                       for pair in part]
-        else:
-            decoded = None
         for i, (key, value) in enumerate(records):
-            layout = raw_datum_layout(value) if decoded is None else None
+            layout = raw_datum_layout(value)
             if layout is not None and layout[1] == self.datum_shape and self.dtype == np.uint8:
                 offset, shape, labels[i] = layout
                 out[i] = np.frombuffer(value, np.uint8, out[i].size, offset).reshape(shape)
                 continue
-            array, labels[i] = decoded[i] if decoded is not None else self._decode(key, value)
+            array, labels[i] = self._decode(key, value)
             if array.shape != self.datum_shape:
                 raise DataError(f"layer '{self.name}': record {key.decode(errors='replace')} has shape "
                                 f"{array.shape} among records of shape {self.datum_shape} in {self._cursor.path}; "
@@ -489,8 +579,7 @@ class DataLayerSource:
     def close(self) -> None:
         self._stop_thread()
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            self._pool.close()
             self._pool = None
         self._cursor.close()
 
@@ -516,4 +605,5 @@ def _default_workers(device: torch.device) -> int:
     env = os.environ.get("CAFFE_TORCH_WORKERS")
     if env:
         return int(env)
-    return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
+    # JPEG decoding takes about 1 ms per 256x256 image and core: a GPU at 10,000 images/s needs ~12 cores
+    return max(1, min(16, (os.cpu_count() or 1) - 2)) if device.type == "cuda" else 0
