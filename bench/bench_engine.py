@@ -3,7 +3,7 @@
 
     python bench/bench_engine.py                       # batches 256 and 32, 2 rounds of 3 iterations, CPU
     python bench/bench_engine.py --batches 32 --iterations 5 --rounds 3
-    python bench/bench_engine.py --gpu                 # also our engine on CUDA (fp32, and --precision tf32|bf16)
+    python bench/bench_engine.py --gpu                 # also our engine on CUDA (fp32, and --precision tf32,bf16)
     python bench/bench_engine.py --gpu-only --batches 256,1024   # CUDA alone (a GPU machine without Caffe)
 
 Each round runs `caffe time -model M -iterations K` (the real Caffe that convnet_transfer.realcaffe finds,
@@ -102,7 +102,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per engine (default 2)")
     parser.add_argument("--gpu", action="store_true", help="also time our engine on CUDA device 0 when present")
     parser.add_argument("--gpu-only", action="store_true", help="CUDA alone: no CPU rounds (implies --gpu)")
-    parser.add_argument("--precision", default=None, help="extra GPU run in tf32 or bf16")
+    parser.add_argument("--precision", default=None, help="extra GPU runs: tf32, bf16 or both (tf32,bf16)")
     args = parser.parse_args()
 
     caffe = real_caffe()
@@ -136,7 +136,7 @@ def main() -> int:
                 if not torch.cuda.is_available():
                     print("(no CUDA device here: GPU timing skipped)")
                     continue
-                for precision in ["fp32"] + ([args.precision] if args.precision else []):
+                for precision in ["fp32"] + (args.precision.split(",") if args.precision else []):
                     gpu = rates([time_command(run_ours, model, max(args.iterations, 20),
                                               ("-gpu", "0", "-precision", precision))
                                  for _ in range(args.rounds)], batch)

@@ -1,6 +1,6 @@
 #!/bin/bash
-# The engine's GPU checks in one short run (about 5 minutes on one H100/H200), for a machine with CUDA and
-# PyTorch but without this project installed, e.g. the GPU machine a session is lent:
+# The engine's GPU checks in one short run (at most 8.5 minutes, the time limits below), for a machine with
+# CUDA and PyTorch but without this project installed, e.g. the GPU machine a session is lent:
 #
 #   bash bench/device_check.sh --fetch-wheels   # here, once: wheels of what that machine lacks, into .whl/
 #   bash bench/device_check.sh                  # there: tests/test_engine_cuda.py, then the GPU benchmarks
@@ -8,7 +8,7 @@
 # What it runs: the CUDA tests (Caffe's goldens on the GPU in fp32, 20 SGD iterations, the GPU data transform
 # against the CPU one bit for bit, frozen layers, deterministic mode and resume), the engine tests that need no
 # GPU (a quick sanity check of that machine's library versions), then bench/bench_engine.py on CaffeNet
-# (fp32 and tf32, batch 256 and 1024) and bench/bench_data.py (the Data layer feeding the GPU). Logs go to
+# (fp32, tf32 and bf16, batch 256 and 1024) and bench/bench_data.py (the Data layer feeding the GPU). Logs go to
 # $OUT (the device tool's folder) when set, else to ./device_check/.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -40,10 +40,10 @@ python3 -c "import torch, numpy, google.protobuf, lmdb; print('torch', torch.__v
 '| lmdb', lmdb.__version__)" 2>&1 | tee -a "$out/gpu.txt"
 
 status=0
-timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="" -rs tests/test_engine_cuda.py \
+timeout 180 python3 -m pytest -q -p no:cacheprovider -o addopts="" -rs tests/test_engine_cuda.py \
     tests/test_engine_layers.py tests/test_engine_solver.py 2>&1 | tee "$out/tests.log" | tail -25 || status=1
-timeout 200 python3 bench/bench_engine.py --gpu-only --batches 256,1024 --iterations 20 --rounds 2 \
-    --precision tf32 2>&1 | tee "$out/bench_engine.txt" || status=1
-timeout 120 python3 bench/bench_data.py --gpu --records 1024 --iterations 20 2>&1 | grep -v "^I[0-9]" \
+timeout 240 python3 bench/bench_engine.py --gpu-only --batches 256,1024 --iterations 20 --rounds 2 \
+    --precision tf32,bf16 2>&1 | tee "$out/bench_engine.txt" || status=1
+timeout 90 python3 bench/bench_data.py --gpu --records 1024 --iterations 20 2>&1 | grep -v "^I[0-9]" \
     | tee "$out/bench_data.txt" || status=1
 exit $status
