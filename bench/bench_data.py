@@ -125,8 +125,8 @@ def main() -> int:
                 return 0
             gpu = [forward_seconds(run_ours, model, max(args.iterations, 20), folder, ("-gpu", "0"))
                    for _ in range(args.rounds)]
-            print(f"{'cuda':<10}{'-':>20}{f'{args.batch / (sum(gpu) / len(gpu)):.0f} ({args.batch / min(gpu):.0f})':>20}"
-                  f"{'-':>12}{'-':>18}", flush=True)
+            rate = f"{args.batch / (sum(gpu) / len(gpu)):.0f} ({args.batch / min(gpu):.0f})"
+            print(f"{'cuda':<10}{'-':>20}{rate:>20}{'-':>12}{'-':>18}", flush=True)
     return 0
 
 

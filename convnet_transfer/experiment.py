@@ -33,8 +33,8 @@ import numpy as np
 from . import architectures, catalog, databases, datasets, images, logs, netgen, plots, splits
 
 __all__ = ["Settings", "PRESETS", "ExperimentReport", "ExperimentError", "run_experiment", "settings_for", "scaled",
-           "make_lists", "database_splits", "make_databases", "classes_per_split", "make_nets", "train_nets", "summarize", "findings",
-           "split_spread", "publish", "PAPER_FIG2"]
+           "make_lists", "database_splits", "make_databases", "classes_per_split", "make_nets", "train_nets",
+           "summarize", "findings", "split_spread", "publish", "PAPER_FIG2"]
 
 ARCH = "caffenet_small"
 CROP = 28                    # caffenet_small's input: 28x28 (the whole Fashion-MNIST image; a random crop of 32x32)
