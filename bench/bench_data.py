@@ -4,6 +4,7 @@
     python bench/bench_data.py                      # 512 raw 3x256x256 Datums, batch 256, crop 227, mirror, mean
     python bench/bench_data.py --records 1024 --iterations 20 --rounds 3
     python bench/bench_data.py --gpu                # also our Data layer feeding CUDA device 0, when there is one
+    python bench/bench_data.py --encoded --workers 2   # JPEG Datums (convert_imageset --encoded), 2 decoding workers
 
 The database is an LMDB of raw Datums as tools/make_dbs (and convert_imageset) writes them, with its mean file;
 the net is that Data layer alone (TRAIN: random crop 227, mirror, mean file), as in the paper's train nets. Each
@@ -41,14 +42,29 @@ layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAI
 FORWARD = re.compile(r"Average Forward pass: ([\d.eE+-]+) ms")
 
 
-def make_database(folder: Path, records: int) -> None:
-    """`records` raw 3x256x256 Datums (16 distinct random images, repeated) and their mean file."""
-    from convnet_transfer import databases
+def make_database(folder: Path, records: int, encoded: bool = False) -> None:
+    """`records` 3x256x256 Datums (16 distinct images, repeated) and their mean file: raw, or JPEG-encoded as
+    `convert_imageset --encoded` stores them (photo-like gradients with noise: about 40 KB each)."""
+    from convnet_transfer import caffe_pb2 as pb
+    from convnet_transfer import databases, protoio
+    from convnet_transfer.images import encode_image
     rng = np.random.RandomState(0)
-    images = rng.randint(0, 256, size=(16, 3, 256, 256)).astype(np.uint8)
-    databases.write_arrays(folder / "train_lmdb", ((databases.make_key(i, f"n{i:08d}.JPEG"), images[i % 16], i % 500)
-                                                   for i in range(records)),
-                           mean_path=folder / "mean.binaryproto", total=records, progress=False)
+    yy, xx = np.mgrid[0:256, 0:256]
+    images = [(np.stack([xx, yy, (xx + yy + 16 * k) % 256]) ^ rng.randint(0, 48, (3, 256, 256))).astype(np.uint8)
+              for k in range(16)]
+    keys = [databases.make_key(i, f"n{i:08d}.JPEG") for i in range(records)]
+    if not encoded:
+        databases.write_arrays(folder / "train_lmdb", ((key, images[i % 16], i % 500) for i, key in enumerate(keys)),
+                               mean_path=folder / "mean.binaryproto", total=records, progress=False)
+        return
+    import lmdb
+    jpegs = [encode_image(image.transpose(1, 2, 0), "jpg") for image in images]
+    env = lmdb.open(str(folder / "train_lmdb"), map_size=1 << 32)
+    with env.begin(write=True) as txn:
+        for i, key in enumerate(keys):
+            txn.put(key, pb.Datum(data=jpegs[i % 16], label=i % 500, encoded=True).SerializeToString())
+    env.close()
+    protoio.write_mean(folder / "mean.binaryproto", databases.compute_mean(folder / "train_lmdb"))
 
 
 def forward_seconds(run, model: Path, iterations: int, cwd: Path, extra: tuple[str, ...] = ()) -> float:
@@ -68,7 +84,7 @@ def reader_rate(folder: Path, batch: int, batches: int) -> float:
     cwd = os.getcwd()
     os.chdir(folder)
     try:
-        source = DataLayerSource(layer, "TRAIN", "cpu")
+        source = DataLayerSource(layer, "TRAIN", "cpu", workers=int(os.environ.get("CAFFE_TORCH_WORKERS", "0")))
         for _ in range(source.prefetch):
             source._queue.get()
         start = time.perf_counter()
@@ -90,21 +106,28 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=10, help="timed iterations per `time` run (default 10)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per engine (default 2)")
     parser.add_argument("--gpu", action="store_true", help="also our Data layer feeding CUDA device 0")
+    parser.add_argument("--encoded", action="store_true", help="JPEG-encoded Datums instead of raw ones")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="our decoding worker processes for encoded Datums (default: the engine's)")
     args = parser.parse_args()
+    if args.workers is not None:
+        os.environ["CAFFE_TORCH_WORKERS"] = str(args.workers)
+    kind = "JPEG-encoded" if args.encoded else "raw"
 
     caffe = real_caffe()
     engines = {"ours": run_ours}
     if caffe:
         engines["caffe"] = lambda argv, cwd: caffe.run("caffe", *argv, cwd=str(cwd), check=False)
-    print(f"Data layer alone: LMDB of {args.records} raw 3x256x256 Datums, batch {args.batch}, TRAIN (crop 227, "
+    print(f"Data layer alone: LMDB of {args.records} {kind} 3x256x256 Datums, batch {args.batch}, TRAIN (crop 227, "
           f"mirror, mean file); `time`, {args.iterations} iterations, {args.rounds} alternating rounds, one engine "
-          f"at a time; {os.cpu_count()} CPUs")
+          f"at a time; {os.cpu_count()} CPUs; our decoding workers: "
+          f"{os.environ.get('CAFFE_TORCH_WORKERS', 'the default') if args.encoded else 'none (raw)'}")
     print(f"real Caffe: {caffe.describe() if caffe else 'not found (tools/install_caffe)'}")
     print("img/s from the mean time per round (in brackets: from the fastest round)")
     print(f"{'device':<10}{'Caffe img/s':>20}{'ours img/s':>20}{'ours/Caffe':>12}{'our reader alone':>18}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        make_database(folder, args.records)
+        make_database(folder, args.records, args.encoded)
         model = folder / "data.prototxt"
         model.write_text(DATA_NET % {"batch": args.batch})
         seconds = {name: [] for name in engines}
