@@ -69,6 +69,11 @@ def main() -> int:
     parser.add_argument("--gpu-only", action="store_true", help="our engine on CUDA device 0 alone")
     args = parser.parse_args()
     display = max(1, args.iterations // 6)
+    if args.gpu_only:
+        import torch
+        if not torch.cuda.is_available():
+            print("(no CUDA device here: GPU training skipped)")
+            return 0
 
     caffe = None if args.gpu_only else real_caffe()
     runs = {}
