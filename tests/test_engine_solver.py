@@ -240,6 +240,30 @@ def test_the_gpu_transform_equals_the_cpu_transform_bit_for_bit(tmp_path, monkey
     assert cpu.tobytes() == cpu_nchw.tobytes() == device.numpy().tobytes()
 
 
+def test_leveldb_source_gives_the_batches_of_the_same_records_in_lmdb(tmp_path, monkeypatch):
+    """The 2014 nets read LevelDB (V0's default backend): the same records there and in an LMDB, the same batches,
+    the rewind included."""
+    pytest.importorskip("plyvel", reason="plyvel (the test extra) reads LevelDB")
+    from convnet_transfer import databases
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.RandomState(9)
+    records = [(databases.make_key(i, f"im{i}.JPEG"), rng.randint(0, 256, (C, H, W)).astype(np.uint8), i % CLASSES)
+               for i in range(13)]
+    for backend in ("lmdb", "leveldb"):
+        databases.write_arrays(tmp_path / backend, records, backend=backend, progress=False)
+    text = ('name: "d" type: "Data" top: "data" top: "label" transform_param { crop_size: 6 mirror: true '
+            'mean_value: 7 } data_param { source: "%s" batch_size: 5 backend: %s }')
+    lmdb_source = DataLayerSource(_data_layer(text % ("lmdb", "LMDB")), "TRAIN", seed=3)
+    leveldb_source = DataLayerSource(_data_layer(text % ("leveldb", "LEVELDB")), "TRAIN", seed=3)
+    try:
+        for _ in range(4):   # 20 records from 13: rewinds
+            a, b = lmdb_source.next_batch(), leveldb_source.next_batch()
+            assert torch.equal(a["data"], b["data"]) and torch.equal(a["label"], b["label"])
+    finally:
+        lmdb_source.close()
+        leveldb_source.close()
+
+
 def test_data_layer_state_resumes_exactly(tmp_path, monkeypatch):
     make_case(tmp_path)
     monkeypatch.chdir(tmp_path)
