@@ -369,6 +369,7 @@ class DataLayerSource:
             values = values * channels if len(values) == 1 else values
             self.mean = torch.tensor(values, dtype=torch.float32, device=self.device).view(channels, 1, 1)
         self._mean_numpy = self.mean.cpu().numpy() if self.mean is not None else None
+        self._mean_per_pixel = tp.HasField("mean_file")   # else one value per channel (mean_value)
 
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self._position = 0            # records consumed so far (mod size)
@@ -527,10 +528,10 @@ class DataLayerSource:
         for i in range(n):
             rows, cols = slice(h_off[i], h_off[i] + out_h), slice(w_off[i], w_off[i] + out_w)
             x = data[i, :, rows, cols]
-            mu = mean[:, rows, cols] if mean is not None and mean.shape[1] > 1 else mean
+            mu = mean[:, rows, cols] if self._mean_per_pixel else mean
             if mirror is not None and mirror[i]:
                 x = x[:, :, ::-1]
-                mu = mu[:, :, ::-1] if mu is not None and mu.shape[2] > 1 else mu
+                mu = mu[:, :, ::-1] if self._mean_per_pixel else mu
             if mu is None:
                 out[i] = x
             else:
