@@ -76,7 +76,10 @@ def test_interrupt_then_resume(tmp_path):
         spec["max_iter"] = 40
     root = make_tree(tmp_path / "tree", nets)
     cmd = [str(REPO / "tools" / "submit"), "--local", "-j", "2", "--caffe", FAKE_COMMAND, str(root)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGINT's default action restored for it: a test run started in the background of a script (`cmd &`) has
+    # SIGINT ignored, children inherit that, and Python then leaves SIGINT ignored
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def training() -> bool:   # some net is training and has written its first snapshot
         return any(timeline(root / n["name"])[-1:] and timeline(root / n["name"])[-1][0] == "start"
