@@ -338,12 +338,13 @@ def test_decoding_workers_name_bad_records_stop_cleanly_and_report_a_dead_worker
     _write_values(tmp_path / "broken", [png(6, 6)] * 5 + [png(6, 6)[:-20]] + [png(6, 6)] * 4)
     _write_values(tmp_path / "sizes", [png(6, 6)] * 6 + [png(7, 6)] + [png(6, 6)] * 3)
     _write_values(tmp_path / "good", [png(6, 6)] * 10)
-    for db, message in (("broken", r"record 00000005 in broken is not a readable Datum"),
-                        ("sizes", r"record 00000006 in sizes has shape \(3, 7, 6\) among records of shape")):
-        source = DataLayerSource(_data_layer(text % db), "TRAIN", workers=2)
-        with pytest.raises(DataError, match=message):
-            source.next_batch()
-        source.close()
+    for workers in (2, 0):    # decoded by worker processes, or by the reading thread: the same errors
+        for db, message in (("broken", r"record 00000005 in broken is not a readable Datum"),
+                            ("sizes", r"record 00000006 in sizes has shape \(3, 7, 6\) among records of shape")):
+            source = DataLayerSource(_data_layer(text % db), "TRAIN", workers=workers)
+            with pytest.raises(DataError, match=message):
+                source.next_batch()
+            source.close()
 
     source = DataLayerSource(_data_layer(text % "good"), "TRAIN", workers=2, prefetch=1)
     pids = list(source._pool.pids)

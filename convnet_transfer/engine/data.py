@@ -117,23 +117,24 @@ def _decode_into_batch(job: tuple[str, int, list[tuple[bytes, bytes]]]) -> list[
     path, start, records = job
     batch, labels = _WORKER_BATCH[0], []
     for row, (key, value) in enumerate(records, start):
-        array, label = _decode_named(Path(path), key, value)
-        if array.shape != batch.shape[1:]:
-            raise DataError(f"record {key.decode(errors='replace')} in {path} has shape {array.shape} among "
-                            f"records of shape {batch.shape[1:]}; all images of a database must have one size "
-                            f"(re-create it with a resize).")
-        batch[row] = array
+        batch[row], label = _decode_named(Path(path), key, value, batch.shape[1:])
         labels.append(label)
     return labels
 
 
-def _decode_named(path: Path, key: bytes, value) -> tuple[np.ndarray, int]:
-    """decode_record, with an error that names the record (and its database) when the bytes are not a Datum."""
+def _decode_named(path: Path, key: bytes, value, shape: tuple | None = None) -> tuple[np.ndarray, int]:
+    """decode_record, with an error that names the record (and its database) when the bytes are not a Datum, or
+    when the image is not of `shape` (that of the database's other records)."""
     try:
-        return decode_record(value)
+        array, label = decode_record(value)
     except Exception as err:   # protobuf's DecodeError, a size that does not match C*H*W, an undecodable image
         raise DataError(f"record {key.decode(errors='replace')} in {path} is not a readable Datum ({err}); the "
                         f"database is damaged: re-create it (tools/make_dbs).") from None
+    if shape is not None and array.shape != tuple(shape):
+        raise DataError(f"record {key.decode(errors='replace')} in {path} has shape {array.shape} among records "
+                        f"of shape {tuple(shape)}; all images of a database must have one size (re-create it with "
+                        f"a resize).")
+    return array, label
 
 
 class _DecodeWorkers:
@@ -450,12 +451,7 @@ class DataLayerSource:
                 offset, shape, labels[i] = layout
                 out[i] = np.frombuffer(value, np.uint8, out[i].size, offset).reshape(shape)
                 continue
-            array, labels[i] = self._decode(key, value)
-            if array.shape != self.datum_shape:
-                raise DataError(f"layer '{self.name}': record {key.decode(errors='replace')} has shape "
-                                f"{array.shape} among records of shape {self.datum_shape} in {self._cursor.path}; "
-                                f"all images of a database must have one size (re-create it with a resize).")
-            out[i] = array
+            out[i], labels[i] = self._decode(key, value, self.datum_shape)
         return data, torch.from_numpy(labels), next_key
 
     def _next_buffer(self) -> torch.Tensor:
@@ -470,8 +466,8 @@ class DataLayerSource:
             self._buffer = torch.empty(shape, dtype=dtype)
         return self._buffer
 
-    def _decode(self, key: bytes, value) -> tuple[np.ndarray, int]:
-        return _decode_named(self._cursor.path, key, value)
+    def _decode(self, key: bytes, value, shape: tuple | None = None) -> tuple[np.ndarray, int]:
+        return _decode_named(self._cursor.path, key, value, shape)
 
     def _stop_thread(self) -> None:
         if self._thread is not None:
