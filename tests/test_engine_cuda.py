@@ -50,32 +50,39 @@ def test_twenty_sgd_iterations_equal_caffe_golden_on_cuda(tmp_path, monkeypatch,
                            train_fidelity.golden.GOLDEN_DIR / f"caffe_iter_{iters}.solverstate", recorded, log)
 
 
-@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
-def test_data_layer_feeds_the_gpu_with_the_cpu_transform_bit_for_bit(tmp_path, monkeypatch, phase):
-    """Pinned uint8 batches, transformed on the GPU, equal the CPU source's numpy transform with the same seed."""
+def assert_gpu_batches_equal_cpu(layer, phase: str, seed: int, batches: int) -> int:
+    """The layer's source on CUDA and on the CPU with one seed give the same batches bit for bit (the CUDA ones on
+    the GPU); returns the CUDA source's number of decoding workers."""
     from convnet_transfer.engine.data import DataLayerSource
-    make_case(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { mean_file: '
-                        '"mean.binaryproto" crop_size: 5 mirror: true scale: 0.25 } '
-                        'data_param { source: "train_lmdb" batch_size: 16 backend: LMDB }')
-    gpu, cpu = DataLayerSource(layer, phase, "cuda", seed=7), DataLayerSource(layer, phase, "cpu", seed=7)
+    gpu, cpu = DataLayerSource(layer, phase, "cuda", seed=seed), DataLayerSource(layer, phase, "cpu", seed=seed)
     try:
-        assert gpu.workers == 0    # raw Datums: copied by the reading thread, no worker processes
-        for _ in range(5):         # 80 records from 40: wraps around
+        assert cpu.workers == 0
+        for _ in range(batches):
             a, b = gpu.next_batch(), cpu.next_batch()
             assert a["data"].is_cuda and a["label"].is_cuda
             assert a["data"].cpu().numpy().tobytes() == b["data"].numpy().tobytes()
             assert torch.equal(a["label"].cpu(), b["label"])
+        return gpu.workers
     finally:
         gpu.close()
         cpu.close()
 
 
+@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
+def test_data_layer_feeds_the_gpu_with_the_cpu_transform_bit_for_bit(tmp_path, monkeypatch, phase):
+    """Pinned uint8 batches, transformed on the GPU, equal the CPU source's numpy transform with the same seed."""
+    make_case(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { mean_file: '
+                        '"mean.binaryproto" crop_size: 5 mirror: true scale: 0.25 } '
+                        'data_param { source: "train_lmdb" batch_size: 16 backend: LMDB }')
+    # 80 records from 40: wraps around; raw Datums: copied by the reading thread, no worker processes
+    assert assert_gpu_batches_equal_cpu(layer, phase, seed=7, batches=5) == 0
+
+
 def test_encoded_records_decoded_by_workers_feed_the_gpu_as_the_cpu(tmp_path, monkeypatch):
     """PNG Datums: the default worker processes under CUDA decode into shared memory, the batch goes to the GPU
     pinned; equal to the CPU source decoding in its thread."""
-    from convnet_transfer.engine.data import DataLayerSource
     from convnet_transfer.images import encode_image
     from test_engine_solver import _write_values
     from convnet_transfer import caffe_pb2 as pb
@@ -86,16 +93,7 @@ def test_encoded_records_decoded_by_workers_feed_the_gpu_as_the_cpu(tmp_path, mo
                                           .SerializeToString() for i in range(40)])
     layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { crop_size: 7 '
                         'mirror: true mean_value: 100 } data_param { source: "png_lmdb" batch_size: 16 backend: LMDB }')
-    gpu, cpu = DataLayerSource(layer, "TRAIN", "cuda", seed=1), DataLayerSource(layer, "TRAIN", "cpu", seed=1)
-    try:
-        assert gpu.workers > 0 and cpu.workers == 0
-        for _ in range(4):
-            a, b = gpu.next_batch(), cpu.next_batch()
-            assert a["data"].cpu().numpy().tobytes() == b["data"].numpy().tobytes()
-            assert torch.equal(a["label"].cpu(), b["label"])
-    finally:
-        gpu.close()
-        cpu.close()
+    assert assert_gpu_batches_equal_cpu(layer, "TRAIN", seed=1, batches=4) > 0
 
 
 def test_frozen_layers_stay_bit_identical_on_cuda(tmp_path, monkeypatch):
