@@ -67,7 +67,7 @@ class Settings:
 
 
 PRESETS = {
-    # 7 min on 2 CPU cores (measured): 2 random splits, AnB, BnB, AnB+, BnB+ at n = 1..7 and the base nets: 60 nets
+    # 6 min on 2 CPU cores (measured): 2 random splits, AnB, BnB, AnB+, BnB+ at n = 1..7 and the base nets: 60 nets
     "default": Settings(),
     # ~30 s: a smoke run on 150 images per class, 16 nets (AnB and BnB of one split)
     "quick": Settings(seeds=(0,), fine_tuned=False, per_class=150, max_iter=30, stepsize=20, test_iter=3,
@@ -240,7 +240,7 @@ def net_catalog(settings: Settings) -> catalog.Catalog:
 
 def classes_per_split(data_dir: Path, nets: catalog.Catalog) -> dict[str, int]:
     """The number of classes each net's training split holds (its idxmap.txt, stage 1): fc8's num_output."""
-    return {n.split: _count_classes(data_dir / f"{n.split}_train" / "idxmap.txt") for n in nets}
+    return {split: _count_classes(data_dir / f"{split}_train" / "idxmap.txt") for split in {n.split for n in nets}}
 
 
 def make_nets(nets_dir: Path, data_dir: Path, settings: Settings, n_classes: dict[str, int],
