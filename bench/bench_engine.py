@@ -5,6 +5,7 @@
     python bench/bench_engine.py --batches 32 --iterations 5 --rounds 3
     python bench/bench_engine.py --gpu                 # also our engine on CUDA (fp32, and --precision tf32,bf16)
     python bench/bench_engine.py --gpu-only --batches 256,1024   # CUDA alone (a GPU machine without Caffe)
+    python bench/bench_engine.py --gpu-only --memory-format nchw,nhwc   # CUDA in both memory layouts
 
 Each round runs `caffe time -model M -iterations K` (the real Caffe that convnet_transfer.realcaffe finds,
 tools/install_caffe) and then `tools/caffe_torch time` with the same arguments, one after the other, so that each
@@ -15,6 +16,7 @@ the mean over rounds and, in brackets, the best round.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import subprocess
@@ -75,9 +77,11 @@ def time_command(run, model: Path, iterations: int, extra: tuple[str, ...] = ())
     return float(found.group(1)) / 1000
 
 
-def run_ours(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_ours(args: list[str], cwd: Path | None = None, memory_format: str = "") -> subprocess.CompletedProcess:
+    """tools/caffe_torch with `args`; memory_format "nchw" or "nhwc" sets $CAFFE_TORCH_MEMORY_FORMAT for it."""
+    env = dict(os.environ, CAFFE_TORCH_MEMORY_FORMAT=memory_format) if memory_format else None
     return subprocess.run([sys.executable, str(ROOT / "tools" / "caffe_torch"), *args], capture_output=True,
-                          text=True, cwd=cwd)
+                          text=True, cwd=cwd, env=env)
 
 
 def real_caffe():
@@ -103,6 +107,8 @@ def main() -> int:
     parser.add_argument("--gpu", action="store_true", help="also time our engine on CUDA device 0 when present")
     parser.add_argument("--gpu-only", action="store_true", help="CUDA alone: no CPU rounds (implies --gpu)")
     parser.add_argument("--precision", default=None, help="extra GPU runs: tf32, bf16 or both (tf32,bf16)")
+    parser.add_argument("--memory-format", default="", help="GPU runs in these memory layouts: nchw, nhwc or "
+                        "both (nchw,nhwc); default: the engine's own choice (NCHW on CUDA)")
     args = parser.parse_args()
 
     caffe = real_caffe()
@@ -115,7 +121,7 @@ def main() -> int:
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')})")
     print(f"real Caffe: {caffe.describe() if caffe else 'not found (tools/install_caffe)'}")
     print("img/s from the mean time per round (in brackets: from the fastest round)")
-    print(f"{'device':<10}{'batch':>6}{'Caffe img/s':>20}{'ours img/s':>20}{'ours/Caffe':>12}")
+    print(f"{'device':<16}{'batch':>6}{'Caffe img/s':>20}{'ours img/s':>20}{'ours/Caffe':>12}")
     with tempfile.TemporaryDirectory() as tmp:
         for batch in (int(b) for b in args.batches.split(",")):
             model = Path(tmp) / f"caffenet_{batch}.prototxt"
@@ -129,7 +135,7 @@ def main() -> int:
                 theirs = rates(times["caffe"], batch) if caffe else None
                 ratio = f"{mine[0] / theirs[0]:.2f}x" if theirs else "-"
                 caffe_text = f"{theirs[0]:.1f} ({theirs[1]:.1f})" if theirs else "-"
-                print(f"{'cpu':<10}{batch:>6}{caffe_text:>20}{f'{mine[0]:.1f} ({mine[1]:.1f})':>20}{ratio:>12}",
+                print(f"{'cpu':<16}{batch:>6}{caffe_text:>20}{f'{mine[0]:.1f} ({mine[1]:.1f})':>20}{ratio:>12}",
                       flush=True)
             if args.gpu or args.gpu_only:
                 import torch
@@ -137,11 +143,14 @@ def main() -> int:
                     print("(no CUDA device here: GPU timing skipped)")
                     continue
                 for precision in ["fp32"] + (args.precision.split(",") if args.precision else []):
-                    gpu = rates([time_command(run_ours, model, max(args.iterations, 20),
-                                              ("-gpu", "0", "-precision", precision))
-                                 for _ in range(args.rounds)], batch)
-                    print(f"{'cuda ' + precision:<10}{batch:>6}{'-':>20}{f'{gpu[0]:.1f} ({gpu[1]:.1f})':>20}"
-                          f"{'-':>12}", flush=True)
+                    for layout in args.memory_format.split(","):
+                        run = functools.partial(run_ours, memory_format=layout)
+                        gpu = rates([time_command(run, model, max(args.iterations, 20),
+                                                  ("-gpu", "0", "-precision", precision))
+                                     for _ in range(args.rounds)], batch)
+                        device = " ".join(filter(None, ("cuda", precision, layout)))
+                        print(f"{device:<16}{batch:>6}{'-':>20}{f'{gpu[0]:.1f} ({gpu[1]:.1f})':>20}{'-':>12}",
+                              flush=True)
     return 0
 
 

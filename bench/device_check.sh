@@ -1,5 +1,5 @@
 #!/bin/bash
-# The engine's GPU checks in one short run (at most 9 minutes, the time limits below), for a machine with
+# The engine's GPU checks in one short run (at most 9 min 10 s, the time limits below), for a machine with
 # CUDA and PyTorch but without this project installed, e.g. the GPU machine a session is lent:
 #
 #   bash bench/device_check.sh --fetch-wheels   # here, once: wheels of what that machine lacks, into .whl/
@@ -8,9 +8,9 @@
 # What it runs: the CUDA tests (Caffe's goldens on the GPU in fp32, 20 SGD iterations, the GPU data transform
 # against the CPU one bit for bit, frozen layers, deterministic mode and resume), the engine tests that need no
 # GPU (a quick sanity check of that machine's library versions), then bench/bench_engine.py on CaffeNet
-# (fp32, tf32 and bf16, batch 256 and 1024), bench/bench_data.py (the Data layer feeding the GPU, raw and
-# JPEG-encoded Datums) and bench/bench_train.py (CaffeNet training from the LMDB, batch 256). Logs go to $OUT
-# (the device tool's folder) when set, else to ./device_check/.
+# (fp32, tf32 and bf16, batch 256 and 1024, NCHW and NHWC memory), bench/bench_data.py (the Data layer feeding
+# the GPU, raw and JPEG-encoded Datums) and bench/bench_train.py (CaffeNet training from the LMDB, batch 256).
+# Logs go to $OUT (the device tool's folder) when set, else to ./device_check/.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,8 +43,8 @@ python3 -c "import torch, numpy, google.protobuf, lmdb; print('torch', torch.__v
 status=0
 timeout 140 python3 -m pytest -q -p no:cacheprovider -o addopts="" -rs tests/test_engine_cuda.py \
     tests/test_engine_layers.py tests/test_engine_solver.py 2>&1 | tee "$out/tests.log" | tail -25 || status=1
-timeout 180 python3 bench/bench_engine.py --gpu-only --batches 256,1024 --iterations 20 --rounds 2 \
-    --precision tf32,bf16 2>&1 | tee "$out/bench_engine.txt" || status=1
+timeout 200 python3 bench/bench_engine.py --gpu-only --batches 256,1024 --iterations 20 --rounds 1 \
+    --precision tf32,bf16 --memory-format nchw,nhwc 2>&1 | tee "$out/bench_engine.txt" || status=1
 timeout 75 python3 bench/bench_data.py --gpu --records 1024 --iterations 20 2>&1 | grep -v "^I[0-9]" \
     | tee "$out/bench_data.txt" || status=1
 timeout 75 python3 bench/bench_data.py --gpu --encoded --records 1024 --iterations 20 2>&1 | grep -v "^I[0-9]" \

@@ -20,6 +20,16 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "tools" / "caffe_torch"
 
 
+TINY_DEPLOY = (
+    'name: "tiny" layer { name: "data" type: "Input" top: "data" top: "label"\n'
+    '  input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } shape { dim: 2 } } }\n'
+    'layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"\n'
+    '  convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.1 } } }\n'
+    'layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
+    'layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 3 } }\n'
+    'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }\n')
+
+
 def caffe_torch(*args, cwd, timeout=240, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([str(TOOL), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
@@ -75,18 +85,45 @@ def test_train_sh_runs_with_caffe_set_to_the_engine_then_test_and_time(tmp_path)
 
 def test_time_fills_input_layers_with_zeros_as_caffe(tmp_path):
     # `caffe time -model deploy.prototxt`: Input-layer tops that nothing feeds are zeros in Caffe
-    (tmp_path / "deploy.prototxt").write_text(
-        'name: "tiny" layer { name: "data" type: "Input" top: "data" top: "label"\n'
-        '  input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } shape { dim: 2 } } }\n'
-        'layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"\n'
-        '  convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.1 } } }\n'
-        'layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
-        'layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 3 } }\n'
-        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }\n')
+    (tmp_path / "deploy.prototxt").write_text(TINY_DEPLOY)
     proc = caffe_torch("time", "-model", "deploy.prototxt", "-iterations", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Average Forward-Backward:" in proc.stderr
     assert "Initial loss: 1.09861" in proc.stderr          # zero input, zero bias: uniform softmax, ln 3
+
+
+def test_memory_format_is_chosen_by_the_environment_or_the_device(tmp_path, monkeypatch):
+    import torch
+    from convnet_transfer.engine.errors import EngineError
+    from convnet_transfer.engine.net import MEMORY_FORMAT_ENV, Net
+    from convnet_transfer.engine.upgrade import read_net_file
+    (tmp_path / "deploy.prototxt").write_text(TINY_DEPLOY)
+    param = read_net_file(tmp_path / "deploy.prototxt")
+
+    def conv_weight_is_nhwc() -> bool:
+        weight = Net(param, "TEST", {}).place(torch.device("cpu")).params[0].tensor
+        assert weight.dim() == 4 and weight.shape[1] > 1 and weight.shape[2] > 1
+        return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+    monkeypatch.delenv(MEMORY_FORMAT_ENV, raising=False)
+    assert conv_weight_is_nhwc()                          # the CPU's default
+    monkeypatch.setenv(MEMORY_FORMAT_ENV, "nchw")
+    assert not conv_weight_is_nhwc()
+    monkeypatch.setenv(MEMORY_FORMAT_ENV, "NHWC")
+    assert conv_weight_is_nhwc()
+    monkeypatch.setenv(MEMORY_FORMAT_ENV, "planar")
+    with pytest.raises(EngineError, match=f"{MEMORY_FORMAT_ENV}='planar': use nchw or nhwc"):
+        Net(param, "TEST", {}).place(torch.device("cpu"))
+
+    logs = {}
+    for layout in ("nchw", "nhwc"):
+        proc = caffe_torch("time", "-model", "deploy.prototxt", "-iterations", "2", cwd=tmp_path,
+                           env={MEMORY_FORMAT_ENV: layout})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        logs[layout] = proc.stderr
+    assert all("Initial loss: 1.09861" in text for text in logs.values())
+    proc = caffe_torch("time", "-model", "deploy.prototxt", cwd=tmp_path, env={MEMORY_FORMAT_ENV: "planar"})
+    assert proc.returncode == EXIT_ERROR and f"${MEMORY_FORMAT_ENV}='planar'" in proc.stderr
 
 
 def test_caffe_parse_log_reads_our_log(tmp_path, real_caffe):

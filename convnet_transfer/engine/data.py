@@ -37,6 +37,7 @@ from .. import caffe_pb2 as pb
 from .. import protoio
 from . import glog
 from .errors import EngineError
+from .net import channels_last_on
 
 __all__ = ["DataLayerSource", "DATA_LAYER_TYPES", "DataError", "decode_record"]
 
@@ -316,8 +317,8 @@ class DataLayerSource:
         self.tops = list(layer.top)
         self.phase = phase
         self.device = torch.device(device)
-        # CPU batches come in the memory layout Net.place gives the net there (channels-last): no copy per batch
-        self.channels_last = self.device.type == "cpu" if channels_last is None else bool(channels_last)
+        # CPU batches come in the memory layout Net.place gives the net there: no copy per batch
+        self.channels_last = channels_last_on(self.device) if channels_last is None else bool(channels_last)
         dp = layer.data_param
         self.batch_size = int(dp.batch_size)
         if self.batch_size <= 0:

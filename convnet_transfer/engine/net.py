@@ -34,7 +34,19 @@ from .layers import DATA_LAYER_TYPES, LAYERS, LOSS_LAYER_TYPES, BuildContext
 from .upgrade import filter_net, insert_splits, net_needs_upgrade, upgrade_net
 from .weights import array_to_blob_fast, blob_shape_equals, blob_values, proto_shape_string, read_caffemodel
 
-__all__ = ["Net", "Param"]
+__all__ = ["Net", "Param", "channels_last_on", "MEMORY_FORMAT_ENV"]
+
+MEMORY_FORMAT_ENV = "CAFFE_TORCH_MEMORY_FORMAT"
+
+
+def channels_last_on(device: torch.device | str) -> bool:
+    """Whether nets and batches on `device` are kept channels-last (NHWC) in memory: $CAFFE_TORCH_MEMORY_FORMAT
+    "nhwc" or "nchw" when set, else NHWC on the CPU (oneDNN: 13-17% faster on CaffeNet, bench/bench_engine.py)
+    and NCHW elsewhere (not yet measured on a GPU: bench_engine.py --memory-format nchw,nhwc compares them)."""
+    chosen = os.environ.get(MEMORY_FORMAT_ENV, "").strip().lower()
+    if chosen not in ("", "nchw", "nhwc"):
+        raise EngineError(f"${MEMORY_FORMAT_ENV}={chosen!r}: use nchw or nhwc (or leave it unset).")
+    return chosen == "nhwc" if chosen else torch.device(device).type == "cpu"
 
 
 class Param(NamedTuple):
@@ -251,10 +263,9 @@ class Net(nn.Module):
         return self
 
     def place(self, device: torch.device) -> "Net":
-        """Move the net to `device`; on the CPU in channels-last memory (oneDNN's convolutions and pooling: 13-17%
-        faster on CaffeNet at batch 32 and 256, bench/bench_engine.py). Returns the net."""
+        """Move the net to `device`, in the memory format `channels_last_on(device)` chooses. Returns the net."""
         self.to(device)
-        return self.set_channels_last(torch.device(device).type == "cpu")
+        return self.set_channels_last(channels_last_on(device))
 
     def set_seed(self, seed: int) -> None:
         """Reseed dropout (the solver calls this with random_seed; fillers were seeded at construction)."""
