@@ -707,6 +707,9 @@ def summarize_net(net: NetLog, info: dict | None = None) -> NetSummary:
         overlaps=len(net.overlaps), warnings=sum(len(log.warnings) for log in net.logs) + len(net.warnings))
 
 
+NO_NETS = "holds no Caffe log (*.log, *.log.gz, *.o<job>, *.INFO) and no net directory (one with logs or a solver)"
+
+
 def find_net_dirs(root: str | os.PathLike) -> list[Path]:
     """Net directories under a results tree: `root/<net>/` holding logs or a solver (or root itself)."""
     root = Path(root)

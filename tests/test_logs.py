@@ -316,6 +316,11 @@ def test_cli_tree_tables_and_summary(tmp_path):
     assert by_net["half0B"]["final_accuracy"] is None and by_net["half0B"]["status"] == "no logs"
     assert [r.net for r in logs.read_summary(out / "summary.csv")] == [r["net"] for r in summary]
 
+    empty = tmp_path / "empty"
+    (empty / "not_a_net").mkdir(parents=True)
+    result = CliRunner().invoke(main, [str(empty)])
+    assert result.exit_code == 1 and f"{empty}: holds no Caffe log" in result.output, result.output
+
 
 # ---------------------------------------------------------------------------------------------- 2014 release
 

@@ -143,6 +143,19 @@ def test_cli_from_summary_json_and_training_curves(tmp_path):
     assert (out / "training_curves.png").exists()
     assert "baseB" in result.output and "0.2400" in result.output    # the table: half0A's last accuracy
 
+    # nothing to plot: an error naming the tree, not a traceback or an empty figure
+    untrained = tmp_path / "untrained"
+    (untrained / "half0A").mkdir(parents=True)
+    (untrained / "half0A" / "solver.prototxt").write_text("max_iter: 200\n")
+    (untrained / "half0A" / "half0A.20260301-100000.log").write_text("I0301 10:00:00.000000 1 caffe.cpp:1] Use CPU.\n")
+    result = CliRunner().invoke(main, ["--results", str(untrained), "--out", str(out)])
+    assert result.exit_code == 1 and f"{untrained}: none of its 1 nets has a test accuracy" in result.output
+    result = CliRunner().invoke(main, ["--results", str(untrained / "half0A" / "x"), "--out", str(out)])
+    assert result.exit_code == 2                                     # click: no such path
+    (tmp_path / "no_nets").mkdir()
+    result = CliRunner().invoke(main, ["--results", str(tmp_path / "no_nets"), "--out", str(out)])
+    assert result.exit_code == 1 and "holds no Caffe log" in result.output
+
 
 @pytest.fixture(scope="module")
 def reference_rows(reference):

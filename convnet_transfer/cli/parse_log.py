@@ -80,6 +80,9 @@ def main(paths, out, summary_only, jobs, delimiter):
                     click.echo(f"wrote {written}")
             continue
         tree_rows, nets = logs.summarize_tree(path, jobs=jobs, progress=True, keep_tables=True)
+        if not tree_rows:
+            raise click.ClickException(f"{path}: {logs.NO_NETS}; pass a log file, a net directory or a results "
+                                       f"tree (a directory of net directories).")
         rows += tree_rows
         if out and not summary_only:
             for name, net in nets.items():

@@ -45,18 +45,32 @@ def main(results, reference, out, formats, prefix, metric, curves, jobs):
 
     warnings.showwarning = show
     formats = tuple(f.strip().lower() for f in formats.split(",") if f.strip())
-    rows = plots.load_results(results, jobs=jobs)
-    ref_rows = plots.load_results(reference, jobs=jobs) if reference else None
+    rows = _load(results, jobs)
+    ref_rows = _load(reference, jobs) if reference else None
     curve_nets = None
+    names = []
     if curves != "none" and results.is_dir():
         names = [c.strip() for c in curves.split(",")] if curves else plots.choose_curve_nets(rows)
         known = {r.net for r in rows}
         missing = [n for n in names if n not in known]
         if missing:
             raise click.BadParameter(f"no net directory {', '.join(missing)} in {results}", param_hint="--curves")
+    if names:
         root = results if (results / names[0]).is_dir() else results.parent
         curve_nets = {name: logs.parse_net_dir(root / name, jobs=jobs) for name in names}
     written = plots.plot_all(rows, out, reference=ref_rows, metric=metric, formats=formats, prefix=prefix,
                              curves=curve_nets, echo=click.echo)
     for path in written:
         click.echo(f"wrote {path}")
+
+
+def _load(path: Path, jobs: int | None) -> list:
+    """The nets of a results tree or summary file; an error naming it when it has none with a test accuracy."""
+    rows = plots.load_results(path, jobs=jobs)
+    if not rows:
+        raise click.ClickException(f"{path}: {logs.NO_NETS}; pass a results tree (e.g. generated/ or the 2014 "
+                                   f"release's results/) or a summary.json from tools/parse_log.")
+    if all(row.final_accuracy is None or row.final_accuracy != row.final_accuracy for row in rows):
+        raise click.ClickException(f"{path}: none of its {len(rows)} nets has a test accuracy in its logs yet "
+                                   f"(tools/parse_log {path} shows what each log holds); nothing to plot.")
+    return rows
