@@ -17,8 +17,8 @@ PNG) are decoded by worker processes when `workers` > 0 (default under CUDA: all
 `-workers N` or $CAFFE_TORCH_WORKERS), straight into a batch in shared memory, else by the thread.
 The thread also makes each batch's random draws, in batch order, and on the CPU applies the transform (numpy
 views, channels-last output: it overlaps the net's work, as Caffe's prefetch thread does); under CUDA the crop,
-mirror, mean and scale run on the GPU (one gather) on the uint8 batch copied there. Both transforms give the
-same float32 bits. Each batch carries the generator's state after its draws, so results do not depend on
+mirror, mean and scale run on the GPU (one gather) on the uint8 batch, which the thread copies there on a CUDA
+stream of its own (the copy overlaps the net's work). Both transforms give the same float32 bits. Each batch carries the generator's state after its draws, so results do not depend on
 prefetching or workers, and `state_dict()` / `load_state_dict()` save and restore the position and generator
 for an exact resume.
 """
@@ -386,6 +386,7 @@ class DataLayerSource:
         self._thread = None
         self._pool = None
         self._buffer = None
+        self._copy_stream = None
         self._rng_state = self.rng.bit_generator.state   # after the draws of the last batch consumed
         self._start(None)
 
@@ -412,9 +413,12 @@ class DataLayerSource:
             while not self._stop.is_set():
                 data, labels, next_key = self._read_batch()
                 draws = self._draw(data.shape)
+                copied = None
                 if self.device.type == "cpu":   # here, overlapping the net's work, as Caffe's prefetch thread
                     data = torch.from_numpy(self._transform_numpy(data.numpy(), draws))
-                item = (data, labels, next_key, draws, self.rng.bit_generator.state)
+                elif self.device.type == "cuda":
+                    data, labels, copied = self._copy_to_gpu(data, labels)
+                item = (data, labels, next_key, draws, self.rng.bit_generator.state, copied)
                 while not self._stop.is_set():
                     try:
                         self._queue.put(item, timeout=0.1)
@@ -455,6 +459,19 @@ class DataLayerSource:
             out[i], labels[i] = self._decode(key, value, self.datum_shape)
         return data, torch.from_numpy(labels), next_key
 
+    def _copy_to_gpu(self, data: torch.Tensor, labels: torch.Tensor):
+        """Start copying a pinned uint8 batch and its labels to the GPU on this source's own CUDA stream, so that
+        the copy overlaps the net's work on the default stream; returns the GPU tensors and the event next_batch
+        waits for."""
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(self._copy_stream):
+            data = data.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record(self._copy_stream)
+        return data, labels, copied
+
     def _next_buffer(self) -> torch.Tensor:
         """Memory for the next raw batch. CPU: one buffer, allocated once (the thread transforms it before it
         reads the next batch; a fresh 50 MB batch costs more in page faults than reading the records). Other
@@ -487,9 +504,14 @@ class DataLayerSource:
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
-        data, labels, next_key, draws, self._rng_state = item
+        data, labels, next_key, draws, self._rng_state, copied = item
         self._position = (self._position + self.batch_size) % self.size
         self._next_key = next_key
+        if copied is not None:   # on the GPU already, copied on our stream: the net's stream waits for it
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(copied)
+            data.record_stream(stream)     # memory the copy stream allocated, now in use on this one
+            labels.record_stream(stream)
         if self.device.type != "cpu":
             data = self._transform_on_device(data, draws)
         batch = {self.tops[0]: data}
