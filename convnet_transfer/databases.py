@@ -36,6 +36,7 @@ import numpy as np
 from . import caffe_pb2 as pb
 from . import protoio
 from .images import ImageError, decode_image, encode_image, read_image, resize_linear
+from .splits import file_md5
 
 __all__ = [
     "DatabaseError", "BadImageError", "DbInfo", "DatumReader", "read_image_list", "make_key",
@@ -573,10 +574,9 @@ def _reconcile(store: _Store, progress: _Progress, items, options: _Options) -> 
 
 
 def _job_description(files_txt, backend, resize, encoded, shuffle_seed, gray) -> dict:
-    digest = hashlib.md5(Path(files_txt).read_bytes()).hexdigest()
-    return {"format": FORMAT, "list": str(Path(files_txt).resolve()), "list_md5": digest, "backend": backend,
-            "resize": list(resize) if resize else None, "encoded": bool(encoded), "shuffle_seed": shuffle_seed,
-            "gray": bool(gray)}
+    return {"format": FORMAT, "list": str(Path(files_txt).resolve()), "list_md5": file_md5(files_txt),
+            "backend": backend, "resize": list(resize) if resize else None, "encoded": bool(encoded),
+            "shuffle_seed": shuffle_seed, "gray": bool(gray)}
 
 
 _MATCHED = ("list_md5", "backend", "resize", "encoded", "shuffle_seed", "gray")
@@ -901,7 +901,7 @@ def make_view(view_dir, shared_db, files_txt, shared_files_txt, *, shuffle_seed=
         protoio.atomic_write_bytes(report, "".join(f"{p}\t{why}\n" for p, why in missing).encode())
     description = {"format": VIEW_FORMAT, "database": os.path.relpath(shared_db, view_dir), "count": count,
                    "keys_md5": keys_md5, "list": str(Path(files_txt).resolve()),
-                   "list_md5": hashlib.md5(Path(files_txt).read_bytes()).hexdigest(), "shuffle_seed": shuffle_seed,
+                   "list_md5": file_md5(files_txt), "shuffle_seed": shuffle_seed,
                    "backend": marker["backend"], "shape": marker.get("shape"), "skipped": len(missing)}
     protoio.atomic_write_bytes(view_dir / VIEW, json.dumps(description, indent=1).encode())
     return DbInfo(view_dir, "view", count, keys_md5, tuple(marker["shape"]) if marker.get("shape") else None,

@@ -46,7 +46,7 @@ from .resources import ilsvrc12_dir
 __all__ = [
     "make_splits", "read_list", "imagenet_groups", "random_halves", "read_manifest", "published_md5_2014",
     "ilsvrc12_classes", "ilsvrc12_class_names", "list_bytes", "SplitReport", "SplitError", "Md5MismatchError",
-    "REDUCED_2014", "SEEDS_2014",
+    "REDUCED_2014", "SEEDS_2014", "file_md5",
 ]
 
 SEEDS_2014 = (0, 1, 2, 3)
@@ -387,8 +387,8 @@ def make_splits(train_list: str | os.PathLike | ImageList | None = None,
         staged.append((MANIFEST, None))
         _install(staging, out_dir, [name for name, _ in staged], report)
         for name, md5 in staged:  # checked after writing: the files under their final names
-            if md5 is not None and _file_md5(out_dir / name) != md5:
-                raise SplitError(f"{out_dir / name}: md5 after writing is {_file_md5(out_dir / name)}, expected "
+            if md5 is not None and file_md5(out_dir / name) != md5:
+                raise SplitError(f"{out_dir / name}: md5 after writing is {file_md5(out_dir / name)}, expected "
                                  f"{md5}; the disk or another process changed it, run again")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -466,7 +466,7 @@ def _install(staging: Path, out_dir: Path, names: list[str], report: SplitReport
     for name in names:
         source, target = staging / name, out_dir / name
         if target.is_file() and target.stat().st_size == source.stat().st_size \
-                and _file_md5(target) == _file_md5(source):
+                and file_md5(target) == file_md5(source):
             report.unchanged.append(name)
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -476,7 +476,8 @@ def _install(staging: Path, out_dir: Path, names: list[str], report: SplitReport
         report.written.append(name)
 
 
-def _file_md5(path: Path) -> str:
+def file_md5(path: str | os.PathLike) -> str:
+    """The md5 of a file (hex), read in 1 MiB blocks."""
     digest = hashlib.md5()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -15,12 +15,12 @@ paper's databases) are copied straight from LMDB's memory map into the batch (pi
 wire format is read by hand (`raw_datum_layout`), without a protobuf parse of the pixels. Encoded Datums (JPEG,
 PNG) are decoded by worker processes when `workers` > 0 (default under CUDA: all cores but 2, at most 16;
 `-workers N` or $CAFFE_TORCH_WORKERS), straight into a batch in shared memory, else by the thread.
-The thread also makes each batch's random draws, in batch order, and on the CPU applies the transform (numpy
-views, channels-last output: it overlaps the net's work, as Caffe's prefetch thread does); under CUDA the crop,
-mirror, mean and scale run on the GPU (one gather) on the uint8 batch, which the thread copies there on a CUDA
-stream of its own (the copy overlaps the net's work). Both transforms give the same float32 bits. Each batch carries the generator's state after its draws, so results do not depend on
-prefetching or workers, and `state_dict()` / `load_state_dict()` save and restore the position and generator
-for an exact resume.
+The thread also makes each batch's random draws, in batch order, and on the CPU applies the transform (numpy views,
+channels-last output: it overlaps the net's work, as Caffe's prefetch thread does); under CUDA the crop, mirror,
+mean and scale run on the GPU (one gather) on the uint8 batch, which the thread copies there on a CUDA stream of
+its own (the copy overlaps the net's work). Both transforms give the same float32 bits. Each batch carries the
+generator's state after its draws, so results do not depend on prefetching or workers, and `state_dict()` /
+`load_state_dict()` save and restore the position and generator for an exact resume.
 """
 from __future__ import annotations
 
