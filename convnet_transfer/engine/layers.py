@@ -419,17 +419,18 @@ class _CrossChannelLRN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, size, alpha, beta, k):
         scale = _channel_window_sum(x * x, size).mul_(alpha / size).add_(k)
-        top = x * scale.pow(-beta)
-        ctx.save_for_backward(x, top, scale)
+        power = scale.pow(-beta)          # kept for backward: a fractional power costs more than the rest
+        ctx.save_for_backward(x, scale, power)
         ctx.constants = (size, alpha, beta)
-        return top
+        return x * power
 
     @staticmethod
     def backward(ctx, grad):
-        x, top, scale = ctx.saved_tensors
+        x, scale, power = ctx.saved_tensors
         size, alpha, beta = ctx.constants
+        top = x * power                   # the forward's top, bit for bit
         ratio = _channel_window_sum(grad * top / scale, size)
-        dx = grad * scale.pow(-beta) - (2.0 * alpha * beta / size) * x * ratio
+        dx = grad * power - (2.0 * alpha * beta / size) * x * ratio
         return dx, None, None, None, None
 
 
