@@ -102,105 +102,120 @@ class Net(nn.Module):
         self.loss_weights: dict[str, float] = {}
         self._layer_index: dict[str, int] = {}            # layer name -> index in self.layers (or -1: data)
         self._layer_tops: dict[str, list[tuple[str, tuple]]] = {}   # for the init log
-        available: set[str] = set()
+        available: set[str] = set()   # blobs no later layer has read yet: the net outputs at the end
         produced: set[str] = set()
-
         for lp in self.net_param.layer:
-            if lp.name in self._layer_index:
-                # Caffe allows duplicate names but copies weights into the first; keep it simple and explicit
-                raise EngineError(f"two layers are named '{lp.name}'; rename one")
+            self._check_blobs(lp, produced)
             self.layer_params.append(lp)
-            where = f"layer '{lp.name}' (type {lp.type})"
-            for j, bottom in enumerate(lp.bottom):
-                if bottom not in self.blob_shapes:
-                    raise EngineError(f"Unknown bottom blob '{bottom}' ({where}, bottom index {j})")
-            for j, top in enumerate(lp.top):
-                in_place = j < len(lp.bottom) and lp.bottom[j] == top
-                if top in produced and not in_place:
-                    raise EngineError(f"Top blob '{top}' produced by multiple sources ({where})")
             if lp.type in DATA_LAYER_TYPES or lp.type == "Input":
-                shapes = []
-                for top in lp.top:
-                    if top in input_shapes:
-                        shapes.append(input_shapes[top])
-                    elif lp.type == "Input":
-                        shapes = None
-                        break
-                    else:
-                        raise EngineError(f"{where}: the shape of its top '{top}' must be given in input_shapes")
-                if lp.type == "Input":
-                    layer = LAYERS["Input"](lp, [], ctx)
-                    shapes = [input_shapes.get(t, s) for t, s in zip(lp.top, layer.top_shapes)]
-                else:
-                    self.data_layers.append(lp)
-                self._layer_index[lp.name] = -1
-                self._layer_tops[lp.name] = list(zip(lp.top, shapes))
-                for top, shape in zip(lp.top, shapes):
-                    self.blob_shapes[top] = shape
-                    self.input_blobs.append(top)
-                    produced.add(top)
-                    available.add(top)
-                continue
-            cls = LAYERS.get(lp.type)
-            if cls is None:
-                raise EngineError(f"{where}: layer type '{lp.type}' is not supported by this engine "
-                                  f"(supported: {', '.join(sorted(LAYERS))}, and the data layers "
-                                  f"{', '.join(sorted(DATA_LAYER_TYPES))})")
-            anonymous = []
-            if len(lp.top) == 0 and lp.type in LOSS_LAYER_TYPES:
-                # Caffe's AutoTopBlobs: a loss layer without a top (2014 nets) gets an anonymous one, which counts
-                # in the loss but is not a net output
-                lp = pb.LayerParameter.FromString(lp.SerializeToString())
-                anonymous = [f"(automatic:{lp.name})"]
-                lp.top.extend(anonymous)
-            bottom_shapes = [self.blob_shapes[b] for b in lp.bottom]
-            layer = cls(lp, bottom_shapes, ctx)
-            n_blobs = len(layer.blobs)
-            if len(lp.param) > n_blobs:
-                raise EngineError(f"Too many params specified for layer {lp.name} ({len(lp.param)} `param` blocks, "
-                                  f"the layer has {n_blobs} parameter blobs)")
-            for spec in lp.param:
-                if spec.name:
-                    raise EngineError(f"{where}: parameter sharing (param {{ name: '{spec.name}' }}) is not supported")
-            if len(lp.propagate_down) not in (0, len(lp.bottom)):
-                raise EngineError(f"{where}: propagate_down must be given once per bottom")
-            propagate = list(lp.propagate_down) or [True] * len(lp.bottom)
-            if len(lp.loss_weight) not in (0, len(lp.top)):
-                raise EngineError(f"{where}: loss_weight must be unspecified or specified once per top blob")
-            for j, (top, shape) in enumerate(zip(lp.top, layer.top_shapes)):
-                self.blob_shapes[top] = tuple(shape)
-                weight = lp.loss_weight[j] if len(lp.loss_weight) else (1.0 if j == 0 and lp.type in
-                                                                        LOSS_LAYER_TYPES else 0.0)
-                if weight:
-                    self.loss_weights[top] = float(weight)
-            for bottom in lp.bottom:
-                available.discard(bottom)
-            for top in lp.top:
-                if top not in anonymous:
-                    available.add(top)
-                produced.add(top)
-            self._layer_index[lp.name] = len(self.layers)
-            self._layer_tops[lp.name] = list(zip(lp.top, layer.top_shapes))
-            self._steps.append((len(self.layers), list(lp.bottom), list(lp.top), propagate))
-            self.layers.append(layer)
-
+                tops = self._add_input_layer(lp, input_shapes, ctx)
+            else:
+                tops = self._add_computing_layer(lp, ctx)
+                available.difference_update(lp.bottom)
+            available.update(tops)
+            produced.update(lp.top)
         self.outputs: list[str] = sorted(available)
-        self.params: list[Param] = []
-        for lp in self.layer_params:
-            index = self._layer_index[lp.name]
-            if index < 0:
-                continue
-            layer = self.layers[index]
-            for i, tensor in enumerate(layer.blobs):
-                spec = lp.param[i] if i < len(lp.param) else pb.ParamSpec()
-                tensor.requires_grad_(spec.lr_mult != 0)
-                self.params.append(Param(lp.name, i, tensor, float(spec.lr_mult), float(spec.decay_mult)))
+        self.params: list[Param] = self._learnable_params()
         self._dropout_generators: dict[str, torch.Generator] = {}
         self.channels_last = False
         if log:
             self._log_init()
         if not meta and str(device) != "cpu":
             self.to(device)
+
+    def _check_blobs(self, lp: pb.LayerParameter, produced: set[str]) -> None:
+        """Caffe's AppendBottom/AppendTop checks: bottoms exist, a top is produced once (unless in place)."""
+        if lp.name in self._layer_index:
+            # Caffe allows duplicate names but copies weights into the first; keep it simple and explicit
+            raise EngineError(f"two layers are named '{lp.name}'; rename one")
+        where = f"layer '{lp.name}' (type {lp.type})"
+        for j, bottom in enumerate(lp.bottom):
+            if bottom not in self.blob_shapes:
+                raise EngineError(f"Unknown bottom blob '{bottom}' ({where}, bottom index {j})")
+        for j, top in enumerate(lp.top):
+            in_place = j < len(lp.bottom) and lp.bottom[j] == top
+            if top in produced and not in_place:
+                raise EngineError(f"Top blob '{top}' produced by multiple sources ({where})")
+
+    def _add_input_layer(self, lp: pb.LayerParameter, input_shapes: dict, ctx: BuildContext) -> list[str]:
+        """A data or Input layer: its tops become inputs of forward(), shaped by `input_shapes` (Input layers
+        carry their own shapes). Returns the tops."""
+        shapes = []
+        for top in lp.top:
+            if top in input_shapes:
+                shapes.append(input_shapes[top])
+            elif lp.type == "Input":
+                shapes = None
+                break
+            else:
+                raise EngineError(f"layer '{lp.name}' (type {lp.type}): the shape of its top '{top}' must be given "
+                                  f"in input_shapes")
+        if lp.type == "Input":
+            layer = LAYERS["Input"](lp, [], ctx)
+            shapes = [input_shapes.get(t, s) for t, s in zip(lp.top, layer.top_shapes)]
+        else:
+            self.data_layers.append(lp)
+        self._layer_index[lp.name] = -1
+        self._layer_tops[lp.name] = list(zip(lp.top, shapes))
+        for top, shape in zip(lp.top, shapes):
+            self.blob_shapes[top] = shape
+            self.input_blobs.append(top)
+        return list(lp.top)
+
+    def _add_computing_layer(self, lp: pb.LayerParameter, ctx: BuildContext) -> list[str]:
+        """Build a layer of the registry on its bottoms' shapes, with Caffe's checks of `param`, propagate_down
+        and loss_weight. Returns its tops that can be net outputs (not an anonymous loss top)."""
+        where = f"layer '{lp.name}' (type {lp.type})"
+        cls = LAYERS.get(lp.type)
+        if cls is None:
+            raise EngineError(f"{where}: layer type '{lp.type}' is not supported by this engine "
+                              f"(supported: {', '.join(sorted(LAYERS))}, and the data layers "
+                              f"{', '.join(sorted(DATA_LAYER_TYPES))})")
+        anonymous = []
+        if len(lp.top) == 0 and lp.type in LOSS_LAYER_TYPES:
+            # Caffe's AutoTopBlobs: a loss layer without a top (2014 nets) gets an anonymous one, which counts
+            # in the loss but is not a net output
+            lp = pb.LayerParameter.FromString(lp.SerializeToString())
+            anonymous = [f"(automatic:{lp.name})"]
+            lp.top.extend(anonymous)
+        layer = cls(lp, [self.blob_shapes[b] for b in lp.bottom], ctx)
+        n_blobs = len(layer.blobs)
+        if len(lp.param) > n_blobs:
+            raise EngineError(f"Too many params specified for layer {lp.name} ({len(lp.param)} `param` blocks, "
+                              f"the layer has {n_blobs} parameter blobs)")
+        for spec in lp.param:
+            if spec.name:
+                raise EngineError(f"{where}: parameter sharing (param {{ name: '{spec.name}' }}) is not supported")
+        if len(lp.propagate_down) not in (0, len(lp.bottom)):
+            raise EngineError(f"{where}: propagate_down must be given once per bottom")
+        propagate = list(lp.propagate_down) or [True] * len(lp.bottom)
+        if len(lp.loss_weight) not in (0, len(lp.top)):
+            raise EngineError(f"{where}: loss_weight must be unspecified or specified once per top blob")
+        for j, (top, shape) in enumerate(zip(lp.top, layer.top_shapes)):
+            self.blob_shapes[top] = tuple(shape)
+            weight = lp.loss_weight[j] if len(lp.loss_weight) else (1.0 if j == 0 and lp.type in
+                                                                    LOSS_LAYER_TYPES else 0.0)
+            if weight:
+                self.loss_weights[top] = float(weight)
+        self._layer_index[lp.name] = len(self.layers)
+        self._layer_tops[lp.name] = list(zip(lp.top, layer.top_shapes))
+        self._steps.append((len(self.layers), list(lp.bottom), list(lp.top), propagate))
+        self.layers.append(layer)
+        return [top for top in lp.top if top not in anonymous]
+
+    def _learnable_params(self) -> list[Param]:
+        """Caffe's learnable_params: every computing layer's blobs in layer order, with lr_mult/decay_mult from
+        its `param` blocks (default 1, 1); lr_mult 0 (frozen) gets no gradient."""
+        params = []
+        for lp in self.layer_params:
+            index = self._layer_index[lp.name]
+            if index < 0:
+                continue
+            for i, tensor in enumerate(self.layers[index].blobs):
+                spec = lp.param[i] if i < len(lp.param) else pb.ParamSpec()
+                tensor.requires_grad_(spec.lr_mult != 0)
+                params.append(Param(lp.name, i, tensor, float(spec.lr_mult), float(spec.decay_mult)))
+        return params
 
     def _log_init(self) -> None:
         """The lines Caffe's Net::Init logs (net.cpp), so that our logs read like Caffe's."""
