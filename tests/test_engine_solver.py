@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -262,6 +263,23 @@ def test_leveldb_source_gives_the_batches_of_the_same_records_in_lmdb(tmp_path, 
     finally:
         lmdb_source.close()
         leveldb_source.close()
+
+
+@pytest.mark.parametrize("transform, message", [
+    ('mean_file: "mean.binaryproto" mean_value: 3', "cannot specify mean_file and mean_value at the same time"),
+    ("mean_value: 1 mean_value: 2", f"specify either 1 mean_value or as many as channels: {C}"),
+    ('mean_file: "small_mean.binaryproto"', f"mean file small_mean.binaryproto has shape ({C}, 4, 4), the data "
+                                            f"in train_lmdb ({C}, {H}, {W}); recompute the mean of this database"),
+    (f"crop_size: {H + 1}", f"crop_size {H + 1} is larger than the images ({H}x{W}) in train_lmdb"),
+])
+def test_data_layer_refuses_a_transform_that_does_not_fit_the_data(tmp_path, monkeypatch, transform, message):
+    make_case(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    protoio.write_mean(tmp_path / "small_mean.binaryproto", np.zeros((C, 4, 4), np.float32))
+    layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { %s } '
+                        'data_param { source: "train_lmdb" batch_size: 4 backend: LMDB }' % transform)
+    with pytest.raises(DataError, match="^" + re.escape(f"layer 'd': {message}")):
+        DataLayerSource(layer, "TRAIN")
 
 
 def test_data_layer_state_resumes_exactly(tmp_path, monkeypatch):

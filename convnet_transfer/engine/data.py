@@ -353,23 +353,7 @@ class DataLayerSource:
         if len(self.tops) > 1:
             self.shapes[self.tops[1]] = (self.batch_size,)
 
-        self.mean = None
-        if tp.HasField("mean_file") and tp.mean_value:
-            raise DataError(f"layer '{layer.name}': cannot specify mean_file and mean_value at the same time.")
-        if tp.HasField("mean_file"):
-            glog.info("data_transformer.cpp:25", f"Loading mean file from: {tp.mean_file}")
-            mean = protoio.read_mean(tp.mean_file)
-            if tuple(mean.shape) != self.datum_shape:
-                raise DataError(f"layer '{layer.name}': mean file {tp.mean_file} has shape {tuple(mean.shape)}, "
-                                f"the data in {source} {self.datum_shape}; recompute the mean of this database.")
-            self.mean = torch.from_numpy(mean).to(self.device)
-        elif tp.mean_value:
-            values = list(tp.mean_value)
-            if len(values) not in (1, channels):
-                raise DataError(f"layer '{layer.name}': specify either 1 mean_value or as many as channels: "
-                                f"{channels}.")
-            values = values * channels if len(values) == 1 else values
-            self.mean = torch.tensor(values, dtype=torch.float32, device=self.device).view(channels, 1, 1)
+        self.mean = self._load_mean(tp, layer.name, source)
         self._mean_numpy = self.mean.cpu().numpy() if self.mean is not None else None
         self._mean_per_pixel = tp.HasField("mean_file")   # else one value per channel (mean_value)
 
@@ -389,6 +373,26 @@ class DataLayerSource:
         self._copy_stream = None
         self._rng_state = self.rng.bit_generator.state   # after the draws of the last batch consumed
         self._start(None)
+
+    def _load_mean(self, tp: pb.TransformationParameter, name: str, source: Path) -> torch.Tensor | None:
+        """The mean to subtract, on the device: the mean file's (C,H,W) image, or mean_value per channel (C,1,1)."""
+        channels = self.datum_shape[0]
+        if tp.HasField("mean_file") and tp.mean_value:
+            raise DataError(f"layer '{name}': cannot specify mean_file and mean_value at the same time.")
+        if tp.HasField("mean_file"):
+            glog.info("data_transformer.cpp:25", f"Loading mean file from: {tp.mean_file}")
+            mean = protoio.read_mean(tp.mean_file)
+            if tuple(mean.shape) != self.datum_shape:
+                raise DataError(f"layer '{name}': mean file {tp.mean_file} has shape {tuple(mean.shape)}, "
+                                f"the data in {source} {self.datum_shape}; recompute the mean of this database.")
+            return torch.from_numpy(mean).to(self.device)
+        if tp.mean_value:
+            values = list(tp.mean_value)
+            if len(values) not in (1, channels):
+                raise DataError(f"layer '{name}': specify either 1 mean_value or as many as channels: {channels}.")
+            values = values * channels if len(values) == 1 else values
+            return torch.tensor(values, dtype=torch.float32, device=self.device).view(channels, 1, 1)
+        return None
 
     # ------------------------------------------------------------ background reading
 
