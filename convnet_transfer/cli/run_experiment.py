@@ -31,7 +31,7 @@ Reads:  --dataset fashion-mnist: /usr/share/datasets/fashion-mnist/*.gz (Debian'
 Writes: everything under --out (default generated/fashion-mnist, generated/fashion-mnist-quick with --quick).
 
 \b
-Default: 60 nets x 200 iterations of batch 64 on the CPU, 6 minutes on 2 cores (measured).
+Default: 60 nets x 200 iterations of batch 64 on the CPU, 6-7 minutes on 2 cores (measured).
   tools/run_experiment                       # the default experiment on Fashion-MNIST
   tools/run_experiment --quick               # a 30-second smoke run (150 images per class, 16 nets)
   tools/run_experiment --gpu                 # 4 splits, every pair, dissimilar halves, 5000 iterations (GPU)
