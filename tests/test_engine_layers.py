@@ -188,6 +188,46 @@ def test_lrn_even_size_is_an_error():
                  {"x": (1, 4, 2, 2)})
 
 
+@pytest.mark.parametrize("layer, message", [
+    ('name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { kernel_size: 3 }',
+     "layer 'c' (type Convolution): convolution_param.num_output must be set"),
+    ('name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 4 kernel_size: 3 group: 3 }',
+     "layer 'c' (type Convolution): 4 input channels and num_output 4 must both be multiples of group 3"),
+    ('name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 4 kernel_size: 7 }',
+     "layer 'c' (type Convolution): input 5x5 is too small for kernel 7x7"),
+    ('name: "c" type: "Convolution" bottom: "x" top: "y" '
+     'convolution_param { num_output: 4 kernel_size: 1 kernel_size: 1 kernel_size: 1 }',
+     "layer 'c' (type Convolution): kernel_size has 3 values; this engine runs 2-D convolutions only"),
+    ('name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 4 kernel_size: 3 axis: 2 }',
+     "layer 'c' (type Convolution): convolution_param.axis 2 is not supported"),
+    ('name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: MAX kernel_size: 2 pad: 2 }',
+     "layer 'p' (type Pooling): pad must be smaller than the kernel"),
+    ('name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: STOCHASTIC kernel_size: 2 }',
+     "layer 'p' (type Pooling): pooling_param.pool STOCHASTIC is not supported"),
+    ('name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { global_pooling: true kernel_size: 2 }',
+     "layer 'p' (type Pooling): with global_pooling, the kernel size cannot be given"),
+    ('name: "d" type: "Dropout" bottom: "x" top: "x" dropout_param { dropout_ratio: 1 }',
+     "layer 'd' (type Dropout): dropout_ratio must be in [0, 1), got 1.0"),
+    ('name: "f" type: "InnerProduct" bottom: "x" top: "y"',
+     "layer 'f' (type InnerProduct): inner_product_param.num_output must be set"),
+    ('name: "f" type: "InnerProduct" bottom: "nothing" top: "y" inner_product_param { num_output: 2 }',
+     "Unknown bottom blob 'nothing' (layer 'f' (type InnerProduct), bottom index 0)"),
+    ('name: "u" type: "Deconvolution" bottom: "x" top: "y"',
+     "layer 'u' (type Deconvolution): layer type 'Deconvolution' is not supported by this engine"),
+    ('name: "in_x" type: "ReLU" bottom: "x" top: "x"', "two layers are named 'in_x'; rename one"),
+])
+def test_a_layer_that_cannot_be_built_is_an_error_naming_it(layer, message):
+    with pytest.raises(EngineError) as error:
+        make_net("layer { %s }" % layer, {"x": (2, 4, 5, 5)})
+    assert message in str(error.value)
+
+
+def test_convolution_accepts_caffes_default_axis_spelled_out():
+    net = make_net('layer { name: "c" type: "Convolution" bottom: "x" top: "y" '
+                   'convolution_param { num_output: 3 kernel_size: 3 axis: 1 } }', {"x": (2, 4, 5, 5)})
+    assert net.blob_shapes["y"] == (2, 3, 3, 3)
+
+
 # ---------------------------------------------------------------- softmax loss and accuracy
 
 def caffe_softmax_loss(x, label, ignore=None, mode="VALID"):

@@ -152,7 +152,7 @@ class ConvolutionLayer(Layer):
     type_name = "Convolution"
     allowed = {"convolution_param": {"num_output", "bias_term", "pad", "kernel_size", "stride", "dilation", "pad_h",
                                      "pad_w", "kernel_h", "kernel_w", "stride_h", "stride_w", "group",
-                                     "weight_filler", "bias_filler", "engine", "force_nd_im2col"}}
+                                     "weight_filler", "bias_filler", "engine", "force_nd_im2col", "axis"}}
 
     def __init__(self, lp, bottom_shapes, ctx):
         super().__init__(lp, bottom_shapes, ctx)
