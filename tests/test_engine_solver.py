@@ -534,6 +534,29 @@ def test_errors_name_what_is_wrong(tmp_path, monkeypatch):
         train("nosnap.prototxt")
 
 
+@pytest.mark.parametrize("old, new, message", [
+    ('random_seed: 3', 'type: "Adam"', "solver type 'Adam' is not supported by the engine (only SGD"),
+    ('random_seed: 3', 'regularization_type: "L3"', "Unknown regularization type: L3"),
+    ('random_seed: 3', 'iter_size: 0', "iter_size must be at least 1"),
+    ('random_seed: 3', 'snapshot_format: HDF5', "snapshot_format HDF5 is not supported by the engine"),
+    ('stepsize: 10', 'stepsize: 0', 'lr_policy "step" needs stepsize > 0'),
+    ('net: "net.prototxt"', '', "must specify exactly one train net using one of these fields"),
+    ('net: "net.prototxt"', 'train_net: "net.prototxt" net: "net.prototxt"', "(found: net, train_net)"),
+    ('net: "net.prototxt"', 'train_net: "net.prototxt"', "test_iter must be specified for each test network"),
+    ('test_interval: 10', 'test_interval: 0', "test nets are given (test_iter) but test_interval is not > 0"),
+    ('random_seed: 3', 'average_loss: 0', "average_loss should be non-negative"),   # Caffe's words for >= 1
+])
+def test_a_solver_that_cannot_run_is_refused_before_training(tmp_path, monkeypatch, old, new, message):
+    from convnet_transfer.engine.train import train
+    case = make_case(tmp_path, snapshot=5)
+    text = (case / "solver.prototxt").read_text()
+    assert old in text
+    (case / "solver.prototxt").write_text(text.replace(old, new))
+    with pytest.raises(SolverError, match=re.escape(message)):
+        run_train(case, monkeypatch)
+    assert not list(case.glob("snap_iter_*")), "nothing trained, nothing written"
+
+
 def test_device_and_precision_choices(capfd):
     from convnet_transfer.engine.train import select_device, set_precision
     gpu_solver = pb.SolverParameter(solver_mode=pb.SolverParameter.GPU, device_id=0)
