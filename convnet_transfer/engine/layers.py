@@ -56,6 +56,11 @@ def _is_default(message, field, value) -> bool:
     return value == field.default_value
 
 
+def layer_where(lp: pb.LayerParameter) -> str:
+    """How an error names a layer: "layer 'conv1' (type Convolution)"."""
+    return f"layer '{lp.name}' (type {lp.type})"
+
+
 def check_fields(lp: pb.LayerParameter, allowed: dict[str, set[str] | None]) -> None:
     """EngineError if `lp` sets a LayerParameter field, or a field of an allowed `*_param`, outside `allowed`.
 
@@ -64,15 +69,14 @@ def check_fields(lp: pb.LayerParameter, allowed: dict[str, set[str] | None]) -> 
         if field.name in GENERIC_FIELDS:
             continue
         if field.name not in allowed:
-            raise EngineError(f"layer '{lp.name}' (type {lp.type}): field '{field.name}' is not used by a {lp.type} "
-                              f"layer (Caffe ignores it too); remove it")
+            raise EngineError(f"{layer_where(lp)}: field '{field.name}' is not used by a {lp.type} layer (Caffe "
+                              f"ignores it too); remove it")
         fields = allowed[field.name]
         if fields is None:
             continue
         for sub, sub_value in value.ListFields():
             if sub.name not in fields and not _is_default(value, sub, sub_value):
-                raise EngineError(f"layer '{lp.name}' (type {lp.type}): {field.name}.{sub.name} is not supported "
-                                  f"by this engine")
+                raise EngineError(f"{layer_where(lp)}: {field.name}.{sub.name} is not supported by this engine")
 
 
 def _canonical_axis(axis: int, n_axes: int, where: str) -> int:
@@ -91,7 +95,7 @@ class Layer(nn.Module):
     def __init__(self, lp: pb.LayerParameter, bottom_shapes: list[tuple[int, ...]], ctx: BuildContext):
         super().__init__()
         self.name = lp.name
-        self.where = f"layer '{lp.name}' (type {lp.type})"
+        self.where = layer_where(lp)
         check_fields(lp, self.allowed)
         lo, hi = self.n_bottoms
         if not lo <= len(bottom_shapes) <= hi:

@@ -30,7 +30,7 @@ from torch import nn
 from ..protoio import pb
 from . import glog
 from .errors import EngineError
-from .layers import DATA_LAYER_TYPES, LAYERS, LOSS_LAYER_TYPES, BuildContext
+from .layers import DATA_LAYER_TYPES, LAYERS, LOSS_LAYER_TYPES, BuildContext, layer_where
 from .upgrade import filter_net, insert_splits, net_needs_upgrade, upgrade_net
 from .weights import array_to_blob_fast, blob_shape_equals, blob_values, proto_shape_string, read_caffemodel
 
@@ -128,7 +128,7 @@ class Net(nn.Module):
         if lp.name in self._layer_index:
             # Caffe allows duplicate names but copies weights into the first; keep it simple and explicit
             raise EngineError(f"two layers are named '{lp.name}'; rename one")
-        where = f"layer '{lp.name}' (type {lp.type})"
+        where = layer_where(lp)
         for j, bottom in enumerate(lp.bottom):
             if bottom not in self.blob_shapes:
                 raise EngineError(f"Unknown bottom blob '{bottom}' ({where}, bottom index {j})")
@@ -148,8 +148,7 @@ class Net(nn.Module):
                 shapes = None
                 break
             else:
-                raise EngineError(f"layer '{lp.name}' (type {lp.type}): the shape of its top '{top}' must be given "
-                                  f"in input_shapes")
+                raise EngineError(f"{layer_where(lp)}: the shape of its top '{top}' must be given in input_shapes")
         if lp.type == "Input":
             layer = LAYERS["Input"](lp, [], ctx)
             shapes = [input_shapes.get(t, s) for t, s in zip(lp.top, layer.top_shapes)]
@@ -165,7 +164,7 @@ class Net(nn.Module):
     def _add_computing_layer(self, lp: pb.LayerParameter, ctx: BuildContext) -> list[str]:
         """Build a layer of the registry on its bottoms' shapes, with Caffe's checks of `param`, propagate_down
         and loss_weight. Returns its tops that can be net outputs (not an anonymous loss top)."""
-        where = f"layer '{lp.name}' (type {lp.type})"
+        where = layer_where(lp)
         cls = LAYERS.get(lp.type)
         if cls is None:
             raise EngineError(f"{where}: layer type '{lp.type}' is not supported by this engine "
