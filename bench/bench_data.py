@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench_engine import real_caffe, run_ours  # noqa: E402  (bench/, the script's own folder)
+from bench_engine import rates, real_caffe, run_ours, time_command  # noqa: E402  (bench/, the script's own folder)
 
 DATA_NET = """name: "DataOnly"
 layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
@@ -68,11 +68,8 @@ def make_database(folder: Path, records: int, encoded: bool = False) -> None:
 
 
 def forward_seconds(run, model: Path, iterations: int, cwd: Path, extra: tuple[str, ...] = ()) -> float:
-    proc = run(["time", "-model", str(model), "-iterations", str(iterations), *extra], cwd)
-    found = FORWARD.search(proc.stderr + proc.stdout)
-    if proc.returncode != 0 or not found:
-        raise RuntimeError(f"time -model {model} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    return float(found.group(1)) / 1000
+    """Seconds per forward pass (the Data layer's work) that `time` prints; run(args, cwd) runs an engine."""
+    return time_command(lambda argv: run(argv, cwd), model, iterations, extra, average=FORWARD)
 
 
 def reader_rate(folder: Path, batch: int, batches: int) -> float:
@@ -134,9 +131,8 @@ def main() -> int:
         for _ in range(args.rounds):
             for name, run in engines.items():
                 seconds[name].append(forward_seconds(run, model, args.iterations, folder))
-        mine = [args.batch / (sum(seconds["ours"]) / args.rounds), args.batch / min(seconds["ours"])]
-        theirs = [args.batch / (sum(seconds["caffe"]) / args.rounds), args.batch / min(seconds["caffe"])] \
-            if caffe else None
+        mine = rates(seconds["ours"], args.batch)
+        theirs = rates(seconds["caffe"], args.batch) if caffe else None
         reader = reader_rate(folder, args.batch, args.iterations)
         print(f"{'cpu':<10}{f'{theirs[0]:.0f} ({theirs[1]:.0f})' if theirs else '-':>20}"
               f"{f'{mine[0]:.0f} ({mine[1]:.0f})':>20}{f'{mine[0] / theirs[0]:.2f}x' if theirs else '-':>12}"
@@ -146,9 +142,9 @@ def main() -> int:
             if not torch.cuda.is_available():
                 print("(no CUDA device here: GPU feeding skipped)")
                 return 0
-            gpu = [forward_seconds(run_ours, model, max(args.iterations, 20), folder, ("-gpu", "0"))
-                   for _ in range(args.rounds)]
-            rate = f"{args.batch / (sum(gpu) / len(gpu)):.0f} ({args.batch / min(gpu):.0f})"
+            gpu = rates([forward_seconds(run_ours, model, max(args.iterations, 20), folder, ("-gpu", "0"))
+                         for _ in range(args.rounds)], args.batch)
+            rate = f"{gpu[0]:.0f} ({gpu[1]:.0f})"
             print(f"{'cuda':<10}{'-':>20}{rate:>20}{'-':>12}{'-':>18}", flush=True)
     return 0
 

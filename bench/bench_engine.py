@@ -68,10 +68,11 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" top: 
 AVERAGE = re.compile(r"Average Forward-Backward: ([\d.eE+-]+) ms")
 
 
-def time_command(run, model: Path, iterations: int, extra: tuple[str, ...] = ()) -> float:
-    """Seconds per forward+backward that `time` prints for `model`; run(args) runs one engine's binary."""
+def time_command(run, model: Path, iterations: int, extra: tuple[str, ...] = (), average=AVERAGE) -> float:
+    """Seconds per pass that `time` prints for `model` (the `average` line: forward+backward by default);
+    run(args) runs one engine's binary."""
     proc = run(["time", "-model", str(model), "-iterations", str(iterations), *extra])
-    found = AVERAGE.search(proc.stderr + proc.stdout)
+    found = average.search(proc.stderr + proc.stdout)
     if proc.returncode != 0 or not found:
         raise RuntimeError(f"time -model {model} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     return float(found.group(1)) / 1000
