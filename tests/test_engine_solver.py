@@ -71,13 +71,18 @@ random_seed: 3
 
 
 def write_lmdb(path: Path, data: np.ndarray, labels: np.ndarray) -> None:
+    _write_values(path, [pb.Datum(channels=image.shape[0], height=image.shape[1], width=image.shape[2],
+                                  data=image.tobytes(), label=int(label)).SerializeToString()
+                         for image, label in zip(data, labels)])
+
+
+def _write_values(path: Path, values: list[bytes]) -> None:
+    """An LMDB of `values` under the keys 00000000, 00000001, ..."""
     import lmdb
     env = lmdb.open(str(path), map_size=32 << 20)
     with env.begin(write=True) as txn:
-        for i, (image, label) in enumerate(zip(data, labels)):
-            datum = pb.Datum(channels=image.shape[0], height=image.shape[1], width=image.shape[2],
-                             data=image.tobytes(), label=int(label))
-            txn.put(b"%08d" % i, datum.SerializeToString())
+        for i, value in enumerate(values):
+            txn.put(b"%08d" % i, value)
     env.close()
 
 
@@ -299,15 +304,6 @@ def test_data_layer_state_resumes_exactly(tmp_path, monkeypatch):
         assert torch.equal(got["data"], want["data"]) and torch.equal(got["label"], want["label"])
     a.close()
     b.close()
-
-
-def _write_values(path: Path, values: list[bytes]) -> None:
-    import lmdb
-    env = lmdb.open(str(path), map_size=32 << 20)
-    with env.begin(write=True) as txn:
-        for i, value in enumerate(values):
-            txn.put(b"%08d" % i, value)
-    env.close()
 
 
 def test_encoded_records_decoded_by_worker_processes_give_the_same_batches(tmp_path, monkeypatch):
