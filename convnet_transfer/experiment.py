@@ -67,7 +67,7 @@ class Settings:
 
 
 PRESETS = {
-    # 6 min on 2 CPU cores (measured): 2 random splits, AnB, BnB, AnB+, BnB+ at n = 1..7 and the base nets: 60 nets
+    # 6-7 min on 2 CPU cores (measured): 2 random splits, AnB, BnB, AnB+, BnB+ at n = 1..7 and the base nets: 60 nets
     "default": Settings(),
     # ~30 s: a smoke run on 150 images per class, 16 nets (AnB and BnB of one split)
     "quick": Settings(seeds=(0,), fine_tuned=False, per_class=150, max_iter=30, stepsize=20, test_iter=3,

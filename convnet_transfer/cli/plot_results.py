@@ -1,6 +1,7 @@
 """tools/plot_results: results tree -> the paper's figures and the tables behind them."""
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def _load(path: Path, jobs: int | None) -> list:
     if not rows:
         raise click.ClickException(f"{path}: {logs.NO_NETS}; pass a results tree (e.g. generated/ or the 2014 "
                                    f"release's results/) or a summary.json from tools/parse_log.")
-    if all(row.final_accuracy is None or row.final_accuracy != row.final_accuracy for row in rows):
+    if all(math.isnan(row.final_accuracy) for row in rows):   # logs.NetSummary: NaN where there is none
         raise click.ClickException(f"{path}: none of its {len(rows)} nets has a test accuracy in its logs yet "
                                    f"(tools/parse_log {path} shows what each log holds); nothing to plot.")
     return rows

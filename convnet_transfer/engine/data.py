@@ -568,7 +568,7 @@ class DataLayerSource:
         the whole batch): under CUDA, uint8 pixels cross the bus and the GPU does the rest."""
         n, channels, height, width = data.shape
         h_off, w_off, mirror = draws
-        x = data.to(self.device, non_blocking=True).to(torch.float32, copy=True)   # never the reused buffer
+        x = data.to(self.device, non_blocking=True).to(torch.float32, copy=True)   # never the caller's memory
         if self.mean is not None:
             x = x - self.mean
         if self.crop or (mirror is not None and mirror.any()):
