@@ -6,6 +6,8 @@ splits, random frozen filters collapse from n = 3). On synthetic rows the tables
 """
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from convnet_transfer import logs, plots
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.filterwarnings("ignore::convnet_transfer.logs.LogWarning")
 
@@ -182,6 +186,22 @@ def test_reference_figure_2_findings(reference_rows):
     assert np.mean([mean[("AnB+", n)] for n in range(1, 8)]) > base + 0.01
     # BnB+: fine-tuned selffer nets keep the base nets' accuracy
     assert all(abs(mean[("BnB+", n)] - base) < 0.01 for n in range(1, 8))
+
+
+@pytest.mark.slow
+def test_paper_figure_2_constants_are_the_2014_logs(reference_rows):
+    """experiment.PAPER_FIG2 (the paper's numbers the Fashion-MNIST findings are set against) and the committed
+    plots/reference_fig2_transfer.txt are what the 2014 logs give, to the 4 digits they carry."""
+    from convnet_transfer import experiment
+
+    table = plots.figure_table(reference_rows, "fig2_transfer")
+    mean = {(e["series"], e["x"]): e["mean"] for e in table}
+    for series, by_n in experiment.PAPER_FIG2.items():
+        for n, value in by_n.items():
+            assert round(mean[(series, n)], 4) == value, (series, n)
+    committed = (ROOT / "plots" / "reference_fig2_transfer.txt").read_text()
+    for e in table:
+        assert re.search(rf"^{re.escape(e['series'])} +{e['x']} +{e['mean']:.4f} ", committed, re.M), e
 
 
 @pytest.mark.slow
