@@ -1,5 +1,5 @@
 """The whole experiment on one machine, one command: dataset -> split lists -> databases -> nets -> training ->
-logs -> Figure 2 and its table -> the findings in plain words.
+logs -> Figure 2 (and, with the dissimilar halves, Figure 3) and their tables -> the findings in plain words.
 
     from convnet_transfer import experiment
     report = experiment.run_experiment("generated/fashion-mnist")              # the default: Fashion-MNIST
@@ -11,6 +11,7 @@ Layout under `out_dir`:
     data/      md5sums.txt, <split>_train|_valid/{files.txt, idxmap.txt, lmdb/, mean.binaryproto}   stages 1-2
     nets/      nets.json, <net>/{solver.prototxt, train.prototxt, val.prototxt, train.sh, logs, snapshots}  3-4
     results/   summary.csv/.json, fig2_transfer.png, fig2_{transfer,paired}.txt/.csv, findings.txt   stage 5
+               (--natman: also fig3_natman_random.png/.txt/.csv, the dissimilar halves against random ones)
 
 Every stage skips work whose outputs are complete, so running again after Ctrl-C or a kill finishes the job:
 the split lists are checked against data/md5sums.txt (written on the first run, then the published md5s), a
@@ -34,7 +35,7 @@ from . import architectures, catalog, databases, datasets, images, logs, netgen,
 
 __all__ = ["Settings", "PRESETS", "ExperimentReport", "ExperimentError", "run_experiment", "settings_for", "scaled",
            "make_lists", "database_splits", "make_databases", "classes_per_split", "make_nets", "train_nets",
-           "summarize", "findings", "split_spread", "publish", "PAPER_FIG2"]
+           "summarize", "summarize_dissimilar", "findings", "split_spread", "publish", "PAPER_FIG2", "PAPER_FIG3"]
 
 ARCH = "caffenet_small"
 CROP = 28                    # caffenet_small's input: 28x28 (the whole Fashion-MNIST image; a random crop of 32x32)
@@ -85,6 +86,13 @@ PAPER_FIG2 = {
     "AnB": {1: 0.6275, 2: 0.6233, 3: 0.6183, 4: 0.5994, 5: 0.5777, 6: 0.5804, 7: 0.5419},
     "AnB+": {1: 0.6364, 2: 0.6347, 3: 0.6421, 4: 0.6394, 5: 0.6443, 6: 0.6455, 7: 0.6457},
 }
+# The paper's Figure 3, lower panel (2014 logs, plots/reference_fig3_natman_random.txt): mean top-1 accuracy of the
+# frozen transfer nets minus the base net of their target half, between the natural and man-made halves and
+# between random halves.
+PAPER_FIG3 = {
+    "relative natman": {1: 0.0029, 2: -0.0090, 3: -0.0321, 4: -0.0731, 5: -0.1302, 6: -0.1663, 7: -0.2510},
+    "relative AnB": {1: 0.0030, 2: -0.0012, 3: -0.0063, 4: -0.0252, 5: -0.0468, 6: -0.0442, 7: -0.0826},
+}
 
 
 class ExperimentError(RuntimeError):
@@ -115,7 +123,9 @@ class ExperimentReport:
     table: list[dict] = field(default_factory=list)    # plots.figure_table(rows, "fig2_transfer")
     paired: list[dict] = field(default_factory=list)   # plots.figure_table(rows, "fig2_paired")
     figure: Path | None = None
-    tables: str = ""                                   # both tables as text (results/fig2_*.txt)
+    dissimilar: list[dict] = field(default_factory=list)   # figure_table(rows, "fig3_natman_random"), with --natman
+    dissimilar_figure: Path | None = None
+    tables: str = ""                                   # the tables as text (results/fig2_*.txt, fig3_*.txt)
     findings: str = ""
     seconds: dict[str, float] = field(default_factory=dict)   # wall time of each stage
     trained: list[str] = field(default_factory=list)          # nets trained (or resumed) in this run
@@ -255,14 +265,27 @@ def make_nets(nets_dir: Path, data_dir: Path, settings: Settings, n_classes: dic
 
 # ---------------------------------------------------------------- stage 4: training
 
+def trainer_env(engine: str = "torch", gpus: str | None = None) -> dict[str, str]:
+    """This process's environment with CAFFE (the trainer train.sh runs: engine torch, caffe or auto) and the
+    variables real Caffe needs where they are not set; raises ExperimentError when that engine cannot train here
+    (real Caffe asked for and not found; GPUs asked for that PyTorch here does not see)."""
+    from . import local_runner, slurm
+    env = dict(os.environ)
+    try:
+        env["CAFFE"] = slurm.caffe_command(engine)
+        env.update({k: v for k, v in slurm._real_caffe_env(engine).items() if k not in env})
+        local_runner.check_gpus(gpus.split(",") if gpus else None, env["CAFFE"])
+    except slurm.TreeError as err:
+        raise ExperimentError(str(err)) from None
+    return env
+
+
 def train_nets(nets_dir: Path, engine: str = "torch", jobs: int = 2, gpus: str | None = None,
                progress: bool = True, quiet: bool = False):
     """Stage 4: train every net with `jobs` workers in dependency order (base nets first) through the local
     runner; finished nets are skipped, interrupted ones resume from their newest .solverstate."""
-    from . import local_runner, slurm
-    env = dict(os.environ)
-    env["CAFFE"] = slurm.caffe_command(engine)
-    env.update({k: v for k, v in slurm._real_caffe_env(engine).items() if k not in env})
+    from . import local_runner
+    env = trainer_env(engine, gpus)
     if gpus is None:       # share the cores: one BLAS/OpenMP thread pool per trainer, no more threads than cores
         threads = str(max(1, (os.cpu_count() or 1) // jobs))
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -293,6 +316,24 @@ def summarize(nets_dir: Path, results_dir: Path, dataset: str = "") -> tuple[lis
     return rows, table, paired, figure, text
 
 
+def summarize_dissimilar(rows: list, results_dir: Path, title: str = "",
+                         halves: tuple[str, str] = ("A", "B")) -> tuple[list[dict], Path | None, str]:
+    """Stage 5 for the dissimilar halves (--natman): when transfer nets between them have results, the Figure 3
+    analogue (fig3_natman_random.png: each half's AnB curve, and every frozen transfer net minus the base net of
+    its target half, dissimilar against random halves) and its table (.txt, .csv). Returns (table, figure, the
+    table as text); ([], None, "") without such nets."""
+    table = plots.figure_table(rows, "fig3_natman_random")
+    if not any(e["series"] == "relative natman" and e["count"] for e in table):
+        return [], None, ""
+    figure = plots.plot_natman_random(rows, results_dir / "fig3_natman_random", formats=("png",),
+                                      halves=(f"half {halves[0]}", f"half {halves[1]}"), title=title)[0]
+    text = plots.write_table([e for e in table if e["count"]], "Figure 3 analogue: transfer between the "
+                             "dissimilar halves (natman natural: target half A, natman man-made: half B), and each frozen transfer net minus the base "
+                             "net of its target half, dissimilar (relative natman) against random halves (relative "
+                             "AnB) [final accuracy]", results_dir / "fig3_natman_random")
+    return table, figure, text
+
+
 def _means(table: list[dict]) -> dict[str, dict[int, float]]:
     out: dict[str, dict[int, float]] = {}
     for entry in table:
@@ -308,10 +349,11 @@ def split_spread(paired: list[dict]) -> float | None:
     return float(np.median(stds)) if stds else None
 
 
-def findings(table: list[dict], paired: list[dict] | None = None) -> str:
+def findings(table: list[dict], paired: list[dict] | None = None, dissimilar: list[dict] | None = None) -> str:
     """The paper's three findings checked on the numbers of `table` (fig2_transfer) and `paired` (fig2_paired),
-    in plain words, beside the paper's. A difference counts only when it is larger than the split-to-split
-    spread of the paired differences (split_spread); smaller ones are called within the spread."""
+    and a fourth on `dissimilar` (fig3_natman_random) when the dissimilar halves were trained, in plain words,
+    beside the paper's. A difference counts only when it is larger than the split-to-split spread of the
+    paired differences (split_spread); smaller ones are called within the spread."""
     ours, paper = _means(table), PAPER_FIG2
     spread = split_spread(paired or [])
 
@@ -374,6 +416,16 @@ def findings(table: list[dict], paired: list[dict] | None = None) -> str:
                          f"trained to convergence as the paper's were, so fine-tuning goes on training them; "
                          f"compare AnB+ with BnB+, not with the base nets.")
         lines.append(line)
+    relative = _means(dissimilar or [])
+    far, near = relative.get("relative natman", {}), relative.get("relative AnB", {})
+    if 7 in far and 7 in near:
+        p_far, p_near = PAPER_FIG3["relative natman"][7], PAPER_FIG3["relative AnB"][7]
+        lines.append(
+            f"4. Does transfer between dissimilar halves lose more than between random halves? "
+            f"{verdict(near[7] - far[7])[1]}: at n=7 the frozen transfer nets between the dissimilar halves are "
+            f"{pts(far[7])} from the base nets of their target halves, those between random halves {pts(near[7])}. "
+            f"Paper (natural/man-made): {pts(p_far)} against {pts(p_near)}: the less alike the tasks, the less "
+            f"the upper layers' features transfer.")
     if not any(line[:2] in ("1.", "2.", "3.") for line in lines):
         return "No results to compare yet (no transfer or selffer net has a test accuracy in its logs)."
     return "\n".join(lines)
@@ -401,6 +453,7 @@ def run_experiment(out_dir: str | os.PathLike, *, dataset: str = "fashion-mnist"
         data = datasets.open_dataset(dataset, **(dataset_options or {}))
     except (TypeError, ValueError) as err:
         raise ExperimentError(f"dataset {dataset!r}: {err}") from None
+    trainer_env(engine, gpus)   # a run that cannot train here stops before it makes anything
     _say(f"[1/5] split lists of {data.name} ({len(data.classes)} classes) -> {report.data_dir}")
     make_lists(data, report.data_dir, settings, progress)
     lap("lists")
@@ -420,7 +473,7 @@ def run_experiment(out_dir: str | os.PathLike, *, dataset: str = "fashion-mnist"
 
     untrained = [n for n in nets.names if not _finished(report.nets_dir / n, settings.max_iter)]
     _say(f"[4/5] training {len(untrained)} of {len(nets)} nets ({len(nets) - len(untrained)} already trained) "
-         f"with engine {engine}, {jobs} at a time")
+         f"with engine {engine}, {_at_once(jobs, gpus)}")
     if untrained:
         result = train_nets(report.nets_dir, engine=engine, jobs=jobs, gpus=gpus, progress=progress)
         report.trained = untrained
@@ -437,28 +490,49 @@ def run_experiment(out_dir: str | os.PathLike, *, dataset: str = "fashion-mnist"
         lap("training")
 
     _say(f"[5/5] logs -> {report.results_dir}")
+    title = getattr(data, "title", data.name)
     report.rows, report.table, report.paired, report.figure, report.tables = summarize(
-        report.nets_dir, report.results_dir, getattr(data, "title", data.name))
-    report.findings = findings(report.table, report.paired)
+        report.nets_dir, report.results_dir, title)
+    if settings.natman and "natman" in data.dissimilar_groups:
+        a, b = (", ".join(data.classes[i] for i in group) for group in data.dissimilar_groups["natman"])
+        report.dissimilar, report.dissimilar_figure, text = summarize_dissimilar(
+            report.rows, report.results_dir, f"Transfer between the dissimilar halves of {title} (Figure 3)\n"
+                                             f"half A: {a}; half B: {b}")
+        report.tables += "\n" + text if text else ""
+    report.findings = findings(report.table, report.paired, report.dissimilar)
     (report.results_dir / "findings.txt").write_text(report.findings + "\n")
     lap("results")
     return report
 
 
-def publish(report: ExperimentReport, stem: str | os.PathLike) -> list[Path]:
-    """Copy the run's figure to <stem>.png and its tables and findings to <stem>.txt (the README's figure)."""
+def publish(report: ExperimentReport, stem: str | os.PathLike, dissimilar: bool = False) -> list[Path]:
+    """Copy the run's Figure 2 (or, `dissimilar`, its Figure 3 analogue) to <stem>.png and the tables behind it
+    and the findings to <stem>.txt (the README's figures)."""
     import shutil
     stem = Path(stem)
-    shutil.copyfile(report.figure, stem.with_suffix(".png"))
+    figure = report.dissimilar_figure if dissimilar else report.figure
+    if figure is None:
+        raise ExperimentError("no Figure 3 analogue to publish: train the dissimilar halves (--natman)")
+    shutil.copyfile(figure, stem.with_suffix(".png"))
+    tables = (report.results_dir / "fig3_natman_random.txt").read_text() if dissimilar else report.tables
     s = report.settings
-    header = (f"Made by tools/run_experiment ({len(report.nets)} nets, splits {','.join(map(str, s.seeds))}, "
-              f"{s.max_iter} iterations of batch {s.batch_size} each); every number from the nets' logs.\n\n")
-    stem.with_suffix(".txt").write_text(header + report.tables + "\n" + report.findings + "\n")
+    header = (f"Made by tools/run_experiment ({len(report.nets)} nets, splits {','.join(map(str, s.seeds))}"
+              f"{' and the dissimilar halves' if s.natman else ''}, {s.max_iter} iterations of batch {s.batch_size} "
+              f"each); every number from the nets' logs.\n\n")
+    stem.with_suffix(".txt").write_text(header + tables + "\n" + report.findings + "\n")
     return [stem.with_suffix(".png"), stem.with_suffix(".txt")]
 
 
 def _count_classes(idxmap: Path) -> int:
     return sum(1 for line in idxmap.read_text().splitlines() if line.strip())
+
+
+def _at_once(jobs: int, gpus: str | None) -> str:
+    """How many nets train at once: `jobs`, or one per GPU slot (a GPU id listed twice is two slots)."""
+    if not gpus:
+        return f"{jobs} at a time"
+    slots = [g for g in gpus.split(",") if g.strip()]
+    return f"{min(jobs, len(slots))} at a time (one per GPU slot: {','.join(slots)})"
 
 
 def _finished(net_dir: Path, max_iter: int) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 from .slurm import (NetStatus, TreeError, TreeNet, _environment, _real_caffe_env, caffe_command, format_status,
                     read_tree, tree_status)
 
-__all__ = ["run_local", "LocalResult", "write_makefile", "LOCAL_DIR"]
+__all__ = ["run_local", "LocalResult", "write_makefile", "check_gpus", "LOCAL_DIR"]
 
 LOCAL_DIR = "local"
 
@@ -74,6 +74,23 @@ def write_makefile(root: str | os.PathLike, nets: list[str] | None = None, gpus:
     return local / "Makefile"
 
 
+def check_gpus(gpus: list[str] | None, caffe: str) -> None:
+    """Raise TreeError when `caffe` (a CAFFE value) is our engine and PyTorch here lacks one of the GPU ids `gpus`.
+    `caffe_torch -gpu N` without CUDA warns and trains on the CPU, as a single run may; for a tree of nets asked
+    to run on GPUs it is a mistake to stop at before the first net (a CPU run of the GPU settings takes days).
+    Real Caffe is left to say it itself (a CPU_ONLY build refuses -gpu)."""
+    if not gpus or caffe != caffe_command("torch"):
+        return
+    import torch
+    count = torch.cuda.device_count()
+    absent = [g for g in gpus if not (g.strip().isdigit() and int(g) < count)]
+    if absent:
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise TreeError(f"GPU {','.join(absent)} asked for, but PyTorch here (torch {torch.__version__}, {build}) "
+                        f"sees {count} CUDA device{'' if count == 1 else 's'}: our engine would train on the CPU. "
+                        f"Leave out the GPU ids to train on the CPU, or run this where the GPUs are.")
+
+
 def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = None, env: dict | None = None,
               gpus: list[str] | str | None = None, caffe: str | None = None, progress: bool = True,
               quiet: bool = False) -> LocalResult:
@@ -97,13 +114,14 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
     root = Path(root).resolve()
-    makefile = write_makefile(root, nets, gpus)
     run_env = dict(os.environ if env is None else env)
     if caffe:
         run_env["CAFFE"] = caffe
     elif not run_env.get("CAFFE"):                  # real Caffe when there is a working build, else caffe_torch
         run_env["CAFFE"] = caffe_command("auto")
         run_env.update({k: v for k, v in _real_caffe_env("auto").items() if k not in run_env})
+    check_gpus(gpus, run_env["CAFFE"])
+    makefile = write_makefile(root, nets, gpus)
     run_env.pop("MAKEFLAGS", None)
     run_env.pop("MFLAGS", None)
     chosen = read_tree(root, nets)

@@ -285,13 +285,22 @@ def plot_transfer(rows, out_stem: str | os.PathLike, reference=None, metric: str
     return _save(fig, Path(out_stem), formats)
 
 
-def _curve(ax, points, series, label=None, style_of=None):
+def _curve_means(points, series):
+    """(xs, the mean at each x) of a series, None without points; a relative series starts at (0, 0.0)."""
     xs = sorted({p.x for p in points if p.series == series})
     if not xs:
         return None
     means = [np.mean([p.value for p in points if p.series == series and p.x == x]) for x in xs]
     if series.startswith("relative"):                   # relative to the base net: 0 at n = 0
         xs, means = [0] + xs, [0.0] + means
+    return xs, means
+
+
+def _curve(ax, points, series, label=None, style_of=None):
+    got = _curve_means(points, series)
+    if got is None:
+        return None
+    xs, means = got
     label_, marker, face, edge, style, _ = STYLE[style_of or series]
     ax.plot(xs, means, linestyle=style, color=edge, marker=marker, markerfacecolor=face, markeredgecolor=edge,
             markersize=8, label=label or label_, zorder=3)
@@ -299,27 +308,34 @@ def _curve(ax, points, series, label=None, style_of=None):
 
 
 def plot_natman_random(rows, out_stem: str | os.PathLike, reference=None, metric: str = "final",
-                       formats=("png", "pdf")) -> list[Path]:
+                       formats=("png", "pdf"), halves: tuple[str, str] = ("natural", "man-made"),
+                       title: str | None = None) -> list[Path]:
     """Figure 3: top left, transfer between the natural and man-made halves (n = 0: the target's base net);
     top right, random frozen first layers (n = 0: the whole-set net); bottom, all relative to their base net,
-    with the random-split AnB curve for comparison."""
+    with the random-split AnB curve for comparison. `halves`: what to call the dissimilar halves A and B in the
+    legend (another dataset's analogue of natural and man-made); `title`: above the figure."""
     points = _points(rows, metric)
-    fig = plt.figure(figsize=(9, 7))
+    fig = plt.figure(figsize=(9, 7.4 if title else 7))
     grid = fig.add_gridspec(2, 2, height_ratios=(1, 1.5), hspace=0.35, wspace=0.25)
     ax_nm, ax_rand, ax_rel = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])
-    for target, style in (("natural", "-"), ("man-made", "--")):
-        got = _curve(ax_nm, points, f"natman {target}", style_of="natman", label=f"target: {target}")
+    for target, name, style in (("natural", halves[0], "-"), ("man-made", halves[1], "--")):
+        got = _curve(ax_nm, points, f"natman {target}", style_of="natman", label=f"target: {name}")
         if got:
             ax_nm.lines[-1].set_linestyle(style)
             ax_nm.scatter([0], [got[1][0]], marker="o", s=60, facecolors="white", edgecolors="black", zorder=4)
-    ax_nm.set_title("Man-made/Natural split")
+    ax_nm.set_title("Man-made/Natural split" if halves == ("natural", "man-made") else "Dissimilar halves")
     ax_nm.set_ylabel("Top-1 accuracy")
     if ax_nm.lines:
         ax_nm.legend(fontsize=8, loc="lower left")
     got = _curve(ax_rand, points, "random")
     if got and got[0][0] == 0:
         ax_rand.scatter([0], [got[1][0]], marker="o", s=60, facecolors="white", edgecolors="black", zorder=4)
+    if not got:
+        ax_rand.text(0.5, 0.5, "no random-filter nets\nin these results", transform=ax_rand.transAxes,
+                     ha="center", va="center", color="0.5")
     ax_rand.set_title("Random, untrained filters")
+    if title:
+        fig.suptitle(title, fontsize=10)
     for ax in (ax_nm, ax_rand):
         ax.set_xticks(range(8))
         ax.set_xlim(-0.3, 7.3)
@@ -327,8 +343,9 @@ def plot_natman_random(rows, out_stem: str | os.PathLike, reference=None, metric
     from matplotlib.lines import Line2D
     handles = [Line2D([], [], marker="o", markerfacecolor="white", markeredgecolor="black", linestyle="none",
                       markersize=8, label="reference (base net)")]
+    natman_label = "m/n split" if halves == ("natural", "man-made") else "dissimilar halves"
     for series, style_of, label in (("relative AnB", "AnB", "mean AnB, random splits"),
-                                    ("relative natman", "natman", "mean AnB, m/n split"),
+                                    ("relative natman", "natman", f"mean AnB, {natman_label}"),
                                     ("relative random", "random", "random features")):
         if _curve(ax_rel, points, series, style_of=style_of, label=label):
             handles.append(ax_rel.lines[-1])
@@ -344,8 +361,9 @@ def plot_natman_random(rows, out_stem: str | os.PathLike, reference=None, metric
     ax_rel.scatter([0], [0], marker="o", s=60, facecolors="white", edgecolors="black", zorder=4)
     ax_rel.set_xticks(range(8))
     ax_rel.set_xlim(-0.2, 7.3)
-    lows = [p.value for p in points if p.series in ("relative AnB", "relative natman")]
-    ax_rel.set_ylim(min(-0.3, min(lows, default=0) - 0.02), 0.03)
+    means = [m for series in ("relative AnB", "relative natman")
+             for m in (_curve_means(points, series) or ([], []))[1]]
+    ax_rel.set_ylim(min(-0.3, min(means, default=0) - 0.02), max(0.03, max(means, default=0) + 0.02))
     ax_rel.axhline(0, color="0.8", linewidth=0.6, zorder=0)
     ax_rel.set_xlabel("Layer $n$ at which network is chopped and retrained")
     ax_rel.set_ylabel("Relative top-1 accuracy (higher is better)")

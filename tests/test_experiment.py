@@ -123,6 +123,8 @@ def test_every_net_trained_logged_and_plotted(quick_run):
     assert paired in result.stdout and "relative AnB" in paired
     assert "The README's figure" not in result.stdout          # only the default run redraws plots/
     assert "Does transfer AnB fall with n?" in result.stdout and "Paper:" in result.stdout
+    assert "4. Does transfer between dissimilar halves" not in result.stdout    # not trained without --natman
+    assert not (out / "results" / "fig3_natman_random.png").exists()
 
 
 def test_rerun_redoes_nothing(quick_run):
@@ -235,6 +237,22 @@ def _entries(series_values: dict[str, dict[int, list[float]]], relative: bool) -
     return table
 
 
+def test_a_trainer_that_cannot_run_here_stops_before_anything_is_made(tmp_path):
+    """Real Caffe asked for and not found, or a GPU that PyTorch here does not see (one past the devices there
+    are): a clear error (exit 1) before the first stage, not a traceback after the lists and databases."""
+    import torch
+    absent = str(torch.cuda.device_count())
+    cases = [(["--engine", "caffe"], {"CAFFE_ROOT": str(tmp_path / "no-caffe")},
+              f"real Caffe was asked for but no caffe binary under {tmp_path / 'no-caffe'}"),
+             (["--gpu", absent], {}, f"GPU {absent} asked for, but PyTorch here")]
+    for args, env, message in cases:
+        out = tmp_path / "out"
+        result = subprocess.run(TOOL + ["--quick", "--no-progress", "--out", str(out), *args], capture_output=True,
+                                text=True, timeout=300, env=dict(_env(), **env))
+        assert result.returncode == 1 and f"Error: {message}" in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and not out.exists()
+
+
 def test_findings_judge_differences_by_the_split_to_split_spread():
     # two splits whose paired differences disagree by 2 points (std 0.01): a 0.5-point BnB dip is no finding,
     # a 6-point AnB fall is; AnB+ beats the base nets but not the BnB+ control
@@ -255,6 +273,42 @@ def test_findings_judge_differences_by_the_split_to_split_spread():
     text = experiment.findings(_entries(one, relative=False), [])
     assert "1. Does transfer AnB fall with n? Yes, on one split (no spread to judge it by)" in text
     assert experiment.findings([], []).startswith("No results to compare yet")
+    # the dissimilar halves (Figure 3): their transfer nets fall 15 points at n = 7, random halves' 6
+    dissimilar = _entries({"natman": {n: [-0.02 * n - 0.01, -0.02 * n + 0.01] for n in range(1, 8)},
+                           "AnB": {n: [v[0] - 0.70, v[1] - 0.90] for n, v in raw["AnB"].items()}}, relative=True)
+    text = experiment.findings(_entries(raw, relative=False), paired, dissimilar)
+    assert ("4. Does transfer between dissimilar halves lose more than between random halves? Yes: at n=7 the "
+            "frozen transfer nets between the dissimilar halves are -14.0 points from the base nets of their target "
+            "halves, those between random halves -7.0 points. Paper (natural/man-made): -25.1 points against -8.3 "
+            "points") in text
+    closer = [dict(e, mean=e["mean"] - 0.065) if e["series"] == "relative AnB" else e for e in dissimilar]
+    assert "halves? Barely: within the split-to-split spread (1.0 points)" in experiment.findings(
+        _entries(raw, relative=False), paired, closer)
+
+
+def test_dissimilar_halves_draw_figure_3_and_answer_a_fourth_question(tmp_path):
+    """--natman: the dissimilar halves' base nets and frozen transfer nets between them (AB and BA) train too,
+    and the results add the Figure 3 analogue (figure and table) and a fourth finding taken from that table."""
+    out = tmp_path / "natman"
+    result = run_tool(out, "--natman")
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = experiment.net_catalog(experiment.settings_for(quick=True, natman=True)).names
+    assert len(names) == 32 and "halfnatmanA" in names and "transfernatmanBA_1_7" in names
+    assert all((out / "nets" / name / f"snapshot_iter_{QUICK.max_iter}.caffemodel").is_file() for name in names)
+    figure = out / "results" / "fig3_natman_random.png"
+    with Image.open(figure) as im:
+        assert im.size[0] > 600 and im.size[1] > 400
+    table = (out / "results" / "fig3_natman_random.txt").read_text()
+    assert table in result.stdout and f"Dissimilar halves: {figure}" in result.stdout
+    rows = [line.split() for line in table.splitlines()[2:]]
+    natman = {int(r[2]): float(r[3]) for r in rows if r[:2] == ["relative", "natman"]}
+    random_halves = {int(r[2]): float(r[3]) for r in rows if r[:2] == ["relative", "AnB"]}
+    assert sorted(natman) == sorted(random_halves) == list(range(1, 8))
+    assert all(r[-1] == "2" for r in rows if r[:2] == ["relative", "natman"])     # AB and BA
+    line = next(x for x in result.stdout.splitlines() if x.startswith("4. Does transfer between dissimilar"))
+    assert (f"between the dissimilar halves are {100 * natman[7]:+.1f} points from the base nets of their target "
+            f"halves, those between random halves {100 * random_halves[7]:+.1f} points") in line
+    assert line in (out / "results" / "findings.txt").read_text()
 
 
 def test_own_image_folder_through_lists_and_databases(tmp_path):

@@ -139,3 +139,17 @@ def test_failure_stops_only_dependents(tmp_path, capfd):
     assert result.ok and set(result.nets) == {"transferBA_1_1"}
     assert timeline(root2 / "halfB") and not timeline(root2 / "halfA") and not timeline(root2 / "netbase")
     assert "transferBA_1_1" not in "".join(capfd.readouterr())
+
+
+def test_gpus_our_engine_cannot_see_stop_before_any_net(tmp_path):
+    """caffe_torch -gpu N without that device trains on the CPU (with a warning); a tree asked to run on GPUs
+    stops before its first net instead, naming the ids and PyTorch's build (the id asked for is one past the
+    devices there are, so this holds on a GPU machine too)."""
+    import torch
+
+    from convnet_transfer.slurm import TreeError, caffe_command
+    root = make_tree(tmp_path / "tree", small_experiment(seconds_per_iter=0.1))
+    absent = str(torch.cuda.device_count())
+    with pytest.raises(TreeError, match=f"^GPU {absent} asked for, but PyTorch here .* sees {absent} CUDA dev"):
+        run_local(root, jobs=1, gpus=f"{absent}", caffe=caffe_command("torch"), progress=False)
+    assert not (root / "local").exists()     # nothing written, nothing started

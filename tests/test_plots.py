@@ -189,9 +189,9 @@ def test_reference_figure_2_findings(reference_rows):
 
 
 @pytest.mark.slow
-def test_paper_figure_2_constants_are_the_2014_logs(reference_rows):
-    """experiment.PAPER_FIG2 (the paper's numbers the Fashion-MNIST findings are set against) and the committed
-    plots/reference_fig2_transfer.txt are what the 2014 logs give, to the 4 digits they carry."""
+def test_paper_constants_are_the_2014_logs(reference_rows):
+    """experiment.PAPER_FIG2 and PAPER_FIG3 (the paper's numbers the Fashion-MNIST findings are set against) and
+    the committed plots/reference_fig2_transfer.txt are what the 2014 logs give, to the 4 digits they carry."""
     from convnet_transfer import experiment
 
     table = plots.figure_table(reference_rows, "fig2_transfer")
@@ -202,6 +202,10 @@ def test_paper_figure_2_constants_are_the_2014_logs(reference_rows):
     committed = (ROOT / "plots" / "reference_fig2_transfer.txt").read_text()
     for e in table:
         assert re.search(rf"^{re.escape(e['series'])} +{e['x']} +{e['mean']:.4f} ", committed, re.M), e
+    mean = {(e["series"], e["x"]): e["mean"] for e in plots.figure_table(reference_rows, "fig3_natman_random")}
+    for series, by_n in experiment.PAPER_FIG3.items():
+        for n, value in by_n.items():
+            assert round(mean[(series, n)], 4) == value, (series, n)
 
 
 @pytest.mark.slow
@@ -237,3 +241,8 @@ def test_findings_in_plain_words_on_the_2014_logs(reference_rows):
     assert text[3].startswith("2. Does selffer BnB dip in the middle? Yes: its lowest middle value is 59.3% at n=5")
     assert text[4].startswith("3. Does fine-tuned transfer AnB+ beat the base nets? Yes: AnB+ averages 64.1%")
     assert "transfer itself adds +1.5 points (Yes)" in text[4] and "not trained to convergence" not in text[4]
+    dissimilar = plots.figure_table(reference_rows, "fig3_natman_random")
+    text = experiment.findings(table, paired, dissimilar).splitlines()
+    assert text[5].startswith("4. Does transfer between dissimilar halves lose more than between random halves? "
+                              "Yes: at n=7 the frozen transfer nets between the dissimilar halves are -25.1 points "
+                              "from the base nets of their target halves, those between random halves -8.3 points.")

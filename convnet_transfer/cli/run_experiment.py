@@ -1,6 +1,7 @@
 """tools/run_experiment: the whole transfer experiment, one command (convnet_transfer.experiment)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -13,7 +14,7 @@ from ..datasets import DATASETS, DatasetError
 
 ROOT = Path(__file__).resolve().parents[2]
 
-HELP = """Run the whole transfer experiment of Yosinski et al. (2014) on one machine and draw Figure 2.
+HELP = """Run the whole transfer experiment of Yosinski et al. (2014) on one machine and draw Figure 2 (with --natman, Figure 3 too).
 
 \b
 Stages (each skips what is already complete; run it again after Ctrl-C or a kill to finish):
@@ -22,6 +23,7 @@ Stages (each skips what is already complete; run it again after Ctrl-C or a kill
   3 nets         scaled CaffeNet (caffenet_small: 5 conv, 3 fc, n = 1..7) -> OUT/nets/<net>/, nets.json
   4 training     base nets, then selffer BnB(+) and transfer AnB(+) nets, --jobs at a time (make -j)
   5 results      logs -> OUT/results/summary.csv, fig2_transfer.png, fig2_transfer.txt/.csv, findings.txt
+                 (--natman: also fig3_natman_random.png/.txt/.csv, dissimilar against random halves)
 
 \b
 Reads:  --dataset fashion-mnist: /usr/share/datasets/fashion-mnist/*.gz (Debian's dataset-fashion-mnist;
@@ -34,7 +36,8 @@ Writes: everything under --out (default generated/fashion-mnist, generated/fashi
 Default: 60 nets x 200 iterations of batch 64 on the CPU, 6-7 minutes on 2 cores (measured).
   tools/run_experiment                       # the default experiment on Fashion-MNIST
   tools/run_experiment --quick               # a 30-second smoke run (150 images per class, 16 nets)
-  tools/run_experiment --gpu                 # 4 splits, every pair, dissimilar halves, 5000 iterations (GPU)
+  tools/run_experiment --natman              # and the dissimilar halves (Figure 3): 76 nets, 7 minutes
+  tools/run_experiment --gpu 0               # 4 splits, every pair, dissimilar halves, 5000 iterations (GPU)
   tools/run_experiment --dataset folder --dataset-root ~/my_images --out generated/mine
 """
 
@@ -52,7 +55,8 @@ Default: 60 nets x 200 iterations of batch 64 on the CPU, 6-7 minutes on 2 cores
               help="--dataset list: the validation list.")
 @click.option("--quick", is_flag=True, help="A smoke run: 150 images per class, 16 nets, 30 iterations each.")
 @click.option("--gpu", "gpu", default=None, metavar="IDS",
-              help="Train on these GPUs (e.g. 0 or 0,1; one net per GPU at a time) with the larger GPU settings.")
+              help="Train on these GPUs (e.g. 0 or 0,1: one net per GPU at a time; 0,0: two on GPU 0) with the "
+                   "larger GPU settings; stops at once when PyTorch here does not see them.")
 @click.option("--engine", type=click.Choice(["torch", "caffe", "auto"]), default="torch", show_default=True,
               help="torch: our engine (tools/caffe_torch); caffe: real Caffe (tools/install_caffe); auto: "
                    "real Caffe when one is found.")
@@ -89,10 +93,14 @@ def main(out, dataset, dataset_root, train_list, val_list, quick, gpu, engine, j
         jobs = len(gpus) if gpus else (os.cpu_count() or 1)
     if out is None:
         out = ROOT / "generated" / (dataset + ("-quick" if quick else ""))
-    # the default run on the packaged data redraws the README's figure (plots/fashion_mnist_fig2.png)
-    default_run = (dataset == "fashion-mnist" and dataset_root is None and settings == experiment.PRESETS["default"]
-                   and engine == "torch")
-    publish_to = ROOT / "plots" / "fashion_mnist_fig2" if default_run and (ROOT / "plots").is_dir() else None
+    # the default run on the packaged data redraws the README's Figure 2 (plots/fashion_mnist_fig2.png), the
+    # default run with --natman its Figure 3 (plots/fashion_mnist_fig3.png)
+    packaged = dataset == "fashion-mnist" and dataset_root is None and engine == "torch" and (ROOT / "plots").is_dir()
+    default = experiment.PRESETS["default"]
+    publish_to, publish_fig3 = None, False
+    if packaged and settings in (default, dataclasses.replace(default, natman=True)):
+        publish_fig3 = settings.natman
+        publish_to = ROOT / "plots" / ("fashion_mnist_fig3" if publish_fig3 else "fashion_mnist_fig2")
     started = time.monotonic()
     try:
         report = experiment.run_experiment(out, dataset=dataset, dataset_options=options, settings=settings,
@@ -106,8 +114,10 @@ def main(out, dataset, dataset_root, train_list, val_list, quick, gpu, engine, j
     click.echo(report.tables)
     click.echo(f"Figure: {report.figure}\nTables: {report.results_dir}/fig2_transfer.txt, fig2_paired.txt (and "
                f".csv); every net: {report.results_dir / 'summary.csv'}")
+    if report.dissimilar_figure is not None:
+        click.echo(f"Dissimilar halves: {report.dissimilar_figure}, {report.results_dir}/fig3_natman_random.txt")
     if publish_to is not None:
-        written = experiment.publish(report, publish_to)
+        written = experiment.publish(report, publish_to, dissimilar=publish_fig3)
         click.echo(f"The README's figure and table: {', '.join(str(p) for p in written)}")
     click.echo("\n" + report.findings)
     click.echo(f"\n{len(report.nets)} nets ({len(report.trained)} trained in this run) in "
