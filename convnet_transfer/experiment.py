@@ -1,5 +1,6 @@
 """The whole experiment on one machine, one command: dataset -> split lists -> databases -> nets -> training ->
-logs -> Figure 2 (and, with the dissimilar halves, Figure 3) and their tables -> the findings in plain words.
+logs -> Figure 2 (and, with the dissimilar halves or random filters, Figure 3; with reduced data, its curve) and
+their tables -> the findings in plain words.
 
     from convnet_transfer import experiment
     report = experiment.run_experiment("generated/fashion-mnist")              # the default: Fashion-MNIST
@@ -11,7 +12,7 @@ Layout under `out_dir`:
     data/      md5sums.txt, <split>_train|_valid/{files.txt, idxmap.txt, lmdb/, mean.binaryproto}   stages 1-2
     nets/      nets.json, <net>/{solver.prototxt, train.prototxt, val.prototxt, train.sh, logs, snapshots}  3-4
     results/   summary.csv/.json, fig2_transfer.png, fig2_{transfer,paired}.txt/.csv, findings.txt   stage 5
-               (--natman: also fig3_natman_random.png/.txt/.csv, the dissimilar halves against random ones)
+               (--natman, --random-filters: fig3_natman_random.png/.txt/.csv; --reduced: reduced.png/.txt/.csv)
 
 Every stage skips work whose outputs are complete, so running again after Ctrl-C or a kill finishes the job:
 the split lists are checked against data/md5sums.txt (written on the first run, then the published md5s), a
@@ -35,7 +36,8 @@ from . import architectures, catalog, databases, datasets, images, logs, netgen,
 
 __all__ = ["Settings", "PRESETS", "ExperimentReport", "ExperimentError", "run_experiment", "settings_for", "scaled",
            "make_lists", "database_splits", "make_databases", "classes_per_split", "make_nets", "train_nets",
-           "summarize", "summarize_dissimilar", "findings", "split_spread", "publish", "PAPER_FIG2", "PAPER_FIG3"]
+           "summarize", "summarize_fig3", "summarize_reduced", "findings", "split_spread", "publish", "PAPER_FIG2",
+           "PAPER_FIG3"]
 
 ARCH = "caffenet_small"
 CROP = 28                    # caffenet_small's input: 28x28 (the whole Fashion-MNIST image; a random crop of 32x32)
@@ -48,6 +50,8 @@ class Settings:
     pairs: tuple[str, ...] = ("AB", "BB")    # base half + target half: AB = transfer AnB, BB = selffer BnB
     fine_tuned: bool = True                  # AnB+ / BnB+ nets too
     natman: bool = False                     # also train on the dissimilar halves (their lists are always made)
+    random_filters: bool = False             # also the whole-set net and nolearn_1_n (n random frozen layers)
+    reduced: tuple[int, ...] = ()            # also the whole-set net on N train images per class (reduced-NNNN)
     per_class: int | None = None             # keep only this many train images per class (val: a fifth)
     image_size: int | None = None            # resize to this square size (None: 28 for Fashion-MNIST, else 32)
     max_iter: int = 200                      # every net: base, selffer and transfer, as in the paper
@@ -73,8 +77,9 @@ PRESETS = {
     # ~30 s: a smoke run on 150 images per class, 16 nets (AnB and BnB of one split)
     "quick": Settings(seeds=(0,), fine_tuned=False, per_class=150, max_iter=30, stepsize=20, test_iter=3,
                       test_interval=15, snapshot=15, display=5, val_batch_size=50),
-    # a GPU: the paper's 4 splits, every pair, the dissimilar halves, 25x longer (about 27 epochs of a half)
-    "gpu": Settings(seeds=(0, 1, 2, 3), pairs=("AB", "BA", "BB", "AA"), natman=True, max_iter=5000, stepsize=2000,
+    # a GPU: the paper's 4 splits, every pair, the dissimilar halves, random filters, 25x longer (~21 epochs of a half)
+    "gpu": Settings(seeds=(0, 1, 2, 3), pairs=("AB", "BA", "BB", "AA"), natman=True, random_filters=True,
+                    max_iter=5000, stepsize=2000,
                     test_iter=50, test_interval=500, snapshot=500, display=100, batch_size=128, mode="gpu"),
 }
 
@@ -88,10 +93,11 @@ PAPER_FIG2 = {
 }
 # The paper's Figure 3, lower panel (2014 logs, plots/reference_fig3_natman_random.txt): mean top-1 accuracy of the
 # frozen transfer nets minus the base net of their target half, between the natural and man-made halves and
-# between random halves.
+# between random halves; the whole-set net with its first n layers random and frozen, minus the whole-set net.
 PAPER_FIG3 = {
     "relative natman": {1: 0.0029, 2: -0.0090, 3: -0.0321, 4: -0.0731, 5: -0.1302, 6: -0.1663, 7: -0.2510},
     "relative AnB": {1: 0.0030, 2: -0.0012, 3: -0.0063, 4: -0.0252, 5: -0.0468, 6: -0.0442, 7: -0.0826},
+    "relative random": {1: -0.0844, 2: -0.1734, 3: -0.5743, 4: -0.5562, 5: -0.5254, 6: -0.5609, 7: -0.5607},
 }
 
 
@@ -123,8 +129,9 @@ class ExperimentReport:
     table: list[dict] = field(default_factory=list)    # plots.figure_table(rows, "fig2_transfer")
     paired: list[dict] = field(default_factory=list)   # plots.figure_table(rows, "fig2_paired")
     figure: Path | None = None
-    dissimilar: list[dict] = field(default_factory=list)   # figure_table(rows, "fig3_natman_random"), with --natman
-    dissimilar_figure: Path | None = None
+    fig3: list[dict] = field(default_factory=list)     # figure_table(rows, "fig3_natman_random"): natman, random
+    fig3_figure: Path | None = None
+    reduced_figure: Path | None = None
     tables: str = ""                                   # the tables as text (results/fig2_*.txt, fig3_*.txt)
     findings: str = ""
     seconds: dict[str, float] = field(default_factory=dict)   # wall time of each stage
@@ -176,7 +183,7 @@ def make_lists(dataset, data_dir: Path, settings: Settings, progress: bool = Tru
     published = splits.read_manifest(manifest) if manifest.is_file() else None
     try:
         return splits.make_splits(train, val, data_dir, n_classes=len(dataset.classes), seeds=settings.seeds,
-                                  groups=groups, reduced=(), published_md5=published, progress=progress,
+                                  groups=groups, reduced=settings.reduced, published_md5=published, progress=progress,
                                   log=_say)
     except splits.Md5MismatchError as err:
         raise ExperimentError(f"{err}\nThe lists in {data_dir} were made from other images or settings; use "
@@ -239,11 +246,14 @@ def make_databases(dataset, data_dir: Path, split_names: list[str], settings: Se
 # ---------------------------------------------------------------- stage 3: the nets
 
 def net_catalog(settings: Settings) -> catalog.Catalog:
-    """The base, selffer and transfer nets of the settings (frozen and fine-tuned), n = 1..7, each with its own
-    fixed solver random_seed (from its name) so that a run is reproducible and a resumed run ends the same."""
+    """The base, selffer and transfer nets of the settings (frozen and fine-tuned), n = 1..7, and the whole-set
+    nets asked for (random filters, reduced data), each with its own fixed solver random_seed (from its name) so
+    that a run is reproducible and a resumed run ends the same. Every net trains with the settings' solver."""
     nets = catalog.transfer_catalog([str(s) for s in settings.seeds], 7, pairs=settings.pairs,
                                     fine_tuned=settings.fine_tuned, natman=settings.natman,
-                                    natman_pairs=("AB", "BA"), nolearn=False, reduced=(), whole=False)
+                                    natman_pairs=("AB", "BA"), nolearn=settings.random_filters,
+                                    reduced=settings.reduced, reduced_solver={}, whole_per_class=math.inf,
+                                    whole=settings.random_filters or bool(settings.reduced))
     return catalog.Catalog(dataclasses.replace(net, solver={**net.solver, "random_seed": zlib.crc32(net.name.encode())
                                                             % 2**31}) for net in nets)
 
@@ -316,22 +326,36 @@ def summarize(nets_dir: Path, results_dir: Path, dataset: str = "") -> tuple[lis
     return rows, table, paired, figure, text
 
 
-def summarize_dissimilar(rows: list, results_dir: Path, title: str = "",
-                         halves: tuple[str, str] = ("A", "B")) -> tuple[list[dict], Path | None, str]:
-    """Stage 5 for the dissimilar halves (--natman): when transfer nets between them have results, the Figure 3
-    analogue (fig3_natman_random.png: each half's AnB curve, and every frozen transfer net minus the base net of
-    its target half, dissimilar against random halves) and its table (.txt, .csv). Returns (table, figure, the
-    table as text); ([], None, "") without such nets."""
+def summarize_fig3(rows: list, results_dir: Path, title: str = "",
+                   halves: tuple[str, str] = ("A", "B")) -> tuple[list[dict], Path | None, str]:
+    """Stage 5 with the dissimilar halves (--natman) or random filters (--random-filters) trained: the Figure 3
+    analogue (fig3_natman_random.png: each dissimilar half's transfer curve, the random-filter nets, and every
+    frozen net minus its base net: dissimilar halves, random halves, random filters) and its table (.txt,
+    .csv). Returns (table, figure, the table as text); ([], None, "") without such nets."""
     table = plots.figure_table(rows, "fig3_natman_random")
-    if not any(e["series"] == "relative natman" and e["count"] for e in table):
+    if not any(e["series"] in ("relative natman", "relative random") and e["count"] for e in table):
         return [], None, ""
     figure = plots.plot_natman_random(rows, results_dir / "fig3_natman_random", formats=("png",),
                                       halves=(f"half {halves[0]}", f"half {halves[1]}"), title=title)[0]
     text = plots.write_table([e for e in table if e["count"]], "Figure 3 analogue: transfer between the "
-                             "dissimilar halves (natman natural: target half A, natman man-made: half B), and each frozen transfer net minus the base "
-                             "net of its target half, dissimilar (relative natman) against random halves (relative "
-                             "AnB) [final accuracy]", results_dir / "fig3_natman_random")
+                             "dissimilar halves (natman natural: target half A, natman man-made: half B); random "
+                             "frozen filters (random; n = 0: the whole-set net); each frozen net minus its base net "
+                             "(relative natman, relative AnB: random halves, relative random) [final accuracy]",
+                             results_dir / "fig3_natman_random")
     return table, figure, text
+
+
+def summarize_reduced(rows: list, results_dir: Path, title: str = "") -> tuple[Path | None, str]:
+    """Stage 5 with reduced-data nets trained (--reduced): the whole-set net's accuracy against the train images
+    per class (reduced.png) and its table (.txt, .csv). Returns (figure, the table as text); (None, "") without
+    such nets."""
+    table = [e for e in plots.figure_table(rows, "reduced") if e["count"]]
+    if not table:
+        return None, ""
+    figure = plots.plot_reduced(rows, results_dir / "reduced", formats=("png",), title=title)[0]
+    text = plots.write_table(table, "Reduced data: top-1 accuracy of the whole-set net (x = train images per "
+                             "class) [final accuracy]", results_dir / "reduced")
+    return figure, text
 
 
 def _means(table: list[dict]) -> dict[str, dict[int, float]]:
@@ -349,11 +373,11 @@ def split_spread(paired: list[dict]) -> float | None:
     return float(np.median(stds)) if stds else None
 
 
-def findings(table: list[dict], paired: list[dict] | None = None, dissimilar: list[dict] | None = None) -> str:
+def findings(table: list[dict], paired: list[dict] | None = None, fig3: list[dict] | None = None) -> str:
     """The paper's three findings checked on the numbers of `table` (fig2_transfer) and `paired` (fig2_paired),
-    and a fourth on `dissimilar` (fig3_natman_random) when the dissimilar halves were trained, in plain words,
-    beside the paper's. A difference counts only when it is larger than the split-to-split spread of the
-    paired differences (split_spread); smaller ones are called within the spread."""
+    and from `fig3` (fig3_natman_random) a fourth when the dissimilar halves were trained and a fifth when the
+    random-filter nets were, in plain words, beside the paper's. A difference counts only when it is larger than
+    the split-to-split spread of the paired differences (split_spread); smaller ones are called within it."""
     ours, paper = _means(table), PAPER_FIG2
     spread = split_spread(paired or [])
 
@@ -416,7 +440,7 @@ def findings(table: list[dict], paired: list[dict] | None = None, dissimilar: li
                          f"trained to convergence as the paper's were, so fine-tuning goes on training them; "
                          f"compare AnB+ with BnB+, not with the base nets.")
         lines.append(line)
-    relative = _means(dissimilar or [])
+    relative = _means(fig3 or [])
     far, near = relative.get("relative natman", {}), relative.get("relative AnB", {})
     if 7 in far and 7 in near:
         p_far, p_near = PAPER_FIG3["relative natman"][7], PAPER_FIG3["relative AnB"][7]
@@ -426,6 +450,21 @@ def findings(table: list[dict], paired: list[dict] | None = None, dissimilar: li
             f"{pts(far[7])} from the base nets of their target halves, those between random halves {pts(near[7])}. "
             f"Paper (natural/man-made): {pts(p_far)} against {pts(p_near)}: the less alike the tasks, the less "
             f"the upper layers' features transfer.")
+    random_filters, p_random, p_near = relative.get("relative random", {}), PAPER_FIG3["relative random"], \
+        PAPER_FIG3["relative AnB"]
+    both = sorted(set(random_filters) & set(near))
+    if both:
+        gap = float(np.mean([near[n] - random_filters[n] for n in both]))
+        shown = [n for n in (1, 2, 3) if n in random_filters and n in near]
+        lines.append(
+            f"5. Do transferred features beat random ones? {verdict(gap)[1]}: with its first n layers random and "
+            f"frozen, the whole-set net is "
+            + ", ".join(f"{pts(random_filters[n])} at n={n}" for n in shown)
+            + f" from the whole-set net; frozen transferred layers (AnB) "
+            + ", ".join(pts(near[n]) for n in shown)
+            + f" from their base nets ({pts(gap)} on average over n={both[0]}..{both[-1]}). Paper: "
+            + ", ".join(pts(p_random[n]) for n in shown) + " against " + ", ".join(pts(p_near[n]) for n in shown)
+            + ": random filters lose much more, near chance from n=3.")
     if not any(line[:2] in ("1.", "2.", "3.") for line in lines):
         return "No results to compare yet (no transfer or selffer net has a test accuracy in its logs)."
     return "\n".join(lines)
@@ -493,32 +532,42 @@ def run_experiment(out_dir: str | os.PathLike, *, dataset: str = "fashion-mnist"
     title = getattr(data, "title", data.name)
     report.rows, report.table, report.paired, report.figure, report.tables = summarize(
         report.nets_dir, report.results_dir, title)
-    if settings.natman and "natman" in data.dissimilar_groups:
-        a, b = (", ".join(data.classes[i] for i in group) for group in data.dissimilar_groups["natman"])
-        report.dissimilar, report.dissimilar_figure, text = summarize_dissimilar(
-            report.rows, report.results_dir, f"Transfer between the dissimilar halves of {title} (Figure 3)\n"
-                                             f"half A: {a}; half B: {b}")
+    if settings.natman or settings.random_filters:
+        natman = settings.natman and "natman" in data.dissimilar_groups
+        shown = ["transfer between dissimilar halves"] * natman + ["random frozen filters"] * settings.random_filters
+        heading = f"{' and '.join(shown).capitalize()} on {title} (Figure 3)"
+        if natman:
+            a, b = (", ".join(data.classes[i] for i in group) for group in data.dissimilar_groups["natman"])
+            heading += f"\nhalf A: {a}; half B: {b}"
+        report.fig3, report.fig3_figure, text = summarize_fig3(report.rows, report.results_dir, heading)
         report.tables += "\n" + text if text else ""
-    report.findings = findings(report.table, report.paired, report.dissimilar)
+    if settings.reduced:
+        report.reduced_figure, text = summarize_reduced(report.rows, report.results_dir,
+                                                        f"The whole-set net on less data: {title}")
+        report.tables += "\n" + text if text else ""
+    report.findings = findings(report.table, report.paired, report.fig3)
     (report.results_dir / "findings.txt").write_text(report.findings + "\n")
     lap("results")
     return report
 
 
-def publish(report: ExperimentReport, stem: str | os.PathLike, dissimilar: bool = False) -> list[Path]:
-    """Copy the run's Figure 2 (or, `dissimilar`, its Figure 3 analogue) to <stem>.png and the tables behind it
-    and the findings to <stem>.txt (the README's figures)."""
+def publish(report: ExperimentReport, stem: str | os.PathLike, fig3: bool = False) -> list[Path]:
+    """Copy the run's Figure 2 (or, `fig3`, its Figure 3 analogue) to <stem>.png and the tables behind it and
+    the findings to <stem>.txt (the README's figures)."""
     import shutil
     stem = Path(stem)
-    figure = report.dissimilar_figure if dissimilar else report.figure
+    figure = report.fig3_figure if fig3 else report.figure
     if figure is None:
-        raise ExperimentError("no Figure 3 analogue to publish: train the dissimilar halves (--natman)")
+        raise ExperimentError("no Figure 3 analogue to publish: train the dissimilar halves (--natman) or the "
+                              "random-filter nets (--random-filters)")
     shutil.copyfile(figure, stem.with_suffix(".png"))
-    tables = (report.results_dir / "fig3_natman_random.txt").read_text() if dissimilar else report.tables
+    tables = (report.results_dir / "fig3_natman_random.txt").read_text() if fig3 else report.tables
     s = report.settings
+    extra = (["the dissimilar halves"] * s.natman + ["random filters"] * s.random_filters
+             + ["reduced data"] * bool(s.reduced))
     header = (f"Made by tools/run_experiment ({len(report.nets)} nets, splits {','.join(map(str, s.seeds))}"
-              f"{' and the dissimilar halves' if s.natman else ''}, {s.max_iter} iterations of batch {s.batch_size} "
-              f"each); every number from the nets' logs.\n\n")
+              f"{''.join(', ' + e for e in extra)}; {s.max_iter} iterations of batch {s.batch_size} each); every "
+              f"number from the nets' logs.\n\n")
     stem.with_suffix(".txt").write_text(header + tables + "\n" + report.findings + "\n")
     return [stem.with_suffix(".png"), stem.with_suffix(".txt")]
 

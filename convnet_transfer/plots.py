@@ -372,7 +372,7 @@ def plot_natman_random(rows, out_stem: str | os.PathLike, reference=None, metric
 
 
 def plot_reduced(rows, out_stem: str | os.PathLike, reference=None, metric: str = "final",
-                 formats=("png", "pdf")) -> list[Path]:
+                 formats=("png", "pdf"), title: str | None = None) -> list[Path]:
     """Top-1 accuracy of the whole-set net against the training images per class (linear and log axes)."""
     points = sorted((p for p in _points(rows, metric) if p.series == "reduced"), key=lambda p: p.x)
     fig, (ax_lin, ax_log) = plt.subplots(2, 1, figsize=(7, 7))
@@ -394,6 +394,8 @@ def plot_reduced(rows, out_stem: str | os.PathLike, reference=None, metric: str 
             ax.set_xlabel("Number of examples per class (linear)")
         if rpoints:
             ax.legend(fontsize=9, loc="lower right")
+    if title:
+        ax_lin.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, Path(out_stem), formats)
 

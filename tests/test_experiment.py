@@ -284,22 +284,40 @@ def test_findings_judge_differences_by_the_split_to_split_spread():
     closer = [dict(e, mean=e["mean"] - 0.065) if e["series"] == "relative AnB" else e for e in dissimilar]
     assert "halves? Barely: within the split-to-split spread (1.0 points)" in experiment.findings(
         _entries(raw, relative=False), paired, closer)
+    assert "5. Do transferred features" not in text                  # no random-filter nets
+    # random frozen filters: 5 points below the whole-set net at n = 1, 10 at n = 2, ...; AnB: -1, -2, ... -7
+    random_filters = _entries({"random": {n: [-0.05 * n] for n in range(1, 8)}}, relative=True)
+    text = experiment.findings(_entries(raw, relative=False), paired, dissimilar + random_filters)
+    assert ("5. Do transferred features beat random ones? Yes: with its first n layers random and frozen, the "
+            "whole-set net is -5.0 points at n=1, -10.0 points at n=2, -15.0 points at n=3 from the whole-set net; "
+            "frozen transferred layers (AnB) -1.0 points, -2.0 points, -3.0 points from their base nets (+16.0 "
+            "points on average over n=1..7). Paper: -8.4 points, -17.3 points, -57.4 points against +0.3 points, "
+            "-0.1 points, -0.6 points") in text
 
 
-def test_dissimilar_halves_draw_figure_3_and_answer_a_fourth_question(tmp_path):
-    """--natman: the dissimilar halves' base nets and frozen transfer nets between them (AB and BA) train too,
-    and the results add the Figure 3 analogue (figure and table) and a fourth finding taken from that table."""
-    out = tmp_path / "natman"
-    result = run_tool(out, "--natman")
+def test_figure_3_and_reduced_data_nets(tmp_path):
+    """--natman --random-filters --reduced: the dissimilar halves' base nets and the frozen transfer nets between
+    them (AB and BA), the whole-set net with n random frozen layers, and the whole-set net on fewer images train
+    too; the results add the Figure 3 analogue and the reduced-data curve (figures and tables), and a fourth and
+    a fifth finding taken from Figure 3's table."""
+    out = tmp_path / "fig3"
+    result = run_tool(out, "--natman", "--random-filters", "--reduced", "5,50")
     assert result.returncode == 0, result.stderr[-3000:]
-    names = experiment.net_catalog(experiment.settings_for(quick=True, natman=True)).names
-    assert len(names) == 32 and "halfnatmanA" in names and "transfernatmanBA_1_7" in names
+    settings = experiment.settings_for(quick=True, natman=True, random_filters=True, reduced=(5, 50))
+    names = experiment.net_catalog(settings).names
+    assert len(names) == 16 + 16 + 8 + 2 and {"transfernatmanBA_1_7", "netbase", "nolearn_1_7", "reduced-0050"} \
+        <= set(names)
     assert all((out / "nets" / name / f"snapshot_iter_{QUICK.max_iter}.caffemodel").is_file() for name in names)
+    assert len(splits.read_list(out / "data" / "reduced0005_train" / "files.txt")) == 5 * 10
     figure = out / "results" / "fig3_natman_random.png"
-    with Image.open(figure) as im:
-        assert im.size[0] > 600 and im.size[1] > 400
+    for path in (figure, out / "results" / "reduced.png"):
+        with Image.open(path) as im:
+            assert im.size[0] > 600 and im.size[1] > 400
+    reduced = (out / "results" / "reduced.txt").read_text()
+    assert [line.split()[:2] for line in reduced.splitlines()[2:]] == [["reduced", "5"], ["reduced", "50"]]
+    assert reduced in result.stdout and f"Reduced data: {out / 'results' / 'reduced.png'}" in result.stdout
     table = (out / "results" / "fig3_natman_random.txt").read_text()
-    assert table in result.stdout and f"Dissimilar halves: {figure}" in result.stdout
+    assert table in result.stdout and f"Figure 3: {figure}" in result.stdout
     rows = [line.split() for line in table.splitlines()[2:]]
     natman = {int(r[2]): float(r[3]) for r in rows if r[:2] == ["relative", "natman"]}
     random_halves = {int(r[2]): float(r[3]) for r in rows if r[:2] == ["relative", "AnB"]}
@@ -309,6 +327,12 @@ def test_dissimilar_halves_draw_figure_3_and_answer_a_fourth_question(tmp_path):
     assert (f"between the dissimilar halves are {100 * natman[7]:+.1f} points from the base nets of their target "
             f"halves, those between random halves {100 * random_halves[7]:+.1f} points") in line
     assert line in (out / "results" / "findings.txt").read_text()
+    random_filters = {int(r[2]): float(r[3]) for r in rows if r[:2] == ["relative", "random"]}
+    whole = float(next(r[2] for r in rows if r[:2] == ["random", "0"]))
+    assert sorted(random_filters) == list(range(1, 8))
+    assert whole == pytest.approx(accuracies(out)["netbase"], abs=1e-4)        # n = 0: the whole-set net
+    line = next(x for x in result.stdout.splitlines() if x.startswith("5. Do transferred features beat random"))
+    assert f"the whole-set net is {100 * random_filters[1]:+.1f} points at n=1" in line
 
 
 def test_own_image_folder_through_lists_and_databases(tmp_path):

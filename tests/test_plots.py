@@ -246,3 +246,7 @@ def test_findings_in_plain_words_on_the_2014_logs(reference_rows):
     assert text[5].startswith("4. Does transfer between dissimilar halves lose more than between random halves? "
                               "Yes: at n=7 the frozen transfer nets between the dissimilar halves are -25.1 points "
                               "from the base nets of their target halves, those between random halves -8.3 points.")
+    assert text[6].startswith("5. Do transferred features beat random ones? Yes: with its first n layers random and "
+                              "frozen, the whole-set net is -8.4 points at n=1, -17.3 points at n=2, -57.4 points at "
+                              "n=3 from the whole-set net; frozen transferred layers (AnB) +0.3 points, -0.1 points, "
+                              "-0.6 points from their base nets")

@@ -14,7 +14,8 @@ from ..datasets import DATASETS, DatasetError
 
 ROOT = Path(__file__).resolve().parents[2]
 
-HELP = """Run the whole transfer experiment of Yosinski et al. (2014) on one machine and draw Figure 2 (with --natman, Figure 3 too).
+HELP = """Run the whole transfer experiment of Yosinski et al. (2014) on one machine and draw Figure 2
+(with --natman or --random-filters, Figure 3 too).
 
 \b
 Stages (each skips what is already complete; run it again after Ctrl-C or a kill to finish):
@@ -23,7 +24,7 @@ Stages (each skips what is already complete; run it again after Ctrl-C or a kill
   3 nets         scaled CaffeNet (caffenet_small: 5 conv, 3 fc, n = 1..7) -> OUT/nets/<net>/, nets.json
   4 training     base nets, then selffer BnB(+) and transfer AnB(+) nets, --jobs at a time (make -j)
   5 results      logs -> OUT/results/summary.csv, fig2_transfer.png, fig2_transfer.txt/.csv, findings.txt
-                 (--natman: also fig3_natman_random.png/.txt/.csv, dissimilar against random halves)
+                 (--natman, --random-filters: fig3_natman_random.png/.txt/.csv; --reduced: reduced.png/.txt/.csv)
 
 \b
 Reads:  --dataset fashion-mnist: /usr/share/datasets/fashion-mnist/*.gz (Debian's dataset-fashion-mnist;
@@ -36,7 +37,7 @@ Writes: everything under --out (default generated/fashion-mnist, generated/fashi
 Default: 60 nets x 200 iterations of batch 64 on the CPU, 6-7 minutes on 2 cores (measured).
   tools/run_experiment                       # the default experiment on Fashion-MNIST
   tools/run_experiment --quick               # a 30-second smoke run (150 images per class, 16 nets)
-  tools/run_experiment --natman              # and the dissimilar halves (Figure 3): 76 nets, 7 minutes
+  tools/run_experiment --natman --random-filters   # and Figure 3: dissimilar halves, random filters (84 nets)
   tools/run_experiment --gpu 0               # 4 splits, every pair, dissimilar halves, 5000 iterations (GPU)
   tools/run_experiment --dataset folder --dataset-root ~/my_images --out generated/mine
 """
@@ -68,23 +69,30 @@ Default: 60 nets x 200 iterations of batch 64 on the CPU, 6-7 minutes on 2 cores
 @click.option("--natman/--no-natman", default=None,
               help="Also train on the dissimilar halves (upper-body garments vs the rest) [default: off; on with "
                    "--gpu].")
+@click.option("--random-filters/--no-random-filters", default=None,
+              help="Also train the whole-set net and, for n = 1..7, the whole-set net with its first n layers random "
+                   "and frozen (the paper's random-filter nets, Figure 3) [default: off; on with --gpu].")
+@click.option("--reduced", default=None, metavar="N,N,...",
+              help="Also train the whole-set net on the first N train images of each class, for each N (the "
+                   "paper's reduced-data curve), e.g. 1,10,100,1000.")
 @click.option("--per-class", type=click.IntRange(1), default=None,
               help="Use only the first N train images of each class (and N/5 val images).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
 def main(out, dataset, dataset_root, train_list, val_list, quick, gpu, engine, jobs, iterations, seeds, natman,
-         per_class, progress):
+         random_filters, reduced, per_class, progress):
     options = {"fashion-mnist": {"root": dataset_root}, "folder": {"root": dataset_root},
                "list": {"train_list": train_list, "val_list": val_list, "root": dataset_root}}[dataset]
     if dataset != "fashion-mnist" and dataset_root is None:
         raise click.UsageError(f"--dataset {dataset} needs --dataset-root")
     if dataset == "list" and (train_list is None or val_list is None):
         raise click.UsageError("--dataset list needs --train-list and --val-list")
-    changes = {"natman": natman, "per_class": per_class}
-    if seeds is not None:
-        try:
-            changes["seeds"] = tuple(int(s) for s in seeds.split(",") if s.strip())
-        except ValueError:
-            raise click.BadParameter(f"{seeds!r}: expected comma-separated integers", param_hint="--seeds")
+    changes = {"natman": natman, "random_filters": random_filters, "per_class": per_class}
+    for name, value in (("seeds", seeds), ("reduced", reduced)):
+        if value is not None:
+            try:
+                changes[name] = tuple(int(s) for s in value.split(",") if s.strip())
+            except ValueError:
+                raise click.BadParameter(f"{value!r}: expected comma-separated integers", param_hint=f"--{name}")
     settings = experiment.settings_for(quick=quick, gpu=gpu is not None, **changes)
     if iterations is not None:
         settings = experiment.scaled(settings, iterations)
@@ -94,11 +102,11 @@ def main(out, dataset, dataset_root, train_list, val_list, quick, gpu, engine, j
     if out is None:
         out = ROOT / "generated" / (dataset + ("-quick" if quick else ""))
     # the default run on the packaged data redraws the README's Figure 2 (plots/fashion_mnist_fig2.png), the
-    # default run with --natman its Figure 3 (plots/fashion_mnist_fig3.png)
+    # default run with --natman --random-filters its Figure 3 (plots/fashion_mnist_fig3.png)
     packaged = dataset == "fashion-mnist" and dataset_root is None and engine == "torch" and (ROOT / "plots").is_dir()
     default = experiment.PRESETS["default"]
     publish_to, publish_fig3 = None, False
-    if packaged and settings in (default, dataclasses.replace(default, natman=True)):
+    if packaged and settings in (default, dataclasses.replace(default, natman=True, random_filters=True)):
         publish_fig3 = settings.natman
         publish_to = ROOT / "plots" / ("fashion_mnist_fig3" if publish_fig3 else "fashion_mnist_fig2")
     started = time.monotonic()
@@ -114,10 +122,12 @@ def main(out, dataset, dataset_root, train_list, val_list, quick, gpu, engine, j
     click.echo(report.tables)
     click.echo(f"Figure: {report.figure}\nTables: {report.results_dir}/fig2_transfer.txt, fig2_paired.txt (and "
                f".csv); every net: {report.results_dir / 'summary.csv'}")
-    if report.dissimilar_figure is not None:
-        click.echo(f"Dissimilar halves: {report.dissimilar_figure}, {report.results_dir}/fig3_natman_random.txt")
+    if report.fig3_figure is not None:
+        click.echo(f"Figure 3: {report.fig3_figure}, {report.results_dir}/fig3_natman_random.txt")
+    if report.reduced_figure is not None:
+        click.echo(f"Reduced data: {report.reduced_figure}, {report.results_dir}/reduced.txt")
     if publish_to is not None:
-        written = experiment.publish(report, publish_to, dissimilar=publish_fig3)
+        written = experiment.publish(report, publish_to, fig3=publish_fig3)
         click.echo(f"The README's figure and table: {', '.join(str(p) for p in written)}")
     click.echo("\n" + report.findings)
     click.echo(f"\n{len(report.nets)} nets ({len(report.trained)} trained in this run) in "
