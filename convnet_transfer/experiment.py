@@ -179,6 +179,12 @@ def make_lists(dataset, data_dir: Path, settings: Settings, progress: bool = Tru
     if settings.natman and not groups:
         raise ExperimentError(f"dataset {dataset.name} has no dissimilar class groups (natural/man-made "
                               f"analogue); train without the dissimilar halves")
+    smallest = min(np.bincount([label for _, label in train], minlength=len(dataset.classes)))
+    too_many = [n for n in settings.reduced if n > smallest]
+    if too_many:
+        raise ExperimentError(f"--reduced {','.join(map(str, too_many))}: the smallest class of {dataset.name} has "
+                              f"{smallest} train images{' with --per-class' if settings.per_class else ''}; ask "
+                              f"for at most {smallest} per class")
     manifest = data_dir / splits.MANIFEST
     published = splits.read_manifest(manifest) if manifest.is_file() else None
     try:

@@ -237,14 +237,17 @@ def _entries(series_values: dict[str, dict[int, list[float]]], relative: bool) -
     return table
 
 
-def test_a_trainer_that_cannot_run_here_stops_before_anything_is_made(tmp_path):
-    """Real Caffe asked for and not found, or a GPU that PyTorch here does not see (one past the devices there
-    are): a clear error (exit 1) before the first stage, not a traceback after the lists and databases."""
+def test_a_run_that_cannot_go_on_stops_before_anything_is_made(tmp_path):
+    """Real Caffe asked for and not found, a GPU that PyTorch here does not see (one past the devices there
+    are), or more reduced-data images per class than a class has: a clear error (exit 1) before anything is
+    written, not a traceback after the lists and databases."""
     import torch
     absent = str(torch.cuda.device_count())
     cases = [(["--engine", "caffe"], {"CAFFE_ROOT": str(tmp_path / "no-caffe")},
               f"real Caffe was asked for but no caffe binary under {tmp_path / 'no-caffe'}"),
-             (["--gpu", absent], {}, f"GPU {absent} asked for, but PyTorch here")]
+             (["--gpu", absent], {}, f"GPU {absent} asked for, but PyTorch here"),
+             (["--reduced", "5,151"], {}, "--reduced 151: the smallest class of fashion-mnist has 150 train images "
+                                          "with --per-class; ask for at most 150 per class")]
     for args, env, message in cases:
         out = tmp_path / "out"
         result = subprocess.run(TOOL + ["--quick", "--no-progress", "--out", str(out), *args], capture_output=True,
