@@ -194,6 +194,8 @@ def make_lists(dataset, data_dir: Path, settings: Settings, progress: bool = Tru
     except splits.Md5MismatchError as err:
         raise ExperimentError(f"{err}\nThe lists in {data_dir} were made from other images or settings; use "
                               f"another --out, or delete {data_dir} to start over") from None
+    except splits.SplitError as err:
+        raise ExperimentError(str(err)) from None
 
 
 # ---------------------------------------------------------------- stage 2: the databases

@@ -254,6 +254,14 @@ def test_a_run_that_cannot_go_on_stops_before_anything_is_made(tmp_path):
                                 text=True, timeout=300, env=dict(_env(), **env))
         assert result.returncode == 1 and f"Error: {message}" in result.stderr, result.stderr[-2000:]
         assert "Traceback" not in result.stderr and not out.exists()
+    for option, value, least in (("--seeds", "-1", 0), ("--seeds", ",", 0), ("--reduced", "0", 1),
+                                 ("--reduced", "2,x", 1)):
+        out = tmp_path / "out"
+        result = subprocess.run(TOOL + ["--quick", "--out", str(out), option, value], capture_output=True, text=True,
+                                timeout=300, env=_env())
+        assert result.returncode == 2 and (f"Invalid value for {option}: '{value}': expected comma-separated "
+                                           f"integers of at least {least}") in result.stderr, result.stderr[-2000:]
+        assert not out.exists()
 
 
 def test_findings_judge_differences_by_the_split_to_split_spread():

@@ -87,12 +87,17 @@ def main(out, dataset, dataset_root, train_list, val_list, quick, gpu, engine, j
     if dataset == "list" and (train_list is None or val_list is None):
         raise click.UsageError("--dataset list needs --train-list and --val-list")
     changes = {"natman": natman, "random_filters": random_filters, "per_class": per_class}
-    for name, value in (("seeds", seeds), ("reduced", reduced)):
+    for name, value, least in (("seeds", seeds, 0), ("reduced", reduced, 1)):
         if value is not None:
             try:
-                changes[name] = tuple(int(s) for s in value.split(",") if s.strip())
+                numbers = tuple(int(s) for s in value.split(",") if s.strip())
+                valid = all(n >= least for n in numbers) and (bool(numbers) or name != "seeds")
             except ValueError:
-                raise click.BadParameter(f"{value!r}: expected comma-separated integers", param_hint=f"--{name}")
+                valid = False
+            if not valid:
+                raise click.BadParameter(f"{value!r}: expected comma-separated integers of at least {least}",
+                                         param_hint=f"--{name}")
+            changes[name] = numbers
     settings = experiment.settings_for(quick=quick, gpu=gpu is not None, **changes)
     if iterations is not None:
         settings = experiment.scaled(settings, iterations)
