@@ -573,8 +573,8 @@ def publish(report: ExperimentReport, stem: str | os.PathLike, fig3: bool = Fals
     s = report.settings
     extra = (["the dissimilar halves"] * s.natman + ["random filters"] * s.random_filters
              + ["reduced data"] * bool(s.reduced))
-    header = (f"Made by tools/run_experiment ({len(report.nets)} nets, splits {','.join(map(str, s.seeds))}"
-              f"{''.join(', ' + e for e in extra)}; {s.max_iter} iterations of batch {s.batch_size} each); every "
+    header = (f"Made by tools/run_experiment ({len(report.nets)} nets, splits {','.join(map(str, s.seeds))}, "
+              f"{''.join(e + ', ' for e in extra)}{s.max_iter} iterations of batch {s.batch_size} each); every "
               f"number from the nets' logs.\n\n")
     stem.with_suffix(".txt").write_text(header + tables + "\n" + report.findings + "\n")
     return [stem.with_suffix(".png"), stem.with_suffix(".txt")]
