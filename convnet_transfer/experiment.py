@@ -541,13 +541,8 @@ def run_experiment(out_dir: str | os.PathLike, *, dataset: str = "fashion-mnist"
     report.rows, report.table, report.paired, report.figure, report.tables = summarize(
         report.nets_dir, report.results_dir, title)
     if settings.natman or settings.random_filters:
-        natman = settings.natman and "natman" in data.dissimilar_groups
-        shown = ["transfer between dissimilar halves"] * natman + ["random frozen filters"] * settings.random_filters
-        heading = f"{' and '.join(shown).capitalize()} on {title} (Figure 3)"
-        if natman:
-            a, b = (", ".join(data.classes[i] for i in group) for group in data.dissimilar_groups["natman"])
-            heading += f"\nhalf A: {a}; half B: {b}"
-        report.fig3, report.fig3_figure, text = summarize_fig3(report.rows, report.results_dir, heading)
+        report.fig3, report.fig3_figure, text = summarize_fig3(report.rows, report.results_dir,
+                                                               _fig3_title(data, settings, title))
         report.tables += "\n" + text if text else ""
     if settings.reduced:
         report.reduced_figure, text = summarize_reduced(report.rows, report.results_dir,
@@ -582,6 +577,17 @@ def publish(report: ExperimentReport, stem: str | os.PathLike, fig3: bool = Fals
 
 def _count_classes(idxmap: Path) -> int:
     return sum(1 for line in idxmap.read_text().splitlines() if line.strip())
+
+
+def _fig3_title(data, settings: Settings, title: str) -> str:
+    """Figure 3's title: what was trained, on which dataset, and the classes of the dissimilar halves."""
+    natman = settings.natman and "natman" in data.dissimilar_groups
+    shown = ["transfer between dissimilar halves"] * natman + ["random frozen filters"] * settings.random_filters
+    heading = f"{' and '.join(shown).capitalize()} on {title} (Figure 3)"
+    if natman:
+        a, b = (", ".join(data.classes[i] for i in group) for group in data.dissimilar_groups["natman"])
+        heading += f"\nhalf A: {a}; half B: {b}"
+    return heading
 
 
 def _at_once(jobs: int, gpus: str | None) -> str:
