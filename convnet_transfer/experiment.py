@@ -292,7 +292,7 @@ def trainer_env(engine: str = "torch", gpus: str | None = None) -> dict[str, str
     try:
         env["CAFFE"] = slurm.caffe_command(engine)
         env.update({k: v for k, v in slurm._real_caffe_env(engine).items() if k not in env})
-        local_runner.check_gpus(gpus.split(",") if gpus else None, env["CAFFE"])
+        local_runner.check_gpus(gpus, env["CAFFE"])
     except slurm.TreeError as err:
         raise ExperimentError(str(err)) from None
     return env
@@ -592,9 +592,10 @@ def _fig3_title(data, settings: Settings, title: str) -> str:
 
 def _at_once(jobs: int, gpus: str | None) -> str:
     """How many nets train at once: `jobs`, or one per GPU slot (a GPU id listed twice is two slots)."""
-    if not gpus:
+    from .local_runner import gpu_slots
+    slots = gpu_slots(gpus)
+    if not slots:
         return f"{jobs} at a time"
-    slots = [g for g in gpus.split(",") if g.strip()]
     return f"{min(jobs, len(slots))} at a time (one per GPU slot: {','.join(slots)})"
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from .slurm import (NetStatus, TreeError, TreeNet, _environment, _real_caffe_env, caffe_command, format_status,
                     read_tree, tree_status)
 
-__all__ = ["run_local", "LocalResult", "write_makefile", "check_gpus", "LOCAL_DIR"]
+__all__ = ["run_local", "LocalResult", "write_makefile", "gpu_slots", "check_gpus", "LOCAL_DIR"]
 
 LOCAL_DIR = "local"
 
@@ -74,16 +74,24 @@ def write_makefile(root: str | os.PathLike, nets: list[str] | None = None, gpus:
     return local / "Makefile"
 
 
-def check_gpus(gpus: list[str] | None, caffe: str) -> None:
+def gpu_slots(gpus: list[str] | str | None) -> list[str]:
+    """The GPU slots of `gpus` ("0,1" or ["0", "1"]; an id listed twice is two slots), blanks left out."""
+    if isinstance(gpus, str):
+        gpus = gpus.split(",")
+    return [g.strip() for g in gpus or [] if g.strip()]
+
+
+def check_gpus(gpus: list[str] | str | None, caffe: str) -> None:
     """Raise TreeError when `caffe` (a CAFFE value) is our engine and PyTorch here lacks one of the GPU ids `gpus`.
     `caffe_torch -gpu N` without CUDA warns and trains on the CPU, as a single run may; for a tree of nets asked
     to run on GPUs it is a mistake to stop at before the first net (a CPU run of the GPU settings takes days).
     Real Caffe is left to say it itself (a CPU_ONLY build refuses -gpu)."""
+    gpus = gpu_slots(gpus)
     if not gpus or caffe != caffe_command("torch"):
         return
     import torch
     count = torch.cuda.device_count()
-    absent = [g for g in gpus if not (g.strip().isdigit() and int(g) < count)]
+    absent = [g for g in gpus if not (g.isdigit() and int(g) < count)]
     if absent:
         build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
         raise TreeError(f"GPU {','.join(absent)} asked for, but PyTorch here (torch {torch.__version__}, {build}) "
@@ -109,8 +117,7 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
     make = shutil.which("make")
     if make is None:
         raise TreeError("GNU make is needed for the local runner: apt-get install make")
-    if isinstance(gpus, str):
-        gpus = [g for g in gpus.split(",") if g.strip()]
+    gpus = gpu_slots(gpus)
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
     root = Path(root).resolve()

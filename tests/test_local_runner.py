@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_tree import FAKE_COMMAND, make_tree, small_experiment, timeline  # noqa: E402
 
-from convnet_transfer.local_runner import run_local, wait_for  # noqa: E402
+from convnet_transfer.local_runner import gpu_slots, run_local, wait_for  # noqa: E402
 from convnet_transfer.slurm import tree_status  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,5 +151,6 @@ def test_gpus_our_engine_cannot_see_stop_before_any_net(tmp_path):
     root = make_tree(tmp_path / "tree", small_experiment(seconds_per_iter=0.1))
     absent = str(torch.cuda.device_count())
     with pytest.raises(TreeError, match=f"^GPU {absent} asked for, but PyTorch here .* sees {absent} CUDA dev"):
-        run_local(root, jobs=1, gpus=f"{absent}", caffe=caffe_command("torch"), progress=False)
+        run_local(root, jobs=1, gpus=f"{absent},", caffe=caffe_command("torch"), progress=False)   # blank: no slot
     assert not (root / "local").exists()     # nothing written, nothing started
+    assert gpu_slots(" 0,,1, 1") == gpu_slots(["0", "1", " 1 "]) == ["0", "1", "1"] and gpu_slots(None) == []

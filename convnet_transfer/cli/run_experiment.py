@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from .. import experiment
+from ..local_runner import gpu_slots
 from ..datasets import DATASETS, DatasetError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,9 +102,8 @@ def main(out, dataset, dataset_root, train_list, val_list, quick, gpu, engine, j
     settings = experiment.settings_for(quick=quick, gpu=gpu is not None, **changes)
     if iterations is not None:
         settings = experiment.scaled(settings, iterations)
-    gpus = gpu.split(",") if gpu else None
     if jobs is None:
-        jobs = len(gpus) if gpus else (os.cpu_count() or 1)
+        jobs = len(gpu_slots(gpu)) or (os.cpu_count() or 1)
     if out is None:
         out = ROOT / "generated" / (dataset + ("-quick" if quick else ""))
     # the default run on the packaged data redraws the README's Figure 2 (plots/fashion_mnist_fig2.png), the

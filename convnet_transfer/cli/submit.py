@@ -95,13 +95,13 @@ def main(root, mode, nets, engine, caffe_cmd, dry_run, partition, account, qos, 
                 for net, why in the_plan.skipped.items():
                     click.echo(f"  {net}: not submitted ({why})")
         elif mode == "local":
-            from ..local_runner import run_local
+            from ..local_runner import gpu_slots, run_local
             caffe, engine = _trainer(engine, caffe_cmd)
             env = dict(os.environ)
             if caffe is None:
                 caffe = slurm.caffe_command(engine)
                 env.update(slurm._real_caffe_env(engine))
-            gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
+            gpu_list = gpu_slots(gpus)
             result = run_local(root, jobs=jobs or (len(gpu_list) if gpu_list else 1), nets=patterns, env=env,
                                gpus=gpu_list, caffe=caffe)
             click.echo(result.describe())
