@@ -334,8 +334,7 @@ def summarize(nets_dir: Path, results_dir: Path, dataset: str = "") -> tuple[lis
     return rows, table, paired, figure, text
 
 
-def summarize_fig3(rows: list, results_dir: Path, title: str = "",
-                   halves: tuple[str, str] = ("A", "B")) -> tuple[list[dict], Path | None, str]:
+def summarize_fig3(rows: list, results_dir: Path, title: str = "") -> tuple[list[dict], Path | None, str]:
     """Stage 5 with the dissimilar halves (--natman) or random filters (--random-filters) trained: the Figure 3
     analogue (fig3_natman_random.png: each dissimilar half's transfer curve, the random-filter nets, and every
     frozen net minus its base net: dissimilar halves, random halves, random filters) and its table (.txt,
@@ -344,7 +343,7 @@ def summarize_fig3(rows: list, results_dir: Path, title: str = "",
     if not any(e["series"] in ("relative natman", "relative random") and e["count"] for e in table):
         return [], None, ""
     figure = plots.plot_natman_random(rows, results_dir / "fig3_natman_random", formats=("png",),
-                                      halves=(f"half {halves[0]}", f"half {halves[1]}"), title=title)[0]
+                                      halves=("half A", "half B"), title=title)[0]
     text = plots.write_table([e for e in table if e["count"]], "Figure 3 analogue: transfer between the "
                              "dissimilar halves (natman natural: target half A, natman man-made: half B); random "
                              "frozen filters (random; n = 0: the whole-set net); each frozen net minus its base net "
@@ -458,8 +457,8 @@ def findings(table: list[dict], paired: list[dict] | None = None, fig3: list[dic
             f"{pts(far[7])} from the base nets of their target halves, those between random halves {pts(near[7])}. "
             f"Paper (natural/man-made): {pts(p_far)} against {pts(p_near)}: the less alike the tasks, the less "
             f"the upper layers' features transfer.")
-    random_filters, p_random, p_near = relative.get("relative random", {}), PAPER_FIG3["relative random"], \
-        PAPER_FIG3["relative AnB"]
+    random_filters, p_random, p_transfer = (relative.get("relative random", {}), PAPER_FIG3["relative random"],
+                                            PAPER_FIG3["relative AnB"])
     both = sorted(set(random_filters) & set(near))
     if both:
         gap = float(np.mean([near[n] - random_filters[n] for n in both]))
@@ -471,7 +470,7 @@ def findings(table: list[dict], paired: list[dict] | None = None, fig3: list[dic
             + f" from the whole-set net; frozen transferred layers (AnB) "
             + ", ".join(pts(near[n]) for n in shown)
             + f" from their base nets ({pts(gap)} on average over n={both[0]}..{both[-1]}). Paper: "
-            + ", ".join(pts(p_random[n]) for n in shown) + " against " + ", ".join(pts(p_near[n]) for n in shown)
+            + ", ".join(pts(p_random[n]) for n in shown) + " against " + ", ".join(pts(p_transfer[n]) for n in shown)
             + ": random filters lose much more, near chance from n=3.")
     if not any(line[:2] in ("1.", "2.", "3.") for line in lines):
         return "No results to compare yet (no transfer or selffer net has a test accuracy in its logs)."

@@ -315,6 +315,7 @@ def plot_natman_random(rows, out_stem: str | os.PathLike, reference=None, metric
     with the random-split AnB curve for comparison. `halves`: what to call the dissimilar halves A and B in the
     legend (another dataset's analogue of natural and man-made); `title`: above the figure."""
     points = _points(rows, metric)
+    the_papers = halves == ("natural", "man-made")
     fig = plt.figure(figsize=(9, 7.4 if title else 7))
     grid = fig.add_gridspec(2, 2, height_ratios=(1, 1.5), hspace=0.35, wspace=0.25)
     ax_nm, ax_rand, ax_rel = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])
@@ -323,7 +324,7 @@ def plot_natman_random(rows, out_stem: str | os.PathLike, reference=None, metric
         if got:
             ax_nm.lines[-1].set_linestyle(style)
             ax_nm.scatter([0], [got[1][0]], marker="o", s=60, facecolors="white", edgecolors="black", zorder=4)
-    ax_nm.set_title("Man-made/Natural split" if halves == ("natural", "man-made") else "Dissimilar halves")
+    ax_nm.set_title("Man-made/Natural split" if the_papers else "Dissimilar halves")
     ax_nm.set_ylabel("Top-1 accuracy")
     if ax_nm.lines:
         ax_nm.legend(fontsize=8, loc="lower left")
@@ -343,9 +344,9 @@ def plot_natman_random(rows, out_stem: str | os.PathLike, reference=None, metric
     from matplotlib.lines import Line2D
     handles = [Line2D([], [], marker="o", markerfacecolor="white", markeredgecolor="black", linestyle="none",
                       markersize=8, label="reference (base net)")]
-    natman_label = "m/n split" if halves == ("natural", "man-made") else "dissimilar halves"
     for series, style_of, label in (("relative AnB", "AnB", "mean AnB, random splits"),
-                                    ("relative natman", "natman", f"mean AnB, {natman_label}"),
+                                    ("relative natman", "natman",
+                                     f"mean AnB, {'m/n split' if the_papers else 'dissimilar halves'}"),
                                     ("relative random", "random", "random features")):
         if _curve(ax_rel, points, series, style_of=style_of, label=label):
             handles.append(ax_rel.lines[-1])
