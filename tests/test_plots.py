@@ -193,15 +193,11 @@ def test_paper_constants_are_the_2014_logs(reference_rows):
     what the 2014 logs give, to the 4 digits they carry."""
     from convnet_transfer import experiment
 
-    table = plots.figure_table(reference_rows, "fig2_transfer")
-    mean = {(e["series"], e["x"]): e["mean"] for e in table}
-    for series, by_n in experiment.PAPER_FIG2.items():
-        for n, value in by_n.items():
-            assert round(mean[(series, n)], 4) == value, (series, n)
-    mean = {(e["series"], e["x"]): e["mean"] for e in plots.figure_table(reference_rows, "fig3_natman_random")}
-    for series, by_n in experiment.PAPER_FIG3.items():
-        for n, value in by_n.items():
-            assert round(mean[(series, n)], 4) == value, (series, n)
+    for constants, figure in ((experiment.PAPER_FIG2, "fig2_transfer"), (experiment.PAPER_FIG3, "fig3_natman_random")):
+        mean = {(e["series"], e["x"]): e["mean"] for e in plots.figure_table(reference_rows, figure)}
+        for series, by_n in constants.items():
+            for n, value in by_n.items():
+                assert round(mean[(series, n)], 4) == value, (figure, series, n)
 
 
 @pytest.mark.slow
