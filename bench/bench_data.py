@@ -12,7 +12,8 @@ round runs `caffe time -model M -iterations K` (real Caffe, tools/install_caffe)
 with the same arguments, one after the other. Both print "Average Forward pass": the time the net waits for a
 transformed batch once the prefetch queues have filled, so batch / that time is the rate the Data layer sustains.
 Caffe transforms in its prefetch thread; ours reads in a thread and transforms on the training device. A third
-column gives the rate of our reading thread alone (raw uint8 batches, no transform), measured in this process.
+column gives the rate of our reading thread's reading alone (records into a raw uint8 batch, no transform: its whole
+work under CUDA but for the copy), measured in this process.
 The GPU goal of the engine (issue 5) is 10,000 images/s on CaffeNet, so the feeding rate must stay above that.
 """
 from __future__ import annotations
@@ -73,7 +74,8 @@ def forward_seconds(run, model: Path, iterations: int, cwd: Path, extra: tuple[s
 
 
 def reader_rate(folder: Path, batch: int, batches: int) -> float:
-    """Raw batches per second from our reading thread alone (no transform), after the queue has filled."""
+    """Raw batches per second our reading thread assembles alone: records into a uint8 batch, no transform (what
+    the thread does under CUDA before the copy; on the CPU it also transforms). Timed here, the thread stopped."""
     from convnet_transfer import caffe_pb2 as pb
     from convnet_transfer import protoio
     from convnet_transfer.engine.data import DataLayerSource
@@ -82,13 +84,11 @@ def reader_rate(folder: Path, batch: int, batches: int) -> float:
     os.chdir(folder)
     try:
         source = DataLayerSource(layer, "TRAIN", "cpu", workers=int(os.environ.get("CAFFE_TORCH_WORKERS", "0")))
-        for _ in range(source.prefetch):
-            source._queue.get()
+        source._stop_thread()
+        source._read_batch()   # warm: the buffer's pages, the database's
         start = time.perf_counter()
         for _ in range(batches):
-            item = source._queue.get()
-            if isinstance(item, BaseException):
-                raise item
+            source._read_batch()
         seconds = time.perf_counter() - start
         source.close()
     finally:

@@ -565,7 +565,9 @@ class DataLayerSource:
 
     def _transform_on_device(self, data: torch.Tensor, draws) -> torch.Tensor:
         """The same transform as `_transform_numpy`, as tensor operations on the training device (one gather for
-        the whole batch): under CUDA, uint8 pixels cross the bus and the GPU does the rest."""
+        the whole batch): under CUDA, uint8 pixels cross the bus and the GPU does the rest. The gather's row and
+        column indices are made here and sent in one asynchronous copy: a blocking copy to the GPU would wait for
+        the previous iteration's work and leave the GPU idle while this one is queued."""
         n, channels, height, width = data.shape
         h_off, w_off, mirror = draws
         x = data.to(self.device, non_blocking=True).to(torch.float32, copy=True)   # never the caller's memory
@@ -573,13 +575,14 @@ class DataLayerSource:
             x = x - self.mean
         if self.crop or (mirror is not None and mirror.any()):
             out_h, out_w = (self.crop, self.crop) if self.crop else (height, width)
-            dev = self.device
-            rows = torch.arange(out_h, device=dev) + torch.from_numpy(h_off).to(dev)[:, None]
-            cols = torch.arange(out_w, device=dev) + torch.from_numpy(w_off).to(dev)[:, None]
+            rows = np.arange(out_h) + h_off[:, None]
+            cols = np.arange(out_w) + w_off[:, None]
             if mirror is not None:
-                cols = torch.where(torch.from_numpy(mirror).to(dev)[:, None], cols.flip(1), cols)
-            index_n = torch.arange(n, device=dev)[:, None, None, None]
-            index_c = torch.arange(channels, device=dev)[None, :, None, None]
+                cols[mirror] = cols[mirror, ::-1]
+            index = torch.from_numpy(np.concatenate([rows, cols], axis=1)).to(self.device, non_blocking=True)
+            rows, cols = index[:, :out_h], index[:, out_h:]
+            index_n = torch.arange(n, device=self.device)[:, None, None, None]
+            index_c = torch.arange(channels, device=self.device)[None, :, None, None]
             x = x[index_n, index_c, rows[:, None, :, None], cols[:, None, None, :]]
         if self.scale != 1:
             x = x * self.scale
