@@ -514,6 +514,29 @@ def test_diverging_run_stops_naming_the_iteration_and_keeps_the_last_good_snapsh
         assert all(np.isfinite(b).all() for b in blobs)
 
 
+def test_losses_read_back_in_groups_log_train_and_diverge_as_read_one_by_one(tmp_path, monkeypatch, capfd):
+    """The solver reads the losses back from the device in groups (a GPU runs ahead meanwhile): the smoothed
+    losses it logs, the weights it snapshots and the iteration a divergence names are those of reading each
+    iteration's loss at once."""
+    from convnet_transfer.engine.solver import SGDSolver
+    results = {}
+    for every in (1, 20):
+        monkeypatch.setattr(SGDSolver, "READ_LOSSES_EVERY", every)
+        case = make_case(tmp_path / f"every{every}", max_iter=20, snapshot=10)
+        (case / "solver.prototxt").write_text((case / "solver.prototxt").read_text() + "average_loss: 3\n")
+        capfd.readouterr()
+        assert run_train(case, monkeypatch) == "done"
+        losses = re.findall(r"Iteration (\d+)(?: \(.*\))?, loss = (\S+)", capfd.readouterr().err)
+        assert [int(i) for i, _ in losses] == [0, 5, 10, 15, 20]
+        (case / "solver.prototxt").write_text(SOLVER.replace("snapshot: %(snapshot)d", "snapshot: 0")
+                                              % {"base_lr": 1e5, "max_iter": 50})
+        with pytest.raises(Diverged, match=r"Iteration (\d+): .*(nan|inf)") as err:
+            run_train(case, monkeypatch)
+        results[every] = (losses, (case / "snap_iter_20.caffemodel").read_bytes(), str(err.value).split(":")[0])
+    assert results[1] == results[20]
+    assert int(results[20][2].split()[-1]) > 0
+
+
 def test_errors_name_what_is_wrong(tmp_path, monkeypatch):
     from convnet_transfer.engine.train import train
     case = make_case(tmp_path)

@@ -15,8 +15,9 @@ every `display` iterations, then ApplyUpdate:
 then a snapshot every `snapshot` iterations (`<prefix>_iter_<N>.caffemodel` + `.solverstate`, the files Caffe
 writes, plus `.solverstate.rng`: our random generators, for an exact resume) and after training.
 
-A loss that is NaN or infinite stops the run before the update (`Diverged`, naming the iteration); a snapshot is
-never written from non-finite weights, so the last good snapshot stays. Signals are checked after each iteration
+A loss that is NaN or infinite stops the run (`Diverged`, naming the iteration) when the losses are read back from
+the device (in groups, at a display, before a snapshot and every READ_LOSSES_EVERY iterations, so that a GPU is not
+stalled each iteration); a snapshot is never written from a diverged run, so the last good snapshot stays. Signals are checked after each iteration
 (and during testing) as Caffe's SignalHandler does: `stop`, `snapshot` or `none` per signal (SIGINT: stop, SIGHUP:
 snapshot by default); SIGTERM and SIGUSR1 (what Slurm sends before a time limit) snapshot then stop.
 """
@@ -255,6 +256,7 @@ class SGDSolver:
         glog.info("solver.cpp:57", "Solver scaffolding done.")
         self.losses: list[float] = []
         self.smoothed_loss = 0.0
+        self._pending_losses: list[tuple[int, int, torch.Tensor]] = []   # (iteration, its index in the step, loss)
 
     # ------------------------------------------------------------ set-up
 
@@ -346,14 +348,20 @@ class SGDSolver:
             with torch.no_grad(), self._autocast():
                 blobs = self.net.forward(self.train.next_batch())
                 loss = float(self.net.loss(blobs))
-            self._update_smoothed_loss(loss, start_iter)
+            self._update_smoothed_loss(loss, self.iter - start_iter)
             glog.info("solver.cpp:327", f"Iteration {self.iter}, loss = {glog.fmt(self.smoothed_loss)}")
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         glog.info("solver.cpp:332", "Optimization Done.")
         return "done"
 
+    READ_LOSSES_EVERY = 20
+
     def step(self, iters: int) -> None:
+        """Solver::Step. Each iteration's loss stays on the device and is read back with the others at a display,
+        before a snapshot, every READ_LOSSES_EVERY iterations and at the end: reading it at once would stop a GPU
+        from running ahead of Python. The smoothed loss, the logs and the weights are those of reading it at once;
+        a divergence is named at its first non-finite loss and never snapshotted."""
         p = self.param
         start_iter, stop_iter = self.iter, self.iter + iters
         self.losses, self.smoothed_loss = [], 0.0
@@ -366,18 +374,17 @@ class SGDSolver:
                 if self.requested_early_exit:
                     break
             display = p.display and self.iter % p.display == 0
-            loss = 0.0
+            loss = None
             for _ in range(p.iter_size):
                 with self._autocast():
                     blobs = self.net.forward(self.train.next_batch())
                     total = self.net.loss(blobs)
                 total.backward()
-                loss += float(total.detach())
-            loss /= p.iter_size
-            if not math.isfinite(loss):
-                raise Diverged(f"Iteration {self.iter}: the loss is {glog.fmt(loss)}; training diverged and stops "
-                               f"here. {self._last_good()} Lower base_lr (or check the data) and train again.")
-            self._update_smoothed_loss(loss, start_iter)
+                loss = total.detach().float() if loss is None else loss + total.detach().float()
+            self._pending_losses.append((self.iter, self.iter - start_iter,
+                                         loss / p.iter_size if p.iter_size > 1 else loss))
+            if display or len(self._pending_losses) >= self.READ_LOSSES_EVERY:
+                self._read_losses()
             if display:
                 lapse = time.time() - timer
                 per_s = (self.iter - iterations_last) / (lapse or 1)
@@ -392,15 +399,30 @@ class SGDSolver:
             if self.actions.stop:
                 self.requested_early_exit = True
                 break
+        self._read_losses()
 
-    def _update_smoothed_loss(self, loss: float, start_iter: int) -> None:
+    def _read_losses(self) -> None:
+        """Read the pending iterations' losses back in one transfer and add them to the smoothed loss in order;
+        the first NaN or infinite one stops the run (`Diverged`), naming its iteration."""
+        pending, self._pending_losses = self._pending_losses, []
+        if not pending:
+            return
+        values = torch.stack([loss for _, _, loss in pending]).tolist()
+        for (it, index, _), loss in zip(pending, values):
+            if not math.isfinite(loss):
+                raise Diverged(f"Iteration {it}: the loss is {glog.fmt(loss)}; training diverged and stops here. "
+                               f"{self._last_good()} Lower base_lr (or check the data) and train again.")
+            self._update_smoothed_loss(loss, index)
+
+    def _update_smoothed_loss(self, loss: float, index: int) -> None:
+        """Solver::UpdateSmoothedLoss; index: the iteration counted from the start of this step."""
         average = self.param.average_loss
         if len(self.losses) < average:
             self.losses.append(loss)
             size = len(self.losses)
             self.smoothed_loss = (self.smoothed_loss * (size - 1) + loss) / size
         else:
-            index = (self.iter - start_iter) % average
+            index = index % average
             self.smoothed_loss += (loss - self.losses[index]) / average
             self.losses[index] = loss
 
@@ -517,6 +539,7 @@ class SGDSolver:
 
     def snapshot(self) -> None:
         """Write <prefix>_iter_<N>.caffemodel, .solverstate (Caffe's) and .solverstate.rng (ours), atomically."""
+        self._read_losses()   # a diverged run is named at its loss, and not snapshotted
         if self._snapshot_iter == self.iter:
             return
         if not self.param.HasField("snapshot_prefix"):
