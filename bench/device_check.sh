@@ -8,7 +8,8 @@
 # What it runs: the CUDA tests (Caffe's goldens on the GPU in fp32, 20 SGD iterations, the GPU data transform
 # against the CPU one bit for bit, frozen layers, deterministic mode and resume), the engine tests that need no
 # GPU (a quick sanity check of that machine's library versions), then bench/bench_engine.py on CaffeNet
-# (fp32, tf32 and bf16, batch 256 and 1024, NCHW and NHWC memory), bench/bench_data.py (the Data layer feeding
+# (fp32, tf32 and bf16, batch 256 and 1024, NCHW and NHWC memory), `caffe_torch time`'s table per layer (CaffeNet,
+# batch 256, fp32), bench/bench_data.py (the Data layer feeding
 # the GPU, raw and JPEG-encoded Datums) and bench/bench_train.py (CaffeNet training from the LMDB, batch 256).
 # Logs go to $OUT (the device tool's folder) when set, else to ./device_check/.
 set -u -o pipefail
@@ -43,11 +44,16 @@ python3 -c "import torch, numpy, google.protobuf, lmdb; print('torch', torch.__v
 status=0
 timeout 140 python3 -m pytest -q -p no:cacheprovider -o addopts="" -rs tests/test_engine_cuda.py \
     tests/test_engine_layers.py tests/test_engine_solver.py 2>&1 | tee "$out/tests.log" | tail -25 || status=1
-timeout 200 python3 bench/bench_engine.py --gpu-only --batches 256,1024 --iterations 20 --rounds 1 \
+timeout 180 python3 bench/bench_engine.py --gpu-only --batches 256,1024 --iterations 20 --rounds 1 \
     --precision tf32,bf16 --memory-format nchw,nhwc 2>&1 | tee "$out/bench_engine.txt" || status=1
+# where the time goes on the GPU: `caffe time`'s table per layer, CaffeNet batch 256, fp32
+python3 -c "import sys; sys.path.insert(0, 'bench'); from bench_engine import CAFFENET
+open('$out/caffenet_256.prototxt', 'w').write(CAFFENET % {'batch': 256})"
+timeout 40 python3 tools/caffe_torch time -model "$out/caffenet_256.prototxt" -iterations 10 -gpu 0 2>&1 \
+    | grep -A70 "Average time per layer" | tee "$out/time_per_layer.txt" || status=1
 timeout 75 python3 bench/bench_data.py --gpu --records 1024 --iterations 20 2>&1 | grep -v "^I[0-9]" \
     | tee "$out/bench_data.txt" || status=1
-timeout 75 python3 bench/bench_data.py --gpu --encoded --records 1024 --iterations 20 2>&1 | grep -v "^I[0-9]" \
+timeout 55 python3 bench/bench_data.py --gpu --encoded --records 1024 --iterations 20 2>&1 | grep -v "^I[0-9]" \
     | tee "$out/bench_data_encoded.txt" || status=1
 timeout 60 python3 bench/bench_train.py --gpu-only --batch 256 --iterations 120 --records 1024 2>&1 \
     | grep -v "^I[0-9]" | tee "$out/bench_train.txt" || status=1

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,6 +82,15 @@ def test_train_sh_runs_with_caffe_set_to_the_engine_then_test_and_time(tmp_path)
     proc = caffe_torch("time", "-model", "net.prototxt", "-iterations", "2", cwd=case)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Average Forward-Backward:" in proc.stderr
+    # Caffe's "Average time per layer": every layer of the TRAIN net, forward and backward, in the net's order;
+    # the passes are their sums
+    per_layer = re.findall(r"\] +(\S+)\t(forward|backward): (\S+) ms\.", proc.stderr)
+    assert [(name, way) for name, way, _ in per_layer] == [(name, way) for name in ("data", "conv1", "relu1", "pool1",
+                                                           "fc6", "relu6", "drop6", "fc8", "loss")
+                                                           for way in ("forward", "backward")]
+    for way in ("Forward", "Backward"):
+        total = float(re.search(rf"Average {way} pass: (\S+) ms", proc.stderr).group(1))
+        assert sum(float(ms) for _, w, ms in per_layer if w == way.lower()) == pytest.approx(total, rel=1e-4)
 
 
 def test_time_fills_input_layers_with_zeros_as_caffe(tmp_path):

@@ -461,6 +461,35 @@ def test_split_in_place_frozen_and_loss_weight():
     np.testing.assert_allclose(b_b.grad.numpy(), -2 * dsum.sum(0), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("conv1_lr", [0, 1], ids=["frozen", "learning"])
+def test_layer_by_layer_pass_gives_the_gradients_of_the_whole_net(conv1_lr):
+    """`caffe time`'s passes (Net.forward_by_layer, backward_by_layer): each layer alone, its backward from its tops' gradients, a split blob
+    (conv1 feeds fc_a and fc_b, fc_a feeds sum and act) getting the sum: the loss and every parameter gradient of
+    the whole net's pass."""
+    import time
+    body = SMALL.replace("lr_mult: 0 decay_mult: 0", f"lr_mult: {conv1_lr} decay_mult: 0") + \
+        'layer { name: "act" type: "TanH" bottom: "fc_a" top: "act" }\n' \
+        'layer { name: "loss2" type: "SoftmaxWithLoss" bottom: "act" bottom: "label" top: "loss2" }\n'
+    net = make_net(body, {"data": (2, 2, 5, 5), "label": (2,)}, "TRAIN", seed=1)
+    inputs = {"data": torch.randn(2, 2, 5, 5), "label": torch.tensor([0.0, 2.0])}
+    whole = net.loss(net(inputs))
+    whole.backward()
+    expected = [None if p.tensor.grad is None else p.tensor.grad.clone() for p in net.params]
+    for p in net.params:
+        p.tensor.grad = None
+    forward, tape = net.forward_by_layer(inputs, time.perf_counter)
+    assert float(net.loss(tape.values).detach()) == float(whole.detach())
+    backward = net.backward_by_layer(tape, time.perf_counter)
+    layers = ["conv1", "relu1", "fc_a", "fc_b", "sum", "loss", "act", "loss2"]
+    assert list(forward) == layers and sorted(backward) == sorted(layers)
+    assert all(seconds > 0 for seconds in forward.values())
+    assert (backward["conv1"] > 0) == bool(conv1_lr) and all(backward[name] > 0 for name in layers[2:])
+    for p, grad in zip(net.params, expected):
+        assert (p.tensor.grad is None) == (grad is None) == (p.lr_mult == 0), p.layer_name
+        if grad is not None:
+            torch.testing.assert_close(p.tensor.grad, grad, rtol=1e-6, atol=1e-7)
+
+
 def test_outputs_sorted_like_caffe_and_phase_filter():
     net = small_net("TEST")
     assert net.outputs == ["acc", "loss"] and net.loss_weights == {"loss": 0.5}

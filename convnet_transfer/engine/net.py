@@ -72,6 +72,13 @@ def _phase_name(phase) -> str:
     return name
 
 
+class LayerTape(NamedTuple):
+    """What `Net.forward_by_layer` ran: (layer, its bottoms' tensors, its detached inputs, its outputs) per step, and
+    every blob by name."""
+    steps: list
+    values: dict
+
+
 class Net(nn.Module):
     """Caffe's Net on torch. See the module docstring."""
 
@@ -288,6 +295,64 @@ class Net(nn.Module):
 
     def forward(self, blobs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run every computing layer in order on `blobs` (the data and Input tops); return all blobs by name."""
+        values = self._inputs(blobs)
+        for index, bottoms, tops, propagate in self._steps:
+            layer = self._layer_to_run(index, values[bottoms[0]] if bottoms else None)
+            inputs = [values[b] if p else values[b].detach() for b, p in zip(bottoms, propagate)]
+            outputs = layer(*inputs)
+            for name, value in zip(tops, outputs):
+                values[name] = value
+        return values
+
+    def forward_by_layer(self, blobs: dict[str, torch.Tensor], clock) -> tuple[dict[str, float], "LayerTape"]:
+        """A forward pass as `caffe time` runs it: each layer on detached inputs (its own autograd graph), `clock()`
+        (seconds, after waiting for the device) read around each. Returns the seconds per layer name and the tape
+        `backward_by_layer` needs (its `values`: every blob, by name)."""
+        values = self._inputs(blobs)
+        seconds, steps = {}, []
+        for index, bottoms, tops, propagate in self._steps:
+            layer = self._layer_to_run(index, values[bottoms[0]] if bottoms else None)
+            sources = [values[b] for b in bottoms]
+            inputs = [x.detach().requires_grad_(p and x.requires_grad) for x, p in zip(sources, propagate)]
+            start = clock()
+            outputs = layer(*inputs)
+            seconds[layer.name] = clock() - start
+            steps.append((layer, sources, inputs, outputs))
+            for name, value in zip(tops, outputs):
+                values[name] = value
+        return seconds, LayerTape(steps, values)
+
+    def backward_by_layer(self, tape: "LayerTape", clock) -> dict[str, float]:
+        """The backward pass of `forward_by_layer`, layer by layer from the last: each layer's backward alone from
+        its tops' gradients, a blob read by several layers getting the sum of theirs (Caffe's Split). Parameter
+        gradients accumulate in their .grad, as Caffe's diffs. Returns the seconds per layer name."""
+        values = tape.values
+        grads = {id(values[name]): torch.full_like(values[name], weight) for name, weight in self.loss_weights.items()
+                 if values[name].requires_grad}
+        seconds = {}
+        for layer, sources, inputs, outputs in reversed(tape.steps):
+            tops = [(out, grads.pop(id(out))) for out in outputs if id(out) in grads]
+            wanted = [x for x in inputs if x.requires_grad] + [w for w in layer.blobs if w.requires_grad]
+            seconds[layer.name] = 0.0
+            if not tops or not wanted:
+                continue
+            start = clock()
+            got = torch.autograd.grad([out for out, _ in tops], wanted, [g for _, g in tops], allow_unused=True)
+            seconds[layer.name] = clock() - start
+            for w, g in zip(wanted, got):
+                if g is None:
+                    continue
+                i = next((i for i, x in enumerate(inputs) if x is w), None)
+                if i is None:      # a parameter
+                    w.grad = g if w.grad is None else w.grad + g
+                else:
+                    key = id(sources[i])
+                    grads[key] = grads[key] + g if key in grads else g
+        return seconds
+
+    def _inputs(self, blobs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The blobs a pass starts from: the given inputs, in the net's memory format, requiring grad under
+        force_backward."""
         missing = [name for name in self.input_blobs if name not in blobs]
         if missing:
             raise EngineError(f"Net '{self.name}': forward() needs the input blob(s) {', '.join(missing)}")
@@ -300,15 +365,13 @@ class Net(nn.Module):
             for name in self.input_blobs:
                 if values[name].is_floating_point() and not values[name].requires_grad:
                     values[name] = values[name].detach().requires_grad_(True)
-        for index, bottoms, tops, propagate in self._steps:
-            layer = self.layers[index]
-            if getattr(layer, "train_phase", False):
-                layer.generator = self._dropout_generator(values[bottoms[0]].device)
-            inputs = [values[b] if p else values[b].detach() for b, p in zip(bottoms, propagate)]
-            outputs = layer(*inputs)
-            for name, value in zip(tops, outputs):
-                values[name] = value
         return values
+
+    def _layer_to_run(self, index: int, first_bottom: torch.Tensor | None):
+        layer = self.layers[index]
+        if getattr(layer, "train_phase", False):
+            layer.generator = self._dropout_generator(first_bottom.device)
+        return layer
 
     def loss(self, blobs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Caffe's net loss: sum over loss tops of loss_weight * (sum of the top's values); 0 when the net has no

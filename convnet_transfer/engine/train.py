@@ -12,6 +12,7 @@ already: the same seed gives the same weights).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time as _time
 
@@ -178,8 +179,10 @@ def test(model: str, weights: str, iterations: int = 50, *, gpu: str = "", level
 
 
 def time_net(model: str, iterations: int = 50, *, gpu: str = "", phase: str = "TRAIN", level: int = 0,
-             stage: str = "", precision: str | None = None, inputs: dict | None = None) -> dict[str, float]:
-    """`caffe time`: forward and backward times (ms) averaged over `iterations`, as Caffe prints them.
+             stage: str = "", precision: str | None = None, inputs: dict | None = None) -> dict:
+    """`caffe time`: as Caffe's, each iteration runs the layers one by one, forward then backward, timing each
+    (after waiting for the device), and prints the average time per layer, the forward and backward passes
+    (the sums of the layers' times) and the whole iteration. A data layer's forward is the wait for its batch.
 
     `inputs` optionally gives tensors for the net's Input-layer tops (Caffe leaves them zero)."""
     if not model:
@@ -189,60 +192,71 @@ def time_net(model: str, iterations: int = 50, *, gpu: str = "", phase: str = "T
     device = select_device(gpu)
     precision = set_precision(precision, device)
     net, sources = _build(model, phase, device, level, stage)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
-    def sync():
+    def clock() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        return _time.perf_counter()
 
-    def forward():
-        batch = _next_batch(sources)
+    def batch_by_layer() -> tuple[dict, dict[str, float]]:
+        """The inputs of one pass, and the seconds each data layer waited for its batch."""
+        batch, waited = {}, {}
+        for source in sources:
+            start = clock()
+            batch.update(source.next_batch())
+            waited[source.name] = clock() - start
         batch.update({k: v.to(device) for k, v in (inputs or {}).items()})
         for name in net.input_blobs:          # Input-layer tops nobody fills: zeros, as Caffe allocates them
             if name not in batch:
                 batch[name] = torch.zeros(net.blob_shapes[name], device=device)
-        if autocast is None:
-            blobs = net.forward(batch)
-            return net.loss(blobs)
-        with autocast:
-            blobs = net.forward(batch)
-            return net.loss(blobs)
-
-    def backward(loss):
-        if loss.requires_grad:
-            loss.backward()
-        for p in net.params:
-            p.tensor.grad = None
+        return batch, waited
 
     try:
+        # a first pass, untimed, as Caffe's (allocations and kernel choices made before the benchmark)
         glog.info("caffe.cpp:352", "Performing Forward")
-        loss = forward()
-        glog.info("caffe.cpp:354", f"Initial loss: {glog.fmt(float(loss))}")
-        glog.info("caffe.cpp:355", "Performing Backward")
-        backward(loss)
+        with autocast:
+            _, tape = net.forward_by_layer(batch_by_layer()[0], clock)
+            glog.info("caffe.cpp:354", f"Initial loss: {glog.fmt(float(net.loss(tape.values).detach()))}")
+            glog.info("caffe.cpp:355", "Performing Backward")
+            net.backward_by_layer(tape, clock)
+        del tape
+        for p in net.params:
+            p.tensor.grad = None
+        names = [lp.name for lp in net.layer_params]
         glog.info("caffe.cpp:363", "*** Benchmark begins ***")
         glog.info("caffe.cpp:364", f"Testing for {iterations} iterations.")
-        sync()
-        total_start = _time.perf_counter()
-        forward_ms = backward_ms = 0.0
+        forward_layer, backward_layer = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+        forward_s = backward_s = 0.0
         per_iteration = []
+        total_start = clock()
         for j in range(iterations):
-            start = _time.perf_counter()
-            loss = forward()
-            sync()
-            middle = _time.perf_counter()
-            backward(loss)
-            sync()
-            end = _time.perf_counter()
-            forward_ms += (middle - start) * 1000
-            backward_ms += (end - middle) * 1000
-            per_iteration.append((end - start) * 1000)
-            glog.info("caffe.cpp:394", f"Iteration: {j + 1} forward-backward time: {glog.fmt((end - start) * 1000)} "
-                      f"ms.")
-        total_ms = (_time.perf_counter() - total_start) * 1000
-        result = {"forward_ms": forward_ms / iterations, "backward_ms": backward_ms / iterations,
+            start = clock()
+            batch, waited = batch_by_layer()
+            with autocast:
+                forward, tape = net.forward_by_layer(batch, clock)
+                backward = net.backward_by_layer(tape, clock)
+            del tape
+            for p in net.params:
+                p.tensor.grad = None
+            for times, into in ((waited, forward_layer), (forward, forward_layer), (backward, backward_layer)):
+                for name, seconds in times.items():
+                    into[name] += seconds
+            forward_s += sum(waited.values()) + sum(forward.values())
+            backward_s += sum(backward.values())
+            per_iteration.append((clock() - start) * 1000)
+            glog.info("caffe.cpp:394", f"Iteration: {j + 1} forward-backward time: {glog.fmt(per_iteration[-1])} ms.")
+        total_ms = (clock() - total_start) * 1000
+        glog.info("caffe.cpp:397", "Average time per layer: ")
+        for name in names:
+            for where, direction, times in (("caffe.cpp:400", "forward", forward_layer),
+                                            ("caffe.cpp:403", "backward", backward_layer)):
+                glog.info(where, f"{name:>10}\t{direction}: {glog.fmt(times[name] * 1000 / iterations)} ms.")
+        result = {"forward_ms": forward_s * 1000 / iterations, "backward_ms": backward_s * 1000 / iterations,
                   "forward_backward_ms": total_ms / iterations, "total_ms": total_ms,
-                  "per_iteration_ms": per_iteration}
+                  "per_iteration_ms": per_iteration,
+                  "layers_ms": {name: (forward_layer[name] * 1000 / iterations, backward_layer[name] * 1000 / iterations)
+                                for name in names}}
         glog.info("caffe.cpp:407", f"Average Forward pass: {glog.fmt(result['forward_ms'])} ms.")
         glog.info("caffe.cpp:409", f"Average Backward pass: {glog.fmt(result['backward_ms'])} ms.")
         glog.info("caffe.cpp:411", f"Average Forward-Backward: {glog.fmt(result['forward_backward_ms'])} ms.")
