@@ -111,6 +111,7 @@ def run(argv: list[str]) -> int:
         return EXIT_ERROR
 
     from convnet_transfer.engine import train as engine
+    engine.keep_freed_memory()
     workers = int(flags["workers"]) if flags["workers"] else None
     precision = flags["precision"] or None
     try:

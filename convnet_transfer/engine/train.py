@@ -23,11 +23,27 @@ from . import glog
 from .data import DATA_LAYER_TYPES, DataLayerSource
 from .solver import SGDSolver, SignalActions, SolverError, read_solver
 
-__all__ = ["train", "test", "time_net", "select_device", "set_precision", "PRECISIONS"]
+__all__ = ["train", "test", "time_net", "select_device", "set_precision", "keep_freed_memory", "PRECISIONS"]
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 PRECISION_ENV = "CAFFE_TORCH_PRECISION"
 DETERMINISTIC_ENV = "CAFFE_TORCH_DETERMINISTIC"
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep the memory torch frees for the next allocation (mallopt: no mmap per large block,
+    freed memory not returned to the system). Training frees and allocates the same large tensors every iteration
+    (activations, gradients: 151 MB for CaffeNet's fc6); by default each one over 32 MB is a fresh mmap whose pages
+    fault in again, which made fc6's weight gradient 3.4x slower than into memory already touched (83 against
+    24 ms, bench/bench_train.py's machine). Process-wide, for the `caffe` command; the process keeps its peak memory
+    instead of returning it between iterations. Returns False where the C library has no mallopt (not glibc)."""
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_max, m_trim_threshold = -4, -1
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2 ** 31 - 1))
 
 
 def select_device(gpu: str = "", solver_param: pb.SolverParameter | None = None) -> torch.device:
