@@ -332,22 +332,21 @@ class Net(nn.Module):
         seconds = {}
         for layer, sources, inputs, outputs in reversed(tape.steps):
             tops = [(out, grads.pop(id(out))) for out in outputs if id(out) in grads]
-            wanted = [x for x in inputs if x.requires_grad] + [w for w in layer.blobs if w.requires_grad]
+            bottoms = [(source, x) for source, x in zip(sources, inputs) if x.requires_grad]
+            params = [w for w in layer.blobs if w.requires_grad]
             seconds[layer.name] = 0.0
-            if not tops or not wanted:
+            if not tops or not (bottoms or params):
                 continue
             start = clock()
-            got = torch.autograd.grad([out for out, _ in tops], wanted, [g for _, g in tops], allow_unused=True)
+            got = torch.autograd.grad([out for out, _ in tops], [x for _, x in bottoms] + params,
+                                      [g for _, g in tops], allow_unused=True)
             seconds[layer.name] = clock() - start
-            for w, g in zip(wanted, got):
-                if g is None:
-                    continue
-                i = next((i for i, x in enumerate(inputs) if x is w), None)
-                if i is None:      # a parameter
+            for (source, _), g in zip(bottoms, got):
+                if g is not None:
+                    grads[id(source)] = grads[id(source)] + g if id(source) in grads else g
+            for w, g in zip(params, got[len(bottoms):]):
+                if g is not None:
                     w.grad = g if w.grad is None else w.grad + g
-                else:
-                    key = id(sources[i])
-                    grads[key] = grads[key] + g if key in grads else g
         return seconds
 
     def _inputs(self, blobs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

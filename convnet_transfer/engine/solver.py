@@ -17,9 +17,10 @@ writes, plus `.solverstate.rng`: our random generators, for an exact resume) and
 
 A loss that is NaN or infinite stops the run (`Diverged`, naming the iteration) when the losses are read back from
 the device (in groups, at a display, before a snapshot and every READ_LOSSES_EVERY iterations, so that a GPU is not
-stalled each iteration); a snapshot is never written from a diverged run, so the last good snapshot stays. Signals are checked after each iteration
-(and during testing) as Caffe's SignalHandler does: `stop`, `snapshot` or `none` per signal (SIGINT: stop, SIGHUP:
-snapshot by default); SIGTERM and SIGUSR1 (what Slurm sends before a time limit) snapshot then stop.
+stalled each iteration); a snapshot is never written from a diverged run, so the last good snapshot stays. Signals
+are checked after each iteration (and during testing) as Caffe's SignalHandler does: `stop`, `snapshot` or `none`
+per signal (SIGINT: stop, SIGHUP: snapshot by default); SIGTERM and SIGUSR1 (what Slurm sends before a time limit)
+snapshot then stop.
 """
 from __future__ import annotations
 

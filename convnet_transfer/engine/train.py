@@ -243,7 +243,6 @@ def time_net(model: str, iterations: int = 50, *, gpu: str = "", phase: str = "T
         glog.info("caffe.cpp:363", "*** Benchmark begins ***")
         glog.info("caffe.cpp:364", f"Testing for {iterations} iterations.")
         forward_layer, backward_layer = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
-        forward_s = backward_s = 0.0
         per_iteration = []
         total_start = clock()
         for j in range(iterations):
@@ -258,21 +257,19 @@ def time_net(model: str, iterations: int = 50, *, gpu: str = "", phase: str = "T
             for times, into in ((waited, forward_layer), (forward, forward_layer), (backward, backward_layer)):
                 for name, seconds in times.items():
                     into[name] += seconds
-            forward_s += sum(waited.values()) + sum(forward.values())
-            backward_s += sum(backward.values())
             per_iteration.append((clock() - start) * 1000)
             glog.info("caffe.cpp:394", f"Iteration: {j + 1} forward-backward time: {glog.fmt(per_iteration[-1])} ms.")
         total_ms = (clock() - total_start) * 1000
+        layers_ms = {name: (forward_layer[name] * 1000 / iterations, backward_layer[name] * 1000 / iterations)
+                     for name in names}
         glog.info("caffe.cpp:397", "Average time per layer: ")
-        for name in names:
-            for where, direction, times in (("caffe.cpp:400", "forward", forward_layer),
-                                            ("caffe.cpp:403", "backward", backward_layer)):
-                glog.info(where, f"{name:>10}\t{direction}: {glog.fmt(times[name] * 1000 / iterations)} ms.")
-        result = {"forward_ms": forward_s * 1000 / iterations, "backward_ms": backward_s * 1000 / iterations,
+        for name, (forward_ms, backward_ms) in layers_ms.items():
+            glog.info("caffe.cpp:400", f"{name:>10}\tforward: {glog.fmt(forward_ms)} ms.")
+            glog.info("caffe.cpp:403", f"{name:>10}\tbackward: {glog.fmt(backward_ms)} ms.")
+        result = {"forward_ms": sum(f for f, _ in layers_ms.values()),
+                  "backward_ms": sum(b for _, b in layers_ms.values()),
                   "forward_backward_ms": total_ms / iterations, "total_ms": total_ms,
-                  "per_iteration_ms": per_iteration,
-                  "layers_ms": {name: (forward_layer[name] * 1000 / iterations, backward_layer[name] * 1000 / iterations)
-                                for name in names}}
+                  "per_iteration_ms": per_iteration, "layers_ms": layers_ms}
         glog.info("caffe.cpp:407", f"Average Forward pass: {glog.fmt(result['forward_ms'])} ms.")
         glog.info("caffe.cpp:409", f"Average Backward pass: {glog.fmt(result['backward_ms'])} ms.")
         glog.info("caffe.cpp:411", f"Average Forward-Backward: {glog.fmt(result['forward_backward_ms'])} ms.")
