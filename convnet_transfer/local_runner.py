@@ -84,7 +84,7 @@ def gpu_slots(gpus: list[str] | str | None) -> list[str]:
 def check_gpus(gpus: list[str] | str | None, caffe: str) -> None:
     """Raise TreeError when `caffe` (a CAFFE value) is our engine and PyTorch here lacks one of the GPU ids `gpus`.
     `caffe_torch -gpu N` without CUDA warns and trains on the CPU, as a single run may; for a tree of nets asked
-    to run on GPUs it is a mistake to stop at before the first net (a CPU run of the GPU settings takes days).
+    to run on GPUs that is a mistake, stopped here before the first net (a CPU run of the GPU settings takes days).
     Real Caffe is left to say it itself (a CPU_ONLY build refuses -gpu)."""
     gpus = gpu_slots(gpus)
     if not gpus or caffe != caffe_command("torch"):
