@@ -284,14 +284,12 @@ def make_nets(nets_dir: Path, data_dir: Path, settings: Settings, n_classes: dic
 # ---------------------------------------------------------------- stage 4: training
 
 def trainer_env(engine: str = "torch", gpus: str | None = None) -> dict[str, str]:
-    """This process's environment with CAFFE (the trainer train.sh runs: engine torch, caffe or auto) and the
-    variables real Caffe needs where they are not set; raises ExperimentError when that engine cannot train here
+    """This process's environment with CAFFE, the trainer train.sh runs (engine torch, caffe or auto), and the
+    variables real Caffe needs (slurm.trainer); raises ExperimentError when that engine cannot train here
     (real Caffe asked for and not found; GPUs asked for that PyTorch here does not see)."""
     from . import local_runner, slurm
-    env = dict(os.environ)
     try:
-        env["CAFFE"] = slurm.caffe_command(engine)
-        env.update({k: v for k, v in slurm._real_caffe_env(engine).items() if k not in env})
+        env = slurm.trainer(engine, base=os.environ)
         local_runner.check_gpus(gpus, env["CAFFE"])
     except slurm.TreeError as err:
         raise ExperimentError(str(err)) from None

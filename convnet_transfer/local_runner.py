@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .slurm import (NetStatus, TreeError, TreeNet, _environment, _real_caffe_env, caffe_command, format_status,
-                    read_tree, tree_status)
+from .slurm import (NetStatus, TreeError, TreeNet, _environment, caffe_command, format_status, read_tree,
+                    trainer, tree_status)
 
 __all__ = ["run_local", "LocalResult", "write_makefile", "gpu_slots", "check_gpus", "LOCAL_DIR"]
 
@@ -122,11 +122,8 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
         raise ValueError("jobs must be at least 1")
     root = Path(root).resolve()
     run_env = dict(os.environ if env is None else env)
-    if caffe:
-        run_env["CAFFE"] = caffe
-    elif not run_env.get("CAFFE"):                  # real Caffe when there is a working build, else caffe_torch
-        run_env["CAFFE"] = caffe_command("auto")
-        run_env.update({k: v for k, v in _real_caffe_env("auto").items() if k not in run_env})
+    if caffe or not run_env.get("CAFFE"):           # real Caffe when there is a working build, else caffe_torch
+        run_env = trainer("auto", caffe, base=run_env)
     check_gpus(gpus, run_env["CAFFE"])
     makefile = write_makefile(root, nets, gpus)
     run_env.pop("MAKEFLAGS", None)

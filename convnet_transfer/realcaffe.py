@@ -5,6 +5,7 @@ write the same files. This module answers "which one, and how do I call it":
 
     find_caffe() -> CaffeInstall | None     where is Caffe (CAFFE_ROOT, CAFFE, PATH, default prefix)
     caffe_command(engine="auto")            argv prefix of `caffe` (real when found) or of our engine
+    resolve_engine(engine="auto")           that argv prefix and the CaffeInstall it runs (None: our engine)
     install_caffe(prefix, ...)              build CPU-only Caffe with pycaffe into `prefix`
 
 The source built is BVLC Caffe's final master (commit 9b89154, 2020), taken from Debian's archive: Debian
@@ -32,7 +33,7 @@ from pathlib import Path
 
 __all__ = [
     "CAFFE_COMMIT", "DEFAULT_PREFIX", "APT_PACKAGES", "PYTHON_PACKAGES", "CaffeInstall", "CaffeNotFound",
-    "InstallError", "find_caffe", "caffe_command", "install_caffe", "env_lines", "default_prefix",
+    "InstallError", "find_caffe", "caffe_command", "resolve_engine", "install_caffe", "env_lines", "default_prefix",
 ]
 
 CAFFE_COMMIT = "9b891540183ddc834a02b2bd81b31afae71b2153"
@@ -276,23 +277,28 @@ def find_caffe() -> CaffeInstall | None:
 
 
 def caffe_command(engine: str = "auto") -> list[str]:
-    """The argv prefix that runs `caffe` (train/test/time ...): engine "caffe" (real Caffe; raises
+    """The argv prefix that runs `caffe` (train/test/time ...): see resolve_engine."""
+    return resolve_engine(engine)[0]
+
+
+def resolve_engine(engine: str = "auto") -> tuple[list[str], CaffeInstall | None]:
+    """(the argv prefix that runs `caffe`, the real Caffe it runs or None): engine "caffe" (real Caffe; raises
     CaffeNotFound when there is none), "torch" (our engine, caffe_torch) or "auto" (real Caffe when
-    find_caffe() finds a working one, else our engine). Run real Caffe with `find_caffe().env()`."""
+    find_caffe() finds a working one, else our engine). Run real Caffe with its `.env()`."""
     if engine not in ("auto", "caffe", "torch"):
         raise ValueError(f"engine must be 'auto', 'caffe' or 'torch', not {engine!r}")
     if engine in ("auto", "caffe"):
         found = find_caffe()
         if found is not None and found.ok:
-            return [str(found.caffe)]
+            return [str(found.caffe)], found
         if engine == "caffe":
             why = "no Caffe build found" if found is None else found.problem
             raise CaffeNotFound(f"real Caffe was asked for but {why}; build it with tools/install_caffe and "
                                 f"set the environment lines it prints (or choose engine 'torch')")
         if found is not None:   # a Caffe was named (CAFFE_ROOT, ...) but does not run: say so, then go on
             warnings.warn(f"real Caffe at {found.root} (found through {found.how}) does not run: {found.problem}; "
-                          f"using our engine caffe_torch instead", RuntimeWarning, stacklevel=2)
-    return _torch_command()
+                          f"using our engine caffe_torch instead", RuntimeWarning, stacklevel=3)
+    return _torch_command(), None
 
 
 def _torch_command() -> list[str]:

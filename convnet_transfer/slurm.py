@@ -42,7 +42,8 @@ import jinja2
 from . import resources
 
 __all__ = ["TreeNet", "TreeError", "SlurmOptions", "SlurmJob", "SlurmPlan", "NetStatus", "read_tree", "plan",
-           "submit", "tree_status", "format_status", "caffe_command", "job_records", "queued_tasks", "SLURM_DIR"]
+           "submit", "tree_status", "format_status", "caffe_command", "trainer", "job_records", "queued_tasks",
+           "SLURM_DIR"]
 
 SLURM_DIR = "slurm"                  # <root>/slurm: job scripts, Slurm's stdout/err files, jobs.json
 BLOCK_ORDER = ("one", "two", "whenever")
@@ -151,16 +152,22 @@ def caffe_command(engine: str = "auto") -> str:
         raise TreeError(str(err)) from None
 
 
-def _real_caffe_env(engine: str) -> dict:
-    """Variables real Caffe needs (its lib/ and pycaffe), when the engine resolves to real Caffe."""
-    if engine == "torch":
-        return {}
+def trainer(engine: str = "auto", command: str | None = None, base: dict | None = None) -> dict[str, str]:
+    """`base` (default: empty) with CAFFE set to the trainer train.sh runs: `command` when given, else real Caffe
+    (engine "caffe", or "auto" when a working build is found) or tools/caffe_torch; for real Caffe also its lib/
+    and pycaffe put before base's LD_LIBRARY_PATH and PYTHONPATH, and GLOG_logtostderr (realcaffe.CaffeInstall.env).
+    Raises TreeError when real Caffe is asked for and not found."""
     from . import realcaffe
-    found = realcaffe.find_caffe()
-    if found is None or not found.ok:
-        return {}
-    env = found.env(base={})
-    return {k: env[k] for k in ("LD_LIBRARY_PATH", "PYTHONPATH", "GLOG_logtostderr") if k in env}
+    env = dict(base or {})
+    if command:
+        return {**env, "CAFFE": command}
+    try:
+        argv, found = realcaffe.resolve_engine(engine)
+    except (realcaffe.CaffeNotFound, ValueError) as err:
+        raise TreeError(str(err)) from None
+    if found is not None:
+        env = found.env(env)
+    return {**env, "CAFFE": shlex.join(argv)}
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -309,8 +316,8 @@ def plan(root: str | os.PathLike, options: SlurmOptions | None = None, nets: lis
             raise TreeError("dependencies between the job arrays form a cycle: "
                             + ", ".join(f"{b} waits for {base}" for (b, base), _ in pending))
 
-    caffe = options.caffe or caffe_command(options.engine)
-    env = {} if options.caffe else _real_caffe_env(options.engine)
+    env = trainer(options.engine, options.caffe)
+    caffe = env.pop("CAFFE")
     for job in jobs:
         job.script_path = root / SLURM_DIR / f"{job.name}.sh"
         job.script = render_job_script(job, root, options, caffe, env)

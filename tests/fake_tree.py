@@ -1,7 +1,8 @@
 """A test fixture: a generated tree (nets.json + one directory per net with train.sh) whose trainer is
-tests/fake_caffe.py, a fast resumable stand-in for `caffe train` (see there). train.sh keeps the contract of
-tools/gen_nets' train.sh: exits 0 at once when the final snapshot exists, resumes from the newest .solverstate,
-starts a transfer net from basenet/<final>.caffemodel, writes a new <net>.<stamp>.log per run.
+tests/fake_caffe.py, a fast resumable stand-in for `caffe train` (see there). train.sh is tools/gen_nets' own
+(templates/train.sh.j2): exits 0 at once when the final snapshot exists, resumes from the newest .solverstate,
+starts a transfer net from basenet/<final>.caffemodel, writes a new <net>.<stamp>.log per run. It runs $CAFFE:
+pass FAKE_COMMAND as the trainer (run_local's caffe=, tools/submit --caffe).
 """
 from __future__ import annotations
 
@@ -10,34 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+from convnet_transfer import netgen
+
 FAKE_CAFFE = Path(__file__).resolve().parent / "fake_caffe.py"
 FAKE_COMMAND = f"{sys.executable} {FAKE_CAFFE}"
-
-TRAIN_SH = """#!/usr/bin/env bash
-set -euo pipefail
-cd "$(dirname "${{BASH_SOURCE[0]}}")"
-shopt -s nullglob
-final={prefix}_iter_{max_iter}
-if [[ -e $final.caffemodel ]]; then echo "{name}: already trained" >&2; exit 0; fi
-read -r -a caffe <<< "${{CAFFE:-{fake}}}"
-args=(train -solver solver.prototxt)
-resume= newest=-1
-for state in {prefix}_iter_*.solverstate; do
-  iter=${{state#{prefix}_iter_}}; iter=${{iter%.solverstate}}
-  if [[ $iter =~ ^[0-9]+$ ]] && (( 10#$iter > newest )); then newest=$((10#$iter)) resume=$state; fi
-done
-if [[ -n $resume ]]; then
-  args+=(-snapshot "$resume")
-elif [[ -n "{base}" ]]; then
-  weights=basenet/{base_prefix}_iter_{base_max_iter}.caffemodel
-  [[ -e $weights ]] || {{ echo "{name}: base net {base} not trained yet" >&2; exit 1; }}
-  args+=(-weights "$weights")
-fi
-if [[ -n ${{CAFFE_GPU:-}} ]]; then args+=(-gpu "$CAFFE_GPU"); fi
-log={name}.$(date -u +%Y%m%d-%H%M%S).log
-while [[ -e $log ]]; do sleep 1; log={name}.$(date -u +%Y%m%d-%H%M%S).log; done
-"${{caffe[@]}}" "${{args[@]}}" >>"$log" 2>&1
-"""
 
 
 def make_tree(root: str | os.PathLike, nets: list[dict], *, seconds_per_iter: float = 0.05, max_iter: int = 20,
@@ -47,6 +24,7 @@ def make_tree(root: str | os.PathLike, nets: list[dict], *, seconds_per_iter: fl
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     by_name = {n["name"]: n for n in nets}
+    templates = netgen._environment(None)
     entries = []
     for spec in nets:
         name = spec["name"]
@@ -61,9 +39,10 @@ def make_tree(root: str | os.PathLike, nets: list[dict], *, seconds_per_iter: fl
         if base and not (d / "basenet").is_symlink():
             (d / "basenet").symlink_to(f"../{base}")
         base_spec = by_name.get(base, {})
-        (d / "train.sh").write_text(TRAIN_SH.format(
-            name=name, prefix=name, max_iter=n_iter, fake=FAKE_COMMAND, base=base or "",
-            base_prefix=base or "", base_max_iter=base_spec.get("max_iter", max_iter)))
+        (d / "train.sh").write_text(netgen._render(
+            templates, "train.sh.j2", name=name, description=f"{spec.get('kind', 'base')} net of a test tree",
+            arch="fake", solver_file="solver.prototxt", snapshot_prefix=name, max_iter=n_iter, base=base,
+            base_prefix=base, base_max_iter=base_spec.get("max_iter", max_iter)))
         (d / "train.sh").chmod(0o755)
         entries.append({"name": name, "kind": spec.get("kind", "base"), "block": spec.get("block", "one"),
                         "depends_on": base, "dir": name, "solver": "solver.prototxt", "train_sh": "train.sh"})

@@ -17,15 +17,13 @@ def _patterns(value: str | None) -> list[str] | None:
     return [p.strip() for p in value.split(",") if p.strip()] if value else None
 
 
-def _trainer(engine: str | None, caffe: str | None) -> tuple[str | None, str]:
-    """(explicit trainer command or None, engine): --caffe wins, then --engine, then $CAFFE, then auto."""
+def _trainer(engine: str | None, caffe: str | None) -> tuple[str, str | None]:
+    """(engine, explicit trainer command or None): --caffe wins, then --engine, then $CAFFE, then auto."""
     if caffe:
-        return caffe, "auto"
+        return "auto", caffe
     if engine:
-        return None, engine
-    if os.environ.get("CAFFE"):
-        return os.environ["CAFFE"], "auto"
-    return None, "auto"
+        return engine, None
+    return "auto", os.environ.get("CAFFE") or None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -83,7 +81,7 @@ def main(root, mode, nets, engine, caffe_cmd, dry_run, partition, account, qos, 
     try:
         patterns = _patterns(nets)
         if mode == "slurm":
-            caffe, engine = _trainer(engine, caffe_cmd)
+            engine, caffe = _trainer(engine, caffe_cmd)
             options = SlurmOptions(partition=partition, account=account, qos=qos, time=time_limit,
                                    gpus_per_task=gpus_per_task, cpus_per_task=cpus_per_task, mem=mem,
                                    array_limit=array_limit, extra=tuple(extra), engine=engine, caffe=caffe,
@@ -96,14 +94,10 @@ def main(root, mode, nets, engine, caffe_cmd, dry_run, partition, account, qos, 
                     click.echo(f"  {net}: not submitted ({why})")
         elif mode == "local":
             from ..local_runner import gpu_slots, run_local
-            caffe, engine = _trainer(engine, caffe_cmd)
-            env = dict(os.environ)
-            if caffe is None:
-                caffe = slurm.caffe_command(engine)
-                env.update(slurm._real_caffe_env(engine))
+            env = slurm.trainer(*_trainer(engine, caffe_cmd), base=os.environ)
             gpu_list = gpu_slots(gpus)
             result = run_local(root, jobs=jobs or (len(gpu_list) if gpu_list else 1), nets=patterns, env=env,
-                               gpus=gpu_list, caffe=caffe)
+                               gpus=gpu_list)
             click.echo(result.describe())
             if result.interrupted:
                 click.echo("interrupted: the nets in training snapshotted; run the same command to resume")
