@@ -353,8 +353,8 @@ class DataLayerSource:
         if len(self.tops) > 1:
             self.shapes[self.tops[1]] = (self.batch_size,)
 
-        self.mean = self._load_mean(tp, layer.name, source)
-        self._mean_numpy = self.mean.cpu().numpy() if self.mean is not None else None
+        self._mean_numpy = self._load_mean(tp, layer.name, source)
+        self.mean = None if self._mean_numpy is None else torch.from_numpy(self._mean_numpy).to(self.device)
         self._mean_per_pixel = tp.HasField("mean_file")   # else one value per channel (mean_value)
 
         self.rng = np.random.Generator(np.random.PCG64(seed))
@@ -374,8 +374,8 @@ class DataLayerSource:
         self._rng_state = self.rng.bit_generator.state   # after the draws of the last batch consumed
         self._start(None)
 
-    def _load_mean(self, tp: pb.TransformationParameter, name: str, source: Path) -> torch.Tensor | None:
-        """The mean to subtract, on the device: the mean file's (C,H,W) image, or mean_value per channel (C,1,1)."""
+    def _load_mean(self, tp: pb.TransformationParameter, name: str, source: Path) -> np.ndarray | None:
+        """The mean to subtract (float32): the mean file's (C,H,W) image, or mean_value per channel (C,1,1)."""
         channels = self.datum_shape[0]
         if tp.HasField("mean_file") and tp.mean_value:
             raise DataError(f"layer '{name}': cannot specify mean_file and mean_value at the same time.")
@@ -385,13 +385,13 @@ class DataLayerSource:
             if tuple(mean.shape) != self.datum_shape:
                 raise DataError(f"layer '{name}': mean file {tp.mean_file} has shape {tuple(mean.shape)}, "
                                 f"the data in {source} {self.datum_shape}; recompute the mean of this database.")
-            return torch.from_numpy(mean).to(self.device)
+            return np.asarray(mean, np.float32)
         if tp.mean_value:
             values = list(tp.mean_value)
             if len(values) not in (1, channels):
                 raise DataError(f"layer '{name}': specify either 1 mean_value or as many as channels: {channels}.")
             values = values * channels if len(values) == 1 else values
-            return torch.tensor(values, dtype=torch.float32, device=self.device).view(channels, 1, 1)
+            return np.array(values, np.float32).reshape(channels, 1, 1)
         return None
 
     # ------------------------------------------------------------ background reading
