@@ -53,6 +53,8 @@ def test_bad_command_lines_exit_non_zero_with_a_message(tmp_path):
     assert proc.returncode == EXIT_ERROR and "not both" in proc.stderr
     proc = caffe_torch("train", "-solver", "missing.prototxt", cwd=tmp_path)
     assert proc.returncode == EXIT_ERROR and "missing.prototxt" in proc.stderr
+    where = re.search(r"^E\d{4} [\d:.]+ +\d+ (\S+)] ProtoFileError: ", proc.stderr, re.M).group(1)
+    assert re.fullmatch(r"protoio\.py:\d+", where), where   # where the engine raised it
     proc = caffe_torch("brew", cwd=tmp_path)
     assert proc.returncode == EXIT_ERROR and "Unknown action: brew" in proc.stderr
     proc = caffe_torch("train", "-nonsense", "1", cwd=tmp_path)

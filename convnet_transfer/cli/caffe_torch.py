@@ -5,6 +5,7 @@ convnet_transfer.engine.train.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -132,8 +133,17 @@ def run(argv: list[str]) -> int:
         glog.error("solver.cpp:230", str(err))
         return EXIT_DIVERGED
     except (SolverError, EngineError, DataError, protoio.ProtoFileError, OSError) as err:
-        glog.error("caffe.cpp:0", f"{type(err).__name__}: {err}")
+        glog.error(_raised_at(err), f"{type(err).__name__}: {err}")
         return EXIT_ERROR
+
+
+def _raised_at(err: BaseException) -> str:
+    """The glog location of an error: the engine's source file and line that raised it (Caffe's would be the
+    .cpp line of its failed CHECK; ours has no such line)."""
+    tb = err.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
