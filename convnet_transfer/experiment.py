@@ -285,11 +285,11 @@ def make_nets(nets_dir: Path, data_dir: Path, settings: Settings, n_classes: dic
 
 def trainer_env(engine: str = "torch", gpus: str | None = None) -> dict[str, str]:
     """This process's environment with CAFFE, the trainer train.sh runs (engine torch, caffe or auto), and the
-    variables real Caffe needs (slurm.trainer); raises ExperimentError when that engine cannot train here
+    variables real Caffe needs (slurm.trainer_env); raises ExperimentError when that engine cannot train here
     (real Caffe asked for and not found; GPUs asked for that PyTorch here does not see)."""
     from . import local_runner, slurm
     try:
-        env = slurm.trainer(engine, base=os.environ)
+        env = slurm.trainer_env(engine, base=os.environ)
         local_runner.check_gpus(gpus, env["CAFFE"])
     except slurm.TreeError as err:
         raise ExperimentError(str(err)) from None

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .slurm import (NetStatus, TreeError, TreeNet, _environment, caffe_command, format_status, read_tree,
-                    trainer, tree_status)
+                    trainer_env, tree_status)
 
 __all__ = ["run_local", "LocalResult", "write_makefile", "gpu_slots", "check_gpus", "LOCAL_DIR"]
 
@@ -123,7 +123,7 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
     root = Path(root).resolve()
     run_env = dict(os.environ if env is None else env)
     if caffe or not run_env.get("CAFFE"):           # real Caffe when there is a working build, else caffe_torch
-        run_env = trainer("auto", caffe, base=run_env)
+        run_env = trainer_env("auto", caffe, base=run_env)
     check_gpus(gpus, run_env["CAFFE"])
     makefile = write_makefile(root, nets, gpus)
     run_env.pop("MAKEFLAGS", None)

@@ -42,8 +42,8 @@ import jinja2
 from . import resources
 
 __all__ = ["TreeNet", "TreeError", "SlurmOptions", "SlurmJob", "SlurmPlan", "NetStatus", "read_tree", "plan",
-           "submit", "tree_status", "format_status", "caffe_command", "trainer", "job_records", "queued_tasks",
-           "SLURM_DIR"]
+           "submit", "tree_status", "format_status", "caffe_command", "trainer_env", "job_records",
+           "queued_tasks", "SLURM_DIR"]
 
 SLURM_DIR = "slurm"                  # <root>/slurm: job scripts, Slurm's stdout/err files, jobs.json
 BLOCK_ORDER = ("one", "two", "whenever")
@@ -152,7 +152,7 @@ def caffe_command(engine: str = "auto") -> str:
         raise TreeError(str(err)) from None
 
 
-def trainer(engine: str = "auto", command: str | None = None, base: dict | None = None) -> dict[str, str]:
+def trainer_env(engine: str = "auto", command: str | None = None, base: dict | None = None) -> dict[str, str]:
     """`base` (default: empty) with CAFFE set to the trainer train.sh runs: `command` when given, else real Caffe
     (engine "caffe", or "auto" when a working build is found) or tools/caffe_torch; for real Caffe also its lib/
     and pycaffe put before base's LD_LIBRARY_PATH and PYTHONPATH, and GLOG_logtostderr (realcaffe.CaffeInstall.env).
@@ -316,7 +316,7 @@ def plan(root: str | os.PathLike, options: SlurmOptions | None = None, nets: lis
             raise TreeError("dependencies between the job arrays form a cycle: "
                             + ", ".join(f"{b} waits for {base}" for (b, base), _ in pending))
 
-    env = trainer(options.engine, options.caffe)
+    env = trainer_env(options.engine, options.caffe)
     caffe = env.pop("CAFFE")
     for job in jobs:
         job.script_path = root / SLURM_DIR / f"{job.name}.sh"

@@ -99,13 +99,13 @@ def test_trainer_is_real_caffe_with_its_libraries_or_our_engine_or_the_command_g
                                                                                       monkeypatch):
     monkeypatch.delenv("CAFFE", raising=False)
     base = {"LD_LIBRARY_PATH": "/opt/cuda/lib64", "PATH": "/usr/bin"}
-    env = slurm.trainer("auto", base=base)
+    env = slurm.trainer_env("auto", base=base)
     assert env["CAFFE"] == str(real_caffe.caffe) and env["PATH"] == "/usr/bin"
     libs = env["LD_LIBRARY_PATH"].split(os.pathsep)
     assert libs[-1] == "/opt/cuda/lib64" and (Path(libs[0]) / "libcaffe.so").exists(), libs
     assert env["GLOG_logtostderr"] == "1" and base == {"LD_LIBRARY_PATH": "/opt/cuda/lib64", "PATH": "/usr/bin"}
-    assert slurm.trainer("torch", base=base) == {**base, "CAFFE": slurm.caffe_command("torch")}
-    assert slurm.trainer("caffe", "/x/caffe -v", base=base) == {**base, "CAFFE": "/x/caffe -v"}
+    assert slurm.trainer_env("torch", base=base) == {**base, "CAFFE": slurm.caffe_command("torch")}
+    assert slurm.trainer_env("caffe", "/x/caffe -v", base=base) == {**base, "CAFFE": "/x/caffe -v"}
 
     # a job script exports Caffe's own variables, nothing of this environment's
     script = slurm.plan(make_tree(tmp_path / "tree", small_experiment()), slurm.SlurmOptions(engine="caffe"),
@@ -114,7 +114,7 @@ def test_trainer_is_real_caffe_with_its_libraries_or_our_engine_or_the_command_g
 
     monkeypatch.setenv("CAFFE_ROOT", str(tmp_path / "no-caffe"))
     with pytest.raises(slurm.TreeError, match="real Caffe was asked for"):
-        slurm.trainer("caffe")
+        slurm.trainer_env("caffe")
 
 
 def test_plan_skips_finished_and_queued_nets_and_brings_base_nets(tmp_path):

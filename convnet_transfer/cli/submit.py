@@ -94,7 +94,7 @@ def main(root, mode, nets, engine, caffe_cmd, dry_run, partition, account, qos, 
                     click.echo(f"  {net}: not submitted ({why})")
         elif mode == "local":
             from ..local_runner import gpu_slots, run_local
-            env = slurm.trainer(*_trainer(engine, caffe_cmd), base=os.environ)
+            env = slurm.trainer_env(*_trainer(engine, caffe_cmd), base=os.environ)
             gpu_list = gpu_slots(gpus)
             result = run_local(root, jobs=jobs or (len(gpu_list) if gpu_list else 1), nets=patterns, env=env,
                                gpus=gpu_list)
