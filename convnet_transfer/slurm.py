@@ -240,8 +240,16 @@ def render_job_script(job: SlurmJob, root: Path, options: SlurmOptions, caffe: s
         job_name=job.name, root=str(root), slurm_dir=str(root / SLURM_DIR), array=array,
         sbatch_lines=options.sbatch_lines(), signal=options.signal, signal_lead=options.signal_lead,
         nets=[(n.name, os.path.relpath(n.dir, root), n.final) for n in job.nets],
-        caffe=shlex.quote(caffe), env=[(k, shlex.quote(v)) for k, v in sorted(env.items())],
+        caffe=shlex.quote(caffe), env=[(k, _export_value(k, v)) for k, v in sorted(env.items())],
         engine="given command" if options.caffe else options.engine, root_quoted=shlex.quote(str(root)))
+
+
+def _export_value(name: str, value: str) -> str:
+    """A job script's value for `export name=...`: search paths go before the node's own (CUDA's libraries from
+    a module, ...), other variables are set as they are."""
+    if name in ("LD_LIBRARY_PATH", "PYTHONPATH"):
+        return f"{shlex.quote(value)}${{{name}:+:${name}}}"
+    return shlex.quote(value)
 
 
 def plan(root: str | os.PathLike, options: SlurmOptions | None = None, nets: list[str] | None = None,

@@ -107,10 +107,17 @@ def test_trainer_is_real_caffe_with_its_libraries_or_our_engine_or_the_command_g
     assert slurm.trainer_env("torch", base=base) == {**base, "CAFFE": slurm.caffe_command("torch")}
     assert slurm.trainer_env("caffe", "/x/caffe -v", base=base) == {**base, "CAFFE": "/x/caffe -v"}
 
-    # a job script exports Caffe's own variables, nothing of this environment's
+    # a job script exports Caffe's own variables, nothing of this environment's, its paths before the node's
     script = slurm.plan(make_tree(tmp_path / "tree", small_experiment()), slurm.SlurmOptions(engine="caffe"),
                         queued={}).jobs[0].script
-    assert f"export CAFFE={real_caffe.caffe}" in script and f"export LD_LIBRARY_PATH={libs[0]}\n" in script
+    exports = "\n".join(line for line in script.splitlines() if line.startswith("export "))
+    assert f"export CAFFE={real_caffe.caffe}" in exports
+    shown = subprocess.run(["bash", "-c", exports + '\necho "$LD_LIBRARY_PATH|$GLOG_logtostderr"'],
+                           env={"LD_LIBRARY_PATH": "/opt/cuda/lib64"}, capture_output=True, text=True).stdout
+    assert shown == f"{libs[0]}:/opt/cuda/lib64|1\n"
+    shown = subprocess.run(["bash", "-c", exports + '\necho "$LD_LIBRARY_PATH"'], env={}, capture_output=True,
+                           text=True).stdout
+    assert shown == f"{libs[0]}\n"
 
     monkeypatch.setenv("CAFFE_ROOT", str(tmp_path / "no-caffe"))
     with pytest.raises(slurm.TreeError, match="real Caffe was asked for"):
