@@ -145,11 +145,7 @@ def read_tree(root: str | os.PathLike, nets: list[str] | None = None) -> list[Tr
 
 def caffe_command(engine: str = "auto") -> str:
     """The CAFFE value train.sh runs, for engine "caffe" (real Caffe), "torch" (tools/caffe_torch) or "auto"."""
-    from . import realcaffe
-    try:
-        return shlex.join(realcaffe.caffe_command(engine))
-    except (realcaffe.CaffeNotFound, ValueError) as err:
-        raise TreeError(str(err)) from None
+    return trainer_env(engine)["CAFFE"]
 
 
 def trainer_env(engine: str = "auto", command: str | None = None, base: dict | None = None) -> dict[str, str]:

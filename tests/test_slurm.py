@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_tree import FAKE_COMMAND, make_tree, small_experiment, timeline  # noqa: E402
 
-from convnet_transfer import slurm, slurm_localhost  # noqa: E402
+from convnet_transfer import realcaffe, slurm, slurm_localhost  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRE_ENV = "CONVNET_TRANSFER_REQUIRE_SLURM"
@@ -104,7 +105,8 @@ def test_trainer_is_real_caffe_with_its_libraries_or_our_engine_or_the_command_g
     libs = env["LD_LIBRARY_PATH"].split(os.pathsep)
     assert libs[-1] == "/opt/cuda/lib64" and (Path(libs[0]) / "libcaffe.so").exists(), libs
     assert env["GLOG_logtostderr"] == "1" and base == {"LD_LIBRARY_PATH": "/opt/cuda/lib64", "PATH": "/usr/bin"}
-    assert slurm.trainer_env("torch", base=base) == {**base, "CAFFE": slurm.caffe_command("torch")}
+    ours = shlex.join(realcaffe.caffe_command("torch"))
+    assert slurm.trainer_env("torch", base=base) == {**base, "CAFFE": ours} and slurm.caffe_command("torch") == ours
     assert slurm.trainer_env("caffe", "/x/caffe -v", base=base) == {**base, "CAFFE": "/x/caffe -v"}
 
     # a job script exports Caffe's own variables, nothing of this environment's, its paths before the node's
