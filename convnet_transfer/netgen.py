@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import jinja2
 
-from . import architectures, catalog as catalog_mod, resources
+from . import architectures, catalog as catalog_mod, protoio, resources
 from .architectures.spec import Architecture, Enum, Layer
 from .catalog import Catalog, NetSpec
 
@@ -233,23 +232,13 @@ def _write_file(path: Path, text: str, mode: int, root: Path, report: RenderRepo
         raise NetgenError(f"{path} is in the way (a link or folder where gen_nets writes a file); "
                           f"move it away and run again")
     if path.is_file():
-        if path.read_bytes() == data and (path.stat().st_mode & 0o777) == mode:
+        if path.read_bytes() == data and (path.stat().st_mode & 0o777) == protoio.file_mode(mode):
             report.unchanged.append(rel)
             return
         report.updated.append(rel)
     else:
         report.created.append(rel)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            os.fchmod(f.fileno(), mode)
-        os.replace(tmp, path)          # atomic: the old file or the new one, never half of either
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    protoio.atomic_write_bytes(path, data, mode, durable=False)   # the old file or the new one, never half of either
 
 
 def _write_link(path: Path, target: str, root: Path, report: RenderReport) -> None:

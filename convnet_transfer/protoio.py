@@ -17,7 +17,7 @@ from . import caffe_pb2 as pb
 
 __all__ = [
     "pb", "ProtoFileError", "parse_text", "read_text", "write_text", "to_text",
-    "read_binary", "write_binary", "atomic_write_bytes",
+    "read_binary", "write_binary", "atomic_write_bytes", "file_mode",
     "read_net", "read_solver", "blob_to_array", "array_to_blob", "read_mean", "write_mean",
 ]
 
@@ -58,20 +58,35 @@ def to_text(message: Message) -> str:
     return text_format.MessageToString(message)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename: never a half-written file under `path`."""
+def file_mode(mode: int = 0o666) -> int:
+    """`mode` less the process's umask: the permissions open() (Caffe's fopen, ofstream) gives a new file, and
+    that a file made through a temporary file (mkstemp: always 0600) must be given to be readable alike."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o666, durable: bool = True) -> None:
+    """Write `data` to `path` through a temporary file and a rename: never a half-written file under `path`;
+    `durable`: on the disk (fsync) before the rename. The file gets `mode` less the umask, as open() would give
+    it. An OSError names `path` (a full disk's ENOSPC from write() names no file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), file_mode(mode))
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise type(err)(err.errno, err.strerror, str(path)) from None
         raise
 
 
