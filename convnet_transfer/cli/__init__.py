@@ -1,9 +1,16 @@
 """The command line: one click command per pipeline stage, each in its own module here.
 
 `tools/<name>` runs `convnet_transfer.cli.<name>:main`; `convnet-transfer <name>` does the same
-once the package is installed. The registry below is the one list of commands.
+once the package is installed. The registry below is the one list of commands. An OSError (a full or read-only disk, a file where a folder
+should be) or LMDB error that escapes a command ends it with one line, `<command>: <path>: <cause>; <what to do>`,
+and exit status 1 (os_error_line).
 """
+import errno
+import functools
 import importlib
+import os
+import sys
+from pathlib import Path
 
 import click
 
@@ -25,7 +32,59 @@ COMMANDS = {
 
 def load(name: str) -> click.Command:
     module, _ = COMMANDS[name]
-    return importlib.import_module(f"{__name__}.{module}").main
+    command = importlib.import_module(f"{__name__}.{module}").main
+    if not getattr(command.callback, "one_line_errors", False):
+        command.callback = _one_line_errors(name, command.callback)
+    return command
+
+
+# what to do, by the cause (errno) of an OSError
+_ADVICE = {
+    errno.ENOSPC: "free some space (or choose another output folder) and run the same command again: it goes on "
+                  "from what is already written",
+    errno.EDQUOT: "free some space within your quota and run the same command again: it goes on from what is "
+                  "already written",
+    errno.EROFS: "choose an output folder on a writable file system, or remount it read-write, and run again",
+    errno.EACCES: "choose an output folder you may write to, or change its permissions, and run again",
+    errno.EPERM: "choose an output folder you may write to, or change its permissions, and run again",
+    errno.EEXIST: "a file is in the way where a folder is needed: move it away or choose another output, "
+                  "and run again",
+    errno.ENOTDIR: "a file is in the way where a folder is needed: move it away or choose another output, "
+                   "and run again",
+    errno.EISDIR: "a folder is in the way where a file is needed: move it away or choose another output, "
+                  "and run again",
+    errno.ENOENT: "check the path (and that its folder exists) and run again",
+}
+
+
+def os_error_line(err: OSError) -> str:
+    """`<path>: <cause>; <what to do>` for an OSError (the path, or both of a rename, when it names them;
+    for a file in the way of a folder, that file)."""
+    where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None) or "(no file named)"
+    if err.errno in (errno.ENOTDIR, errno.EEXIST) and err.filename is not None:
+        path = Path(os.fsdecode(err.filename))
+        where = str(next((p for p in (path, *path.parents) if p.is_file()), path))
+    cause = err.strerror or str(err)
+    return f"{where}: {cause}; {_ADVICE.get(err.errno, 'fix it and run again')}"
+
+
+def _one_line_errors(name: str, callback):
+    """The command's callback, ending with one line (no traceback) on an OSError or LMDB error."""
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        import lmdb
+        try:
+            return callback(*args, **kwargs)
+        except OSError as err:
+            if err.errno == errno.EPIPE:   # click handles a closed pipe (| head) itself
+                raise
+            line = os_error_line(err)
+        except lmdb.Error as err:
+            line = f"LMDB: {err}; check the disk (space, permissions) and run again"
+        click.echo(f"{name}: {line}", err=True)
+        sys.exit(1)
+    run.one_line_errors = True
+    return run
 
 
 class _Group(click.Group):
