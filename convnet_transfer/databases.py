@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -206,6 +207,20 @@ def _drop_reader_env(path: Path) -> None:
         env.close()
 
 
+def _disk_error(path: Path, err: Exception, need: int = 0) -> OSError:
+    """A database's write error as an OSError naming the database. LMDB reports a full disk as "Input/output
+    error" (mdb_txn_commit) and names no file, so ask the file system whether it is read-only or has less room
+    than the transaction needed (`need` bytes of records, twice over for the pages, and 1 MiB)."""
+    disk = os.statvfs(path)
+    if disk.f_flag & os.ST_RDONLY:
+        code = errno.EROFS
+    elif disk.f_bavail * disk.f_frsize < 2 * need + (1 << 20):
+        code = errno.ENOSPC
+    else:
+        return OSError(errno.EIO, str(err).removeprefix(f"{path}: "), str(path))
+    return OSError(code, os.strerror(code), str(path))
+
+
 class _Store:
     """Write access to one LMDB or LevelDB directory, with Caffe's options."""
 
@@ -215,11 +230,19 @@ class _Store:
         _drop_reader_env(path)
         if backend == "lmdb":
             import lmdb
-            self.env = lmdb.open(str(path), map_size=LMDB_MAP_SIZE, subdir=True, meminit=False, max_dbs=0)
+            self.errors = lmdb.Error
+            try:
+                self.env = lmdb.open(str(path), map_size=LMDB_MAP_SIZE, subdir=True, meminit=False, max_dbs=0)
+            except lmdb.Error as err:
+                raise _disk_error(path, err) from None
         elif backend == "leveldb":
             import plyvel
-            self.db = plyvel.DB(str(path), create_if_missing=True, write_buffer_size=256 << 20,
-                                block_size=65536, max_open_files=100)
+            self.errors = plyvel.Error
+            try:
+                self.db = plyvel.DB(str(path), create_if_missing=True, write_buffer_size=256 << 20,
+                                    block_size=65536, max_open_files=100)
+            except plyvel.Error as err:
+                raise _disk_error(path, err) from None
         else:
             raise ValueError(f"unknown backend {backend!r}: use one of {BACKENDS}")
 
@@ -227,13 +250,16 @@ class _Store:
         """Write `records` in one transaction, durable when this returns."""
         if not records:
             return
-        if self.backend == "lmdb":
-            with self.env.begin(write=True) as txn:
-                txn.cursor().putmulti(records, append=ordered)
-        else:
-            with self.db.write_batch(sync=True) as batch:
-                for key, value in records:
-                    batch.put(key, value)
+        try:
+            if self.backend == "lmdb":
+                with self.env.begin(write=True) as txn:
+                    txn.cursor().putmulti(records, append=ordered)
+            else:
+                with self.db.write_batch(sync=True) as batch:
+                    for key, value in records:
+                        batch.put(key, value)
+        except self.errors as err:
+            raise _disk_error(self.path, err, need=sum(len(k) + len(v) for k, v in records)) from None
 
     def keys(self) -> Iterator[bytes]:
         if self.backend == "lmdb":
