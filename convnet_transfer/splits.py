@@ -366,7 +366,10 @@ def make_splits(train_list: str | os.PathLike | ImageList | None = None,
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f".make_splits-{os.getpid()}-", dir=out_dir))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".make_splits-{os.getpid()}-", dir=out_dir))
+    except OSError as err:   # name the output folder, not the staging folder that could not be made in it
+        raise type(err)(err.errno, err.strerror, str(out_dir)) from None
     try:
         staged: list[tuple[str, str | None]] = []  # (relative name, md5 to check after writing)
         with _bar(large, total=len(jobs), desc="making lists", unit="list") as bar:
@@ -456,8 +459,11 @@ def _alive(pid: int) -> bool:
 
 def _stage(staging: Path, name: str, data: bytes) -> str:
     path = staging / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as err:   # a full disk: name the output folder, not the staging copy (removed again)
+        raise type(err)(err.errno, err.strerror, str(staging.parent)) from None
     return hashlib.md5(data).hexdigest()
 
 
