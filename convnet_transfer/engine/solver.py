@@ -553,17 +553,27 @@ class SGDSolver:
                            f"written. {self._last_good()} Lower base_lr and train again.")
         model_file = self._snapshot_filename(".caffemodel")
         glog.info("solver.cpp:464", f"Snapshotting to binary proto file {model_file}")
-        protoio.write_binary(model_file, self.net.to_caffemodel())
-        state = pb.SolverState()
-        state.iter = self.iter
-        state.learned_net = model_file
-        state.current_step = self.current_step
-        for v in self.history:
-            state.history.append(protoio.array_to_blob(v.detach().float().cpu().numpy()))
-        state_file = self._snapshot_filename(".solverstate")
-        glog.info("sgd_solver.cpp:285", f"Snapshotting solver state to binary proto file {state_file}")
-        protoio.write_binary(state_file, state)
-        protoio.atomic_write_bytes(state_file + ".rng", json.dumps(self._rng_state()).encode())
+        written = []
+        try:
+            protoio.write_binary(model_file, self.net.to_caffemodel())
+            written.append(model_file)
+            state = pb.SolverState()
+            state.iter = self.iter
+            state.learned_net = model_file
+            state.current_step = self.current_step
+            for v in self.history:
+                state.history.append(protoio.array_to_blob(v.detach().float().cpu().numpy()))
+            state_file = self._snapshot_filename(".solverstate")
+            glog.info("sgd_solver.cpp:285", f"Snapshotting solver state to binary proto file {state_file}")
+            protoio.write_binary(state_file, state)
+            written.append(state_file)
+            protoio.atomic_write_bytes(state_file + ".rng", json.dumps(self._rng_state()).encode())
+        except OSError as err:   # a full or read-only disk: no half snapshot that a resume would pick up
+            for path in written:
+                Path(path).unlink(missing_ok=True)
+            raise SolverError(f"Iteration {self.iter}: cannot write the snapshot {err.filename}: {err.strerror}. "
+                              f"{self._last_good()} Free space (or make the folder writable) and train again; "
+                              f"it resumes from the last good snapshot.") from None
         self.last_snapshot = model_file
         self._snapshot_iter = self.iter
 
