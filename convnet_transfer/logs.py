@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import functools
+import io
 import json
 import math
 import os
@@ -44,7 +45,7 @@ import numpy as np
 
 __all__ = ["LogWarning", "Table", "ParsedLog", "NetLog", "NetSummary", "parse_log", "parse_logs", "parse_net_dir",
            "summarize_tree", "write_summary", "read_summary", "net_info", "find_logs", "find_net_dirs",
-           "accuracy_column", "SCORE_NAMES_2014"]
+           "accuracy_column", "SCORE_NAMES_2014", "SummaryError"]
 
 SCORE_NAMES_2014 = ("accuracy", "loss")   # `Test score #0`, `#1`: the 2014 accuracy layer's outputs
 MAX_WARNINGS_PER_FILE = 5
@@ -68,6 +69,10 @@ _JOB = re.compile(r"\.o(\d+)(?:\.gz)?$")
 
 class LogWarning(UserWarning):
     """Something in a log could not be read; the message names the file and line."""
+
+
+class SummaryError(ValueError):
+    """A summary.json/.csv that cannot be read: the message names it and says what to do."""
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -102,14 +107,13 @@ class Table:
 
     def write_csv(self, path: str | os.PathLike, delimiter: str = ",") -> None:
         """CSV like parse_log.py's `<log>.train` / `<log>.test`: header row, NumIters as an integer, empty = NaN."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f, delimiter=delimiter)
-            writer.writerow(self.columns)
-            for row in self.data.tolist():
-                writer.writerow([int(row[0])] + ["" if v != v else v for v in row[1:]])
-        os.replace(tmp, path)
+        from .protoio import atomic_write_bytes
+        text = io.StringIO(newline="")
+        writer = csv.writer(text, delimiter=delimiter)
+        writer.writerow(self.columns)
+        for row in self.data.tolist():
+            writer.writerow([int(row[0])] + ["" if v != v else v for v in row[1:]])
+        atomic_write_bytes(path, text.getvalue().encode(), durable=False)
 
     @classmethod
     def read_csv(cls, path: str | os.PathLike, delimiter: str = ",") -> "Table":
@@ -758,42 +762,49 @@ def write_summary(rows: list[NetSummary], out_dir: str | os.PathLike, stem: str 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [f.name for f in fields(NetSummary)]
+    from .protoio import atomic_write_bytes
     csv_path, json_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
-    with open(csv_path.with_suffix(".csv.tmp"), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(names)
-        for row in rows:
-            writer.writerow(["" if v is None or (isinstance(v, float) and v != v) else v
-                             for v in asdict(row).values()])
-    os.replace(csv_path.with_suffix(".csv.tmp"), csv_path)
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps([{k: _jsonable(v) for k, v in asdict(r).items()} for r in rows], indent=1) + "\n")
-    os.replace(tmp, json_path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(names)
+    for row in rows:
+        writer.writerow(["" if v is None or (isinstance(v, float) and v != v) else v
+                         for v in asdict(row).values()])
+    atomic_write_bytes(csv_path, text.getvalue().encode())
+    records = [{k: _jsonable(v) for k, v in asdict(r).items()} for r in rows]
+    atomic_write_bytes(json_path, (json.dumps(records, indent=1) + "\n").encode())
     return csv_path, json_path
 
 
 def read_summary(path: str | os.PathLike) -> list[NetSummary]:
-    """A summary.json (or .csv) written by write_summary."""
+    """A summary.json (or .csv) written by write_summary; SummaryError, naming it, when it is not one."""
     path = Path(path)
-    types = {f.name: f.type for f in fields(NetSummary)}
-    if path.suffix == ".json":
-        records = json.loads(path.read_text())
-    else:
-        with open(path, newline="") as f:
-            records = list(csv.DictReader(f))
-    rows = []
-    for rec in records:
-        values = {}
-        for name, kind in types.items():
-            v = rec.get(name)
-            if v in (None, ""):
-                v = math.nan if kind == "float" else False if kind == "bool" else None
-            elif kind == "float":
-                v = float(v)
-            elif "int" in kind:
-                v = int(v)
-            elif kind == "bool":
-                v = v if isinstance(v, bool) else v == "True"
-            values[name] = v
-        rows.append(NetSummary(**values))
-    return rows
+    try:
+        if path.suffix == ".json":
+            records = json.loads(path.read_text())
+        else:
+            with open(path, newline="") as f:
+                records = list(csv.DictReader(f))
+        if not isinstance(records, list) or not all(isinstance(rec, dict) for rec in records):
+            raise ValueError("expected a list of nets, an object each")
+        return [_summary_row(rec) for rec in records]
+    except (ValueError, TypeError, csv.Error) as err:
+        raise SummaryError(f"{path}: not a summary that tools/parse_log wrote ({err}); "
+                           f"delete it and write it again from the logs (tools/parse_log RESULTS --out "
+                           f"{path.parent}), or pass the results tree itself") from None
+
+
+def _summary_row(rec: dict) -> NetSummary:
+    values = {}
+    for name, kind in ((f.name, f.type) for f in fields(NetSummary)):
+        v = rec.get(name)
+        if v in (None, ""):
+            v = math.nan if kind == "float" else False if kind == "bool" else None
+        elif kind == "float":
+            v = float(v)
+        elif "int" in kind:
+            v = int(v)
+        elif kind == "bool":
+            v = v if isinstance(v, bool) else v == "True"
+        values[name] = v
+    return NetSummary(**values)

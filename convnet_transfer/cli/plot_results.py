@@ -67,7 +67,10 @@ def main(results, reference, out, formats, prefix, metric, curves, jobs):
 
 def _load(path: Path, jobs: int | None) -> list:
     """The nets of a results tree or summary file; an error naming it when it has none with a test accuracy."""
-    rows = plots.load_results(path, jobs=jobs)
+    try:
+        rows = plots.load_results(path, jobs=jobs)
+    except logs.SummaryError as err:
+        raise click.ClickException(str(err)) from None
     if not rows:
         raise click.ClickException(f"{path}: {logs.NO_NETS}; pass a results tree (e.g. generated/ or the 2014 "
                                    f"release's results/) or a summary.json from tools/parse_log.")
