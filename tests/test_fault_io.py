@@ -176,7 +176,8 @@ def test_an_output_path_that_is_a_file_names_that_file(tmp_path):
 def test_snapshot_on_a_full_disk_keeps_the_last_good_one_and_resumes(tmp_path, tmpfs):
     case = make_case(tmp_path / "net", max_iter=2, snapshot=2)
     disk = tmpfs("snapshots", "1m")
-    solver = (case / "solver.prototxt").read_text().replace('snapshot_prefix: "snap"', f'snapshot_prefix: "{disk}/snap"')
+    solver = (case / "solver.prototxt").read_text().replace('snapshot_prefix: "snap"',
+                                                            f'snapshot_prefix: "{disk}/snap"')
     (case / "solver.prototxt").write_text(solver)
     first = tool("caffe_torch", "train", "-solver", "solver.prototxt", cwd=case)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -1,9 +1,9 @@
 """The command line: one click command per pipeline stage, each in its own module here.
 
 `tools/<name>` runs `convnet_transfer.cli.<name>:main`; `convnet-transfer <name>` does the same
-once the package is installed. The registry below is the one list of commands. An OSError (a full or read-only disk, a file where a folder
-should be) or LMDB error that escapes a command ends it with one line, `<command>: <path>: <cause>; <what to do>`,
-and exit status 1 (os_error_line).
+once the package is installed. The registry below is the one list of commands. An OSError (a full or read-only
+disk, a file where a folder should be) or LMDB error that escapes a command ends it with one line,
+`<command>: <path>: <cause>; <what to do>` (os_error_line), and exit status 1.
 """
 import errno
 import functools
@@ -40,10 +40,9 @@ def load(name: str) -> click.Command:
 
 # what to do, by the cause (errno) of an OSError
 _ADVICE = {
-    errno.ENOSPC: "free some space (or choose another output folder) and run the same command again: it goes on "
-                  "from what is already written",
-    errno.EDQUOT: "free some space within your quota and run the same command again: it goes on from what is "
-                  "already written",
+    errno.ENOSPC: "free some space (or choose another output folder) and run the same command again: what was "
+                  "finished is kept",
+    errno.EDQUOT: "free some space within your quota and run the same command again: what was finished is kept",
     errno.EROFS: "choose an output folder on a writable file system, or remount it read-write, and run again",
     errno.EACCES: "choose an output folder you may write to, or change its permissions, and run again",
     errno.EPERM: "choose an output folder you may write to, or change its permissions, and run again",
@@ -61,7 +60,7 @@ def os_error_line(err: OSError) -> str:
     """`<path>: <cause>; <what to do>` for an OSError (the path, or both of a rename, when it names them;
     for a file in the way of a folder, that file)."""
     where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None) or "(no file named)"
-    if err.errno in (errno.ENOTDIR, errno.EEXIST) and err.filename is not None:
+    if err.errno in (errno.ENOTDIR, errno.EEXIST) and isinstance(err.filename, (str, bytes, os.PathLike)):
         path = Path(os.fsdecode(err.filename))
         where = str(next((p for p in (path, *path.parents) if p.is_file()), path))
     cause = err.strerror or str(err)

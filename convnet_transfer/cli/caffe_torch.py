@@ -78,6 +78,7 @@ def parse_args(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 def run(argv: list[str]) -> int:
     """Run one `caffe` command line (without the program name); returns the exit code."""
     from convnet_transfer import protoio
+    from convnet_transfer.cli import os_error_line
     from convnet_transfer.engine import glog
     from convnet_transfer.engine.data import DataError
     from convnet_transfer.engine.errors import EngineError
@@ -132,8 +133,11 @@ def run(argv: list[str]) -> int:
     except Diverged as err:
         glog.error("solver.cpp:230", str(err))
         return EXIT_DIVERGED
-    except (SolverError, EngineError, DataError, protoio.ProtoFileError, OSError) as err:
+    except (SolverError, EngineError, DataError, protoio.ProtoFileError) as err:
         glog.error(_raised_at(err), f"{type(err).__name__}: {err}")
+        return EXIT_ERROR
+    except OSError as err:
+        glog.error(_raised_at(err), os_error_line(err))
         return EXIT_ERROR
 
 
