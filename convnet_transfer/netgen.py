@@ -342,7 +342,8 @@ def _render_net(net: NetSpec, catalog: Catalog, arch: Architecture, options: Ren
     texts[files.solver] = (text, 0o644)
     base = catalog[net.base] if net.base else None
     text = _render(env, "train.sh.j2", name=net.name, description=net.describe(), arch=arch.name,
-                   solver_file=files.solver, snapshot_prefix=arch.snapshot_prefix, max_iter=solver["max_iter"],
+                   solver_file=files.solver, prototxts=[files.solver, files.train, files.val],
+                   snapshot_prefix=arch.snapshot_prefix, max_iter=solver["max_iter"],
                    base=net.base, base_prefix=arch.snapshot_prefix,
                    base_max_iter=solver_fields(base, arch, options)["max_iter"] if base else None)
     texts["train.sh"] = (text, 0o755)
