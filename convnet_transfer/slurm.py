@@ -229,11 +229,11 @@ def check_settings(root: str | os.PathLike, tree: list[TreeNet], names: set[str]
     with other settings than their files now hold (changed_nets): it names them, what changed, and how to go on."""
     changed = {name: change for name, change in changed_nets(tree).items() if names is None or name in names}
     if changed:
-        raise TreeError(f"{root}: {len(changed)} {'nets were' if len(changed) > 1 else 'net was'} trained with other "
-                        f"settings (or base net weights) than {'they have' if len(changed) > 1 else 'it has'} now: {format_changes(changed)}; nothing was started and "
-                        f"nothing deleted. Render the settings they were trained with again ({RECORD} in each net "
-                        f"holds them), or start fresh: move their snapshots (*_iter_*) and {RECORD} away, or render "
-                        f"into another --out")
+        nets = f"{len(changed)} nets were" if len(changed) > 1 else "1 net was"
+        raise TreeError(f"{root}: {nets} trained with other settings (or base net weights) than they have now: "
+                        f"{format_changes(changed)}; nothing was started and nothing deleted. Render the settings "
+                        f"they were trained with again ({RECORD} in each net holds them), or start fresh: move their "
+                        f"snapshots (*_iter_*) and {RECORD} away, or render into another --out")
 
 
 def _solver_facts(net_dir: Path, solver_name: str) -> tuple[str, int]:
