@@ -35,7 +35,8 @@ import numpy as np
 from . import architectures, catalog, databases, datasets, images, logs, netgen, plots, splits
 
 __all__ = ["Settings", "PRESETS", "ExperimentReport", "ExperimentError", "run_experiment", "settings_for", "scaled",
-           "make_lists", "database_splits", "make_databases", "classes_per_split", "make_nets", "train_nets",
+           "make_lists", "database_splits", "make_databases", "classes_per_split", "make_nets",
+           "check_trained_settings", "train_nets",
            "summarize", "summarize_fig3", "summarize_reduced", "findings", "split_spread", "publish", "PAPER_FIG2",
            "PAPER_FIG3"]
 
@@ -281,6 +282,23 @@ def make_nets(nets_dir: Path, data_dir: Path, settings: Settings, n_classes: dic
                                     n_classes=n_classes, solver=settings.solver())
 
 
+def check_trained_settings(nets_dir: Path, data_dir: Path) -> None:
+    """Stop before training anything when nets in `nets_dir` were trained with other settings than this run
+    rendered (slurm.changed_nets: another --iterations, solver or batch size, or a base net retrained since):
+    resuming them would mix the two. The message names the setting and how to start fresh."""
+    from . import slurm
+    try:
+        changed = slurm.changed_nets(slurm.read_tree(nets_dir))
+    except slurm.TreeError as err:
+        raise ExperimentError(str(err)) from None
+    if changed:
+        raise ExperimentError(f"{nets_dir}: {len(changed)} nets were trained with other settings (or base net weights) "
+                              f"than this run's: "
+                              f"{slurm.format_changes(changed)}; nothing was trained and nothing deleted. Run again "
+                              f"with the settings they were trained with, or start fresh: another --out, or delete "
+                              f"{nets_dir} (the lists and databases in {data_dir} are kept)")
+
+
 # ---------------------------------------------------------------- stage 4: training
 
 def trainer_env(engine: str = "torch", gpus: str | None = None) -> dict[str, str]:
@@ -513,6 +531,7 @@ def run_experiment(out_dir: str | os.PathLike, *, dataset: str = "fashion-mnist"
     _say(f"[3/5] {len(nets)} nets -> {report.nets_dir}")
     rendered = make_nets(report.nets_dir, report.data_dir, settings, classes)
     _say(rendered.summary())
+    check_trained_settings(report.nets_dir, report.data_dir)
     lap("nets")
 
     untrained = [n for n in nets.names if not _finished(report.nets_dir / n, settings.max_iter)]

@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .slurm import (NetStatus, TreeError, TreeNet, _environment, caffe_command, format_status, read_tree,
-                    trainer_env, tree_status)
+from .slurm import (NetStatus, TreeError, TreeNet, _environment, caffe_command, check_settings, format_status,
+                    read_tree, trainer_env, tree_status, with_base_nets)
 
 __all__ = ["run_local", "LocalResult", "write_makefile", "gpu_slots", "check_gpus", "LOCAL_DIR"]
 
@@ -49,14 +49,7 @@ def write_makefile(root: str | os.PathLike, nets: list[str] | None = None, gpus:
     root = Path(root).resolve()
     tree = read_tree(root)
     by_name = {n.name: n for n in tree}
-    selected = read_tree(root, nets) if nets else tree
-    wanted: dict[str, TreeNet] = {}
-    for net in selected:                    # a selected transfer net brings its base net along
-        chain = [net]
-        while chain[-1].depends_on:
-            chain.append(by_name[chain[-1].depends_on])
-        for n in chain:
-            wanted[n.name] = n
+    wanted = with_base_nets(tree, read_tree(root, nets) if nets else tree)   # a transfer net brings its base net
     targets = [n for n in tree if n.name in wanted]
     local = root / LOCAL_DIR
     (local / "locks").mkdir(parents=True, exist_ok=True)
@@ -125,6 +118,8 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
     if caffe or not run_env.get("CAFFE"):           # real Caffe when there is a working build, else caffe_torch
         run_env = trainer_env("auto", caffe, base=run_env)
     check_gpus(gpus, run_env["CAFFE"])
+    tree = read_tree(root)
+    check_settings(root, tree, with_base_nets(tree, read_tree(root, nets) if nets else tree))
     makefile = write_makefile(root, nets, gpus)
     run_env.pop("MAKEFLAGS", None)
     run_env.pop("MFLAGS", None)

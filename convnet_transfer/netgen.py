@@ -11,7 +11,9 @@ For each net of a catalog (catalog.py) and an architecture (architectures/), `re
     <out>/nets.json
 
 (`<stem>` is "imagenet_" for CaffeNet, as in 2014.) It writes only these files, each atomically and only
-when its content changes; snapshots, solver states and logs in a net directory are never touched.
+when its content changes; snapshots, solver states and logs in a net directory are never touched. (Before it
+changes the prototxts of a net trained before train.sh recorded its settings, it records them in the net's
+trained_with.txt, slurm.RECORD: train.sh then refuses to mix the old snapshots with the new settings.)
 
 The transfer protocol on the layers of an architecture (net_layers):
   - the first n transferable layers keep their names, so `caffe train -weights basenet/...` copies them;
@@ -30,7 +32,7 @@ from typing import Iterable
 
 import jinja2
 
-from . import architectures, catalog as catalog_mod, protoio, resources
+from . import architectures, catalog as catalog_mod, protoio, resources, slurm
 from .architectures.spec import Architecture, Enum, Layer
 from .catalog import Catalog, NetSpec
 
@@ -331,10 +333,14 @@ def _render_net(net: NetSpec, catalog: Catalog, arch: Architecture, options: Ren
     texts[files.solver] = (text, 0o644)
     base = catalog[net.base] if net.base else None
     text = _render(env, "train.sh.j2", name=net.name, description=net.describe(), arch=arch.name,
-                   solver_file=files.solver, snapshot_prefix=arch.snapshot_prefix, max_iter=solver["max_iter"],
+                   solver_file=files.solver, prototxts=[files.solver, files.train, files.val],
+                   snapshot_prefix=arch.snapshot_prefix, max_iter=solver["max_iter"],
                    base=net.base, base_prefix=arch.snapshot_prefix,
                    base_max_iter=solver_fields(base, arch, options)["max_iter"] if base else None)
     texts["train.sh"] = (text, 0o755)
+    prototxts = [files.solver, files.train, files.val]
+    if any((net_dir / name).is_file() and (net_dir / name).read_text() != texts[name][0] for name in prototxts):
+        slurm.record_settings(net_dir, prototxts)   # a net trained before records were kept: as it was trained
     for name, (text, file_mode) in texts.items():
         _write_file(net_dir / name, text, file_mode, out_root, report)
     if base:

@@ -8,7 +8,17 @@ A generated tree (tools/gen_nets) is `<root>/nets.json` plus one directory per n
     submit(plan, dry_run=False)  writes <root>/slurm/*.sh, runs `sbatch --parsable` for each array in order,
                                  records the job ids in <root>/slurm/jobs.json; dry_run prints instead
     tree_status(root)            every net: pending / running (iteration) / finished (accuracy) /
-                                 failed (the log line that says why) / stopped / not started
+                                 failed (the log line that says why) / stopped / not started /
+                                 changed (trained with other settings than its files now hold)
+    changed_nets(tree)           the nets trained with other settings than their files now hold (settings_change),
+                                 and the nets trained from them; check_settings(tree) refuses them
+
+What a net is trained with: when its training starts from scratch, train.sh writes <net>/trained_with.txt (RECORD),
+every line of its solver and net prototxts but comment lines as "<file>: <line>" (leading blanks dropped) and, for
+a net started from its base net's weights, "weights: <md5> basenet/<file>". A net with snapshots is trained on,
+or counted as trained, only while its files still say the same; a rerun with other settings is refused, naming
+the setting, instead of resuming old snapshots under a new schedule. A net trained before the record was kept
+(no trained_with.txt) is taken as trained with its settings now: gen_nets records them before it rewrites them.
 
 How the experiment maps onto Slurm:
   - block one (the base nets) is one job array, one task per net;
@@ -25,8 +35,12 @@ requeues preempted jobs itself). A task whose net has its final snapshot exits 0
 """
 from __future__ import annotations
 
+import difflib
 import fcntl
 import fnmatch
+import functools
+import hashlib
+import itertools
 import json
 import os
 import re
@@ -43,11 +57,13 @@ from . import resources
 
 __all__ = ["TreeNet", "TreeError", "SlurmOptions", "SlurmJob", "SlurmPlan", "NetStatus", "read_tree", "plan",
            "submit", "tree_status", "format_status", "caffe_command", "trainer_env", "job_records",
-           "queued_tasks", "SLURM_DIR"]
+           "queued_tasks", "with_base_nets", "settings_change", "changed_nets", "check_settings", "format_changes",
+           "record_settings", "SLURM_DIR", "RECORD"]
 
 SLURM_DIR = "slurm"                  # <root>/slurm: job scripts, Slurm's stdout/err files, jobs.json
 BLOCK_ORDER = ("one", "two", "whenever")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")   # net names that are safe in file names, bash and make
+RECORD = "trained_with.txt"          # <net>/trained_with.txt: the settings its snapshots were trained with
 
 
 class TreeError(ValueError):
@@ -76,6 +92,148 @@ class TreeNet:
     def finished(self) -> bool:
         current = self.dir / self.final
         return current.exists() or current.with_suffix("").exists()
+
+    @property
+    def started(self) -> bool:
+        """Whether it has any snapshot (<prefix>_iter_*): something trained with its settings."""
+        return any(self.dir.glob(self.final.rsplit("_iter_", 1)[0] + "_iter_*"))
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+def _settings_lines(net_dir: Path, files: list[str]) -> list[str]:
+    """The settings lines of RECORD for the prototxts `files` of a net, as they are now (train.sh's settings())."""
+    lines = []
+    for name in files:
+        text = (net_dir / name).read_text()
+        for line in text.removesuffix("\n").split("\n") if text else []:
+            line = line.lstrip(" \t\v\f\r")
+            if not line.startswith("#"):
+                lines.append(f"{name}: {line}")
+    return lines
+
+
+def record_settings(net_dir: str | os.PathLike, files: list[str]) -> bool:
+    """Record a net trained before RECORD was kept as trained with the prototxts `files` as they are now (before
+    gen_nets rewrites them): writes <net_dir>/RECORD when the net has snapshots and no record. Returns whether it
+    wrote one. (Its base net's weights are not recorded: which ones it started from is not known.)"""
+    net_dir = Path(net_dir)
+    if (net_dir / RECORD).exists() or not any(net_dir.glob("*_iter_*")) or \
+            not all((net_dir / f).is_file() for f in files):
+        return False
+    tmp = net_dir / f"{RECORD}.part"
+    tmp.write_text("".join(line + "\n" for line in _settings_lines(net_dir, files)))
+    tmp.replace(net_dir / RECORD)
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def _md5(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _weights_line(base: TreeNet) -> str | None:
+    """RECORD's weights line for a net started from `base`'s final snapshot, None when that is not there."""
+    path = base.final_path()
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return f"weights: {_md5(str(path), stat.st_size, stat.st_mtime_ns)} basenet/{path.name}"
+
+
+def _describe(pairs: list[tuple[str, str]]) -> str:
+    """Changed lines of RECORD (was, now) in words, as train.sh says them: "solver.prototxt: max_iter 30 -> 40,
+    snapshot 15 -> 20; its base net was retrained: ..." (the file named once for a run of its lines)."""
+    text, file = "", None
+    for was, now in pairs:
+        key, other = re.sub(r": [^:]*$", "", was), re.sub(r": [^:]*$", "", now)
+        if key == other == "weights":
+            (_, old, _), (_, new, path) = was.split(" ", 2), now.split(" ", 2)
+            change, where = f"its base net was retrained: {path} has md5 {new}, it started from md5 {old}", None
+        elif key == other and ": " in key:
+            where, _, field = key.partition(": ")
+            change = f"{field} {was[len(key) + 2:]} -> {now[len(key) + 2:]}"
+        else:
+            change, where = f'"{was}" -> "{now}"', None
+        text += ("" if not text else ", " if where and where == file else "; ") + \
+            (f"{where}: " if where and where != file else "") + change
+        file = where
+    return text
+
+
+def settings_change(net: TreeNet, base: TreeNet | None = None) -> str | None:
+    """How the settings `net`'s snapshots were trained with (its RECORD) differ from its files now, in words
+    ("solver.prototxt: max_iter 30 -> 40; ..." or "its base net was retrained: ..."); `base`: its base net, whose
+    final snapshot must be the weights it started from. None when they match, or when it has no snapshot or no
+    record (trained before records were kept)."""
+    record = net.dir / RECORD
+    if not net.started or not record.is_file():
+        return None
+    was = record.read_text().splitlines()
+    files = list(dict.fromkeys(line.split(": ", 1)[0] for line in was if not line.startswith("weights: ")))
+    missing = [f for f in files if not (net.dir / f).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    now = _settings_lines(net.dir, files)
+    weights = _weights_line(base) if base else None
+    if weights and any(line.startswith("weights: ") for line in was):
+        now.append(weights)
+    else:
+        was = [line for line in was if not line.startswith("weights: ")]
+    if was == now:
+        return None
+    removed, added = [], []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, was, now, autojunk=False).get_opcodes():
+        if tag != "equal":
+            removed += was[i1:i2]
+            added += now[j1:j2]
+    pairs = list(itertools.zip_longest(removed, added, fillvalue=""))
+    return _describe(pairs[:5]) + (f" and {len(pairs) - 5} more" if len(pairs) > 5 else "")
+
+
+def changed_nets(tree: list[TreeNet]) -> dict[str, str]:
+    """net -> how its settings changed (settings_change), for the nets of `tree` (base nets first, as read_tree
+    orders them) trained with other settings than their files now hold, and the nets trained from such a net."""
+    by_name = {net.name: net for net in tree}
+    changed: dict[str, str] = {}
+    for net in tree:
+        base = by_name.get(net.depends_on) if net.depends_on else None
+        change = settings_change(net, base)
+        if change is None and base is not None and base.name in changed and net.started:
+            change = f"its base net {base.name} was trained with other settings"
+        if change:
+            changed[net.name] = change
+    return changed
+
+
+def format_changes(changed: dict[str, str], shown: int = 3) -> str:
+    """The changed nets in one line, those with the same change together:
+    "half0A, half0B, transfer0A0B_1_1 and 13 more (solver.prototxt: max_iter 30 -> 40); ..."."""
+    groups: dict[str, list[str]] = {}
+    for name, change in changed.items():
+        groups.setdefault(change, []).append(name)
+    parts = []
+    for change, names in list(groups.items())[:shown]:
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        parts.append(f"{', '.join(names[:shown])}{more} ({change})")
+    rest = sum(len(names) for names in list(groups.values())[shown:])
+    return "; ".join(parts) + (f"; and {rest} more nets" if rest else "")
+
+
+def check_settings(root: str | os.PathLike, tree: list[TreeNet], names: set[str] | None = None) -> None:
+    """Raise TreeError, before anything is trained, when nets of `tree` (those in `names`, when given) were trained
+    with other settings than their files now hold (changed_nets): it names them, what changed, and how to go on."""
+    changed = {name: change for name, change in changed_nets(tree).items() if names is None or name in names}
+    if changed:
+        nets = f"{len(changed)} nets were" if len(changed) > 1 else "1 net was"
+        raise TreeError(f"{root}: {nets} trained with other settings (or base net weights) than they have now: "
+                        f"{format_changes(changed)}; nothing was started and nothing deleted. Render the settings "
+                        f"they were trained with again ({RECORD} in each net holds them), or start fresh: move their "
+                        f"snapshots (*_iter_*) and {RECORD} away, or render into another --out")
 
 
 def _solver_facts(net_dir: Path, solver_name: str) -> tuple[str, int]:
@@ -141,6 +299,17 @@ def read_tree(root: str | os.PathLike, nets: list[str] | None = None) -> list[Tr
             raise TreeError(f"no net in {listing} matches {', '.join(unknown)}")
         ordered = [n for n in ordered if any(fnmatch.fnmatchcase(n.name, p) for p in nets)]
     return ordered
+
+
+def with_base_nets(tree: list[TreeNet], selected: list[TreeNet]) -> set[str]:
+    """The names of the nets `selected` and of the base nets they need (their base net, its base net, ...)."""
+    by_name = {n.name: n for n in tree}
+    chosen: set[str] = set()
+    for net in selected:
+        while net is not None and net.name not in chosen:
+            chosen.add(net.name)
+            net = by_name[net.depends_on] if net.depends_on else None
+    return chosen
 
 
 def caffe_command(engine: str = "auto") -> str:
@@ -264,11 +433,8 @@ def plan(root: str | os.PathLike, options: SlurmOptions | None = None, nets: lis
     root = Path(root).resolve()
     tree = read_tree(root)
     by_name = {n.name: n for n in tree}
-    chosen: set[str] = set()
-    for net in read_tree(root, nets) if nets else tree:     # a chosen net brings the base nets it needs
-        while net is not None and net.name not in chosen:
-            chosen.add(net.name)
-            net = by_name[net.depends_on] if net.depends_on else None
+    chosen = with_base_nets(tree, read_tree(root, nets) if nets else tree)
+    check_settings(root, tree, chosen)
     queued = queued_tasks(root) if queued is None else queued
     skipped: dict[str, str] = {}
     todo: list[TreeNet] = []
@@ -486,7 +652,7 @@ class NetStatus:
     name: str
     block: str
     depends_on: str | None
-    state: str                 # finished | running | pending | failed | stopped | not started
+    state: str                 # finished | running | pending | failed | stopped | not started | changed
     iteration: int | None = None
     max_iter: int | None = None
     accuracy: float | None = None
@@ -549,7 +715,9 @@ def tree_status(root: str | os.PathLike, nets: list[str] | None = None, use_slur
     """Every net of the tree, from its directory (final snapshot, newest log) and Slurm (squeue, and sacct
     where the cluster has accounting) for the nets submitted from this tree."""
     root = Path(root).resolve()
-    tree = read_tree(root, nets)
+    every = read_tree(root)
+    tree = read_tree(root, nets) if nets else every
+    changed = changed_nets(every)
     records = job_records(root) if use_slurm else {}
     states = task_states(root) if use_slurm else {}
     result = []
@@ -563,7 +731,10 @@ def tree_status(root: str | os.PathLike, nets: list[str] | None = None, use_slur
         _, state, reason = states.get(net.name, ("", "", ""))
         # the final snapshot comes before Caffe's final test: a net is finished once its trainer has exited too
         locally = lock_held(root / "local" / "locks" / f"{net.name}.lock")
-        if net.finished and state not in ACTIVE and not locally:
+        if net.name in changed and state not in ACTIVE + WAITING and not locally:
+            status.state = "changed"        # never "finished": its snapshots mix old and new settings
+            status.detail = f"trained with other settings: {changed[net.name]}"
+        elif net.finished and state not in ACTIVE and not locally:
             status.state, status.iteration = "finished", net.max_iter
             status.accuracy = _final_accuracy(net.dir, scan["accuracy"])
         elif state in ACTIVE:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .. import architectures, catalog as catalog_mod, netgen
+from .. import architectures, catalog as catalog_mod, netgen, slurm
 
 
 @click.command(help="""Render every net of the paper (or those matching --only) from the Jinja templates.
@@ -102,3 +102,18 @@ def main(all_, only, list_, out_root, data_root, arch, prototxt, transferable, f
         for label, paths in (("created", report.created), ("updated", report.updated)):
             if paths and len(paths) <= 40:
                 click.echo(f"{label}: " + " ".join(paths))
+    _warn_changed(out_root)
+
+
+def _warn_changed(out_root: str) -> None:
+    """Say which trained nets now hold other settings than they were trained with (slurm.changed_nets): train.sh
+    and tools/submit refuse to train them on, as that would mix the settings."""
+    try:
+        changed = slurm.changed_nets(slurm.read_tree(out_root))
+    except slurm.TreeError:
+        return                        # a partial tree (base nets not rendered): train.sh still checks each net
+    if changed:
+        click.echo(f"warning: {out_root}: {len(changed)} trained nets now hold other settings than they were trained "
+                   f"with: {slurm.format_changes(changed)}. train.sh and tools/submit refuse to train them on; "
+                   f"render the old settings again ({slurm.RECORD} in each net holds them), or start fresh: move "
+                   f"their snapshots (*_iter_*) and {slurm.RECORD} away, or render into another --out", err=True)
