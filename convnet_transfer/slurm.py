@@ -37,9 +37,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import jinja2
-
-from . import resources
+from . import netgen, resources
 
 __all__ = ["TreeNet", "TreeError", "SlurmOptions", "SlurmJob", "SlurmPlan", "NetStatus", "read_tree", "plan",
            "submit", "tree_status", "format_status", "caffe_command", "trainer_env", "job_records",
@@ -224,19 +222,22 @@ class SlurmPlan:
     skipped: dict[str, str]      # net -> why it is not submitted (already trained, already queued)
 
 
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(resources.templates_dir() / "slurm")),
-                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
-                              lstrip_blocks=True)
+def _render(template: str, **context) -> str:
+    """A template of templates/slurm/ rendered in netgen's environment (its `sh` filter quotes a shell word); a
+    value that no script can carry (a line break) is a TreeError naming it."""
+    try:
+        return netgen._render(netgen._environment(resources.templates_dir() / "slurm"), template, **context)
+    except netgen.NetgenError as err:
+        raise TreeError(str(err)) from None
 
 
 def render_job_script(job: SlurmJob, root: Path, options: SlurmOptions, caffe: str, env: dict) -> str:
     array = f"0-{len(job.nets) - 1}" + (f"%{options.array_limit}" if options.array_limit else "")
-    return _environment().get_template("job.sh.j2").render(
-        job_name=job.name, root=str(root), slurm_dir=str(root / SLURM_DIR), array=array,
+    return _render(
+        "job.sh.j2", job_name=job.name, root=str(root), slurm_dir=str(root / SLURM_DIR), array=array,
         sbatch_lines=options.sbatch_lines(), signal=options.signal, signal_lead=options.signal_lead,
         nets=[(n.name, os.path.relpath(n.dir, root), n.final) for n in job.nets],
-        caffe=shlex.quote(caffe), env=[(k, _export_value(k, v)) for k, v in sorted(env.items())],
+        caffe=shlex.quote(caffe), exports=[(k, _export_value(k, v)) for k, v in sorted(env.items())],
         engine="given command" if options.caffe else options.engine, root_quoted=shlex.quote(str(root)))
 
 
