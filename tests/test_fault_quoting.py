@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_tree import FAKE_CAFFE, make_tree, small_experiment, timeline  # noqa: E402
 from test_slurm import slurm_cluster  # noqa: E402,F401  (the localhost cluster fixture)
 
-from convnet_transfer import architectures, netgen, slurm  # noqa: E402
+from convnet_transfer import architectures, netgen, realcaffe, slurm  # noqa: E402
 from convnet_transfer.catalog import Catalog, NetSpec  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -289,6 +289,19 @@ def test_slurm_trains_a_tree_under_a_hostile_root(slurm_cluster, tmp_path):  # n
     expected = {f"{j['name']}_{j['job_id']}_{i}.out" for j in jobs for i in range(len(j["nets"]))}
     assert set(outs) == expected, outs
     assert "halfA: trained" in (root / "slurm" / f"ct-one_{one['job_id']}_0.out").read_text()
+    assert_nothing_ran(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- install_caffe
+
+def test_install_caffe_environment_lines_run_in_bash(tmp_path):
+    """The lines tools/install_caffe prints for the user's shell, for a build in a hostile folder."""
+    prefix = tmp_path / HOSTILE
+    script = "\n".join(realcaffe.env_lines(prefix)) + '\nprintf "%s\\n" "$CAFFE_ROOT" "$PATH" "$PYTHONPATH"\n'
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "/site"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [str(prefix), f"{prefix}/bin:/usr/bin:/bin", f"{prefix}/python:/site"]
     assert_nothing_ran(tmp_path)
 
 
