@@ -501,6 +501,10 @@ def run_experiment(out_dir: str | os.PathLike, *, dataset: str = "fashion-mnist"
     """Run every stage (each skips what is complete) and return the report; raises ExperimentError on a stage
     that cannot go on. An interrupted training (Ctrl-C, SIGTERM) returns with report.interrupted set."""
     out_dir = Path(out_dir)
+    try:
+        netgen.one_line(out_dir.resolve())      # the scripts that train the nets name it: checked before anything
+    except netgen.NetgenError as err:
+        raise ExperimentError(f"--out: {err}") from None
     settings = settings or settings_for(quick=quick)
     report = ExperimentReport(out_dir, settings)
     clock = time.monotonic()

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .slurm import (NetStatus, TreeError, TreeNet, _environment, caffe_command, check_settings, format_status,
+from .slurm import (NetStatus, TreeError, TreeNet, _render, caffe_command, check_settings, format_status,
                     read_tree, trainer_env, tree_status, with_base_nets)
 
 __all__ = ["run_local", "LocalResult", "write_makefile", "gpu_slots", "check_gpus", "LOCAL_DIR"]
@@ -51,20 +51,34 @@ def write_makefile(root: str | os.PathLike, nets: list[str] | None = None, gpus:
     by_name = {n.name: n for n in tree}
     wanted = with_base_nets(tree, read_tree(root, nets) if nets else tree)   # a transfer net brings its base net
     targets = [n for n in tree if n.name in wanted]
+    rules = [(_make_target(n, root), _make_target(by_name[n.depends_on], root) if n.depends_on else "", n.name)
+             for n in targets]
+    makefile = _render("local.mk.j2", root=str(root), rules=rules, all_targets=[r[0] for r in rules])
+    run_net = _render("run_net.sh.j2", root=str(root), gpus=list(gpus or []))
     local = root / LOCAL_DIR
     (local / "locks").mkdir(parents=True, exist_ok=True)
-
-    def target(net: TreeNet) -> str:
-        return os.path.relpath(net.final_path(), root)
-
-    env = _environment()
-    rules = [(target(n), target(by_name[n.depends_on]) if n.depends_on else "", n.name) for n in targets]
-    (local / "Makefile").write_text(env.get_template("local.mk.j2").render(
-        root=str(root), rules=rules, all_targets=[r[0] for r in rules]))
+    (local / "Makefile").write_text(makefile)
     script = local / "run_net.sh"
-    script.write_text(env.get_template("run_net.sh.j2").render(root=str(root), gpus=list(gpus or [])))
+    script.write_text(run_net)
     script.chmod(0o755)
     return local / "Makefile"
+
+
+MAKE_SPECIAL = ":;#=$|%*?[]()\\"   # what GNU make reads as more than a letter in a rule's target or prerequisite
+
+
+def _make_target(net: TreeNet, root: Path) -> str:
+    """A net's final snapshot as a target of local/Makefile: its path from the tree root, which make must read as
+    one file name; a blank, one of MAKE_SPECIAL or a leading ~ cannot be written there (TreeError naming it)."""
+    path = net.final_path()
+    target = os.path.relpath(path, root)
+    bad = next((c for c in target if c.isspace() or c in MAKE_SPECIAL), None)
+    if bad is None and target.startswith("~"):
+        bad = "~"
+    if bad is not None:
+        raise TreeError(f"{path}: GNU make cannot take {bad!r} in a file name, and this snapshot of net {net.name} is "
+                        f"a target of local/Makefile; rename its directory (nets.json) or snapshot_prefix without it")
+    return target
 
 
 def gpu_slots(gpus: list[str] | str | None) -> list[str]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -37,7 +38,7 @@ from .architectures.spec import Architecture, Enum, Layer
 from .catalog import Catalog, NetSpec
 
 __all__ = ["RenderOptions", "RenderReport", "NetgenError", "net_layers", "solver_fields", "net_files",
-           "render_experiment", "render_catalog_json", "FORMATS", "BACKENDS"]
+           "render_experiment", "render_catalog_json", "shell_word", "one_line", "FORMATS", "BACKENDS"]
 
 FORMATS = ("current", "2014")
 BACKENDS = ("lmdb", "leveldb")
@@ -199,15 +200,34 @@ def _pb(value) -> str:
     raise TypeError(f"cannot write {value!r} ({type(value).__name__}) in a prototxt")
 
 
+def one_line(value) -> str:
+    """`value` as text on one line of a generated file (a comment, a #SBATCH line, a make rule): a line break would
+    start a new line of commands there, so it is refused (NetgenError naming the value). The `one_line` filter."""
+    text = str(value)
+    if "\n" in text:
+        raise NetgenError(f"{text!r}: a line break cannot be written into a generated script (train.sh, "
+                          f"local/run_net.sh, local/Makefile, the Slurm job scripts); rename it without one")
+    return text
+
+
+def shell_word(value) -> str:
+    """`value` as one word of a shell script, on one line (shlex.quote: as it is when it is plain, else in single
+    quotes). The `sh` filter: every path and name a template writes into a script goes through it."""
+    return shlex.quote(one_line(value))
+
+
 def _fail(message: str):
     raise NetgenError(message)
 
 
 def _environment(templates: str | os.PathLike | None) -> jinja2.Environment:
+    """The Jinja environment of every template (nets, train.sh, the local runner's and Slurm's scripts)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates or resources.templates_dir())),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              trim_blocks=True, lstrip_blocks=True, autoescape=False)
     env.filters["pb"] = _pb
+    env.filters["sh"] = shell_word
+    env.filters["one_line"] = one_line
     env.globals["fail"] = _fail
     return env
 

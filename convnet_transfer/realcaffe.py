@@ -314,9 +314,11 @@ def _torch_command() -> list[str]:
 
 def env_lines(prefix: Path) -> list[str]:
     """The shell lines that make a build at `prefix` the one the toolkit (and a shell) uses."""
+    from .netgen import shell_word
     prefix = Path(prefix)
-    return [f"export CAFFE_ROOT={prefix}",
-            f"export PATH={prefix}/bin:$PATH PYTHONPATH={prefix}/python${{PYTHONPATH:+:$PYTHONPATH}}"]
+    return [f"export CAFFE_ROOT={shell_word(prefix)}",
+            f"export PATH={shell_word(prefix / 'bin')}:$PATH "
+            f"PYTHONPATH={shell_word(prefix / 'python')}${{PYTHONPATH:+:$PYTHONPATH}}"]
 
 
 # ---------------------------------------------------------------------------------------------- building

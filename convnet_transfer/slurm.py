@@ -51,9 +51,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import jinja2
-
-from . import resources
+from . import netgen, resources
 
 __all__ = ["TreeNet", "TreeError", "SlurmOptions", "SlurmJob", "SlurmPlan", "NetStatus", "read_tree", "plan",
            "submit", "tree_status", "format_status", "caffe_command", "trainer_env", "job_records",
@@ -393,28 +391,32 @@ class SlurmPlan:
     skipped: dict[str, str]      # net -> why it is not submitted (already trained, already queued)
 
 
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(resources.templates_dir() / "slurm")),
-                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
-                              lstrip_blocks=True)
+def _render(template: str, **context) -> str:
+    """A template of templates/slurm/ rendered in netgen's environment (its `sh` filter quotes a shell word); a
+    value that no script can carry (a line break) is a TreeError naming it."""
+    try:
+        return netgen._render(netgen._environment(resources.templates_dir() / "slurm"), template, **context)
+    except netgen.NetgenError as err:
+        raise TreeError(str(err)) from None
+
+
+# search paths a job script puts real Caffe's before the node's own (CUDA's libraries from a module, ...)
+SEARCH_PATHS = ("LD_LIBRARY_PATH", "PYTHONPATH")
 
 
 def render_job_script(job: SlurmJob, root: Path, options: SlurmOptions, caffe: str, env: dict) -> str:
     array = f"0-{len(job.nets) - 1}" + (f"%{options.array_limit}" if options.array_limit else "")
-    return _environment().get_template("job.sh.j2").render(
-        job_name=job.name, root=str(root), slurm_dir=str(root / SLURM_DIR), array=array,
-        sbatch_lines=options.sbatch_lines(), signal=options.signal, signal_lead=options.signal_lead,
-        nets=[(n.name, os.path.relpath(n.dir, root), n.final) for n in job.nets],
-        caffe=shlex.quote(caffe), env=[(k, _export_value(k, v)) for k, v in sorted(env.items())],
-        engine="given command" if options.caffe else options.engine, root_quoted=shlex.quote(str(root)))
-
-
-def _export_value(name: str, value: str) -> str:
-    """A job script's value for `export name=...`: search paths go before the node's own (CUDA's libraries from
-    a module, ...), other variables are set as they are."""
-    if name in ("LD_LIBRARY_PATH", "PYTHONPATH"):
-        return f"{shlex.quote(value)}${{{name}:+:${name}}}"
-    return shlex.quote(value)
+    # Slurm expands %j, %x, ... anywhere in an output path: a % of the folder's own is doubled
+    output = str(root / SLURM_DIR).replace("%", "%%") + "/%x_%A_%a.out"
+    for word in [f"--output={output}", *options.sbatch_lines()]:
+        if "\\" in word:
+            raise TreeError(f"#SBATCH {word}: sbatch reads a backslash on an #SBATCH line as an escape and Slurm "
+                            f"drops it from an output path; use a folder and options without one")
+    return _render("job.sh.j2", job_name=job.name, root=str(root), output=output, array=array,
+                   sbatch_lines=options.sbatch_lines(), signal=options.signal, signal_lead=options.signal_lead,
+                   nets=[(n.name, os.path.relpath(n.dir, root), n.final) for n in job.nets], caffe=caffe,
+                   exports=[(k, v, k in SEARCH_PATHS) for k, v in sorted(env.items())],
+                   engine="given command" if options.caffe else options.engine)
 
 
 def plan(root: str | os.PathLike, options: SlurmOptions | None = None, nets: list[str] | None = None,
@@ -430,6 +432,9 @@ def plan(root: str | os.PathLike, options: SlurmOptions | None = None, nets: lis
         raise TreeError(f"--signal {options.signal}: use one of {', '.join(SlurmOptions.SIGNALS)}")
     if options.signal_lead < 0 or (options.array_limit is not None and options.array_limit < 1):
         raise TreeError("--signal-lead must be >= 0 and --array-limit >= 1")
+    if not SAFE_NAME.match(options.job_prefix):
+        raise TreeError(f"--job-prefix {options.job_prefix!r}: a job name is part of the job scripts' and Slurm's "
+                        f"file names; use letters, digits and _ . + -")
     root = Path(root).resolve()
     tree = read_tree(root)
     by_name = {n.name: n for n in tree}
@@ -515,7 +520,8 @@ def dry_run_text(p: SlurmPlan) -> str:
     out += ["", "# ---- the sbatch calls (in this order) ----"]
     ids = {job.key: "${" + job.key + "}" for job in p.jobs}
     for job in p.jobs:
-        out.append(f"{job.key}=$({' '.join(job.sbatch_argv(ids))})")
+        *argv, script = job.sbatch_argv(ids)      # the job ids are shell variables here: left unquoted
+        out.append(f"{job.key}=$({' '.join(argv)} {netgen.shell_word(script)})")
     return "\n".join(out) + "\n"
 
 
