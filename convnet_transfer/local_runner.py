@@ -170,6 +170,8 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
     chosen = read_tree(root, nets)
     selected = [n.name for n in chosen] if nets else None
     cmd = [make, "--no-print-directory", "-C", str(root), "-f", str(makefile.relative_to(root)), f"-j{jobs}", "-k"]
+    signals: list[signal.Signals] = []
+    bar = _progress_bar(progress, len(chosen))
     supervisor_end, runner_end = os.pipe()     # the supervisor sees EOF when this process is gone
     try:
         proc = subprocess.Popen(processes.supervised(cmd, supervisor_end, stop_grace), env=run_env,
@@ -181,8 +183,6 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
         raise
     finally:
         os.close(supervisor_end)
-    signals: list[signal.Signals] = []
-    bar = _progress_bar(progress, len(chosen))
 
     def stop(signum=signal.SIGINT, frame=None):
         # the first Ctrl-C asks every trainer to snapshot and stop; a second one interrupts them at once
@@ -193,32 +193,25 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
             except ProcessLookupError:
                 pass
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)} if _main_thread() else {}
     try:
-        while True:
-            try:
-                proc.wait(timeout=2)
-                break
-            except subprocess.TimeoutExpired:
-                if bar is not None:
-                    bar.n = sum(n.finished for n in chosen)
-                    bar.refresh()
-            except KeyboardInterrupt as interrupt:
-                stop(processes.signal_of(interrupt))
+        with processes.on_stop_signals(stop):
+            while True:
+                try:
+                    proc.wait(timeout=2)
+                    break
+                except subprocess.TimeoutExpired:
+                    if bar is not None:
+                        bar.n = sum(n.finished for n in chosen)
+                        bar.refresh()
+                except KeyboardInterrupt as interrupt:
+                    stop(processes.signal_of(interrupt))
     finally:
-        os.close(runner_end)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        os.close(runner_end)      # the supervisor stops the group if make still runs (an error here)
     statuses = tree_status(root, selected, use_slurm=False)
     if bar is not None:
         bar.n = sum(s.state == "finished" for s in statuses)
         bar.close()
     return LocalResult(proc.returncode, signals[0] if signals else None, {s.name: s for s in statuses})
-
-
-def _main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 
 def _progress_bar(enabled: bool, total: int):

@@ -1,6 +1,7 @@
 """The processes a command starts die with it; a command stopped by a signal exits 128 + the signal.
 
     as_worker_of(parent)        in a forked worker: leave the stop signals to the parent, die when it dies
+    on_stop_signals(handler)    SIGTERM and SIGHUP call handler (unless started ignored, as nohup's SIGHUP)
     stop_on_signals()           SIGTERM and SIGHUP raise Stopped (a KeyboardInterrupt) as Ctrl-C does
     signal_of(interrupt)        the signal behind a KeyboardInterrupt: a command exits with 128 + it
     supervised(command, ...)    the argv that runs `command` (make) under this file's supervisor (below)
@@ -41,22 +42,28 @@ def signal_of(interrupt: KeyboardInterrupt) -> signal.Signals:
 
 
 @contextlib.contextmanager
-def stop_on_signals():
-    """Within: SIGTERM and SIGHUP raise Stopped in the main thread, so `finally` blocks and the caller's
-    KeyboardInterrupt handling run for `kill` and a closed terminal as they do for Ctrl-C."""
+def on_stop_signals(handler):
+    """Within, in the main thread: SIGTERM and SIGHUP call handler(signum, frame). A signal that is ignored
+    stays ignored (`nohup cmd` keeps running when its terminal closes)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def stop(signum, frame):
-        raise Stopped(signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(sig) != signal.SIG_IGN}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def stop_on_signals():
+    """Within: SIGTERM and SIGHUP raise Stopped, so `finally` blocks and the caller's KeyboardInterrupt handling
+    run for `kill` and a closed terminal as they do for Ctrl-C."""
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    return on_stop_signals(stop)
 
 
 def as_worker_of(parent: int) -> None:

@@ -87,11 +87,11 @@ def test_killed_local_run_stops_its_trainers_and_resumes(tmp_path, sig):
     assert wait_for(training, timeout=60), "no net reached its first snapshot"
     proc.send_signal(sig)                      # `kill -<sig> PID` of the runner alone
     out, _ = proc.communicate(timeout=60)
+    assert_none_left(tmp_path, timeout=60)
     assert proc.returncode == expected_status(sig), out
     assert "Traceback" not in out, out
     if sig != signal.SIGKILL:
         assert f"interrupted by {sig.name}" in out, out
-    assert_none_left(tmp_path, timeout=60)
 
     # the trainers got Ctrl-C's stop (SIGINT): a snapshot at the stop; nothing started after the kill
     stopped = {n["name"]: timeline(root / n["name"]) for n in nets}
@@ -110,6 +110,20 @@ def test_killed_local_run_stops_its_trainers_and_resumes(tmp_path, sig):
         rows = timeline(root / spec["name"])
         assert rows[-1][0] == "end" and rows[-1][2] == 40, rows
         assert sum(end[2] - start[2] for start, end in zip(rows[::2], rows[1::2])) == 40, rows
+
+
+@pytest.mark.slow
+def test_nohup_run_goes_on_when_its_terminal_closes(tmp_path):
+    """SIGHUP ignored when the runner starts (`nohup tools/submit --local ... &`): the hang-up stops nothing."""
+    root = make_tree(tmp_path / "tree", small_experiment(seconds_per_iter=0.05))
+    proc = subprocess.Popen(SUBMIT + ["--local", "-j", "2", "--caffe", FAKE_COMMAND, str(root)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    assert wait_for(lambda: timeline(root / "halfA"), timeout=60), "no net started"
+    proc.send_signal(signal.SIGHUP)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert all(timeline(root / n)[-1][0] == "end" for n in ("halfA", "halfB", "netbase")), out
 
 
 STUBBORN = """#!/usr/bin/env bash
@@ -187,10 +201,10 @@ def test_run_experiment_killed_at_every_stage_ends_with_the_same_results(tmp_pat
             assert proc.poll() is None, f"the run ended before the {sig.name}: {log.read_text()[-3000:]}"
             proc.send_signal(sig)
             proc.wait(timeout=120)
+        assert_none_left(out, timeout=120)
         text = log.read_text()
         assert proc.returncode == expected_status(sig), text[-3000:]
         assert "Traceback" not in text, text[-3000:]
-        assert_none_left(out, timeout=120)
         return text
 
     def trained(count: int):        # `count` nets trained, and one past its first snapshot (set up, training)
@@ -240,8 +254,8 @@ def test_killed_make_dbs_leaves_no_worker_and_resumes(tmp_path, sig):
     assert proc.poll() is None, "the slowed-down conversion finished before it could be killed"
     proc.send_signal(sig)                      # the command alone, not its workers
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == expected_status(sig), err
     assert_none_left(tmp_path, timeout=30)
+    assert proc.returncode == expected_status(sig), err
     assert "Traceback" not in err, err
     if sig != signal.SIGKILL:
         assert err.strip().splitlines()[-1] == (f"stopped by {sig.name}; run the same command again: the "
