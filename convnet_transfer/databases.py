@@ -35,7 +35,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from . import caffe_pb2 as pb
-from . import protoio
+from . import processes, protoio
 from .images import ImageError, decode_image, encode_image, read_image, resize_linear
 from .splits import file_md5
 
@@ -731,12 +731,14 @@ def _info_from_marker(path: Path, marker: dict) -> DbInfo:
 
 def _start_pool(workers: int):
     """Decoding processes, started now (before the database is opened, so none inherits it). A worker that
-    dies makes the conversion fail (BrokenProcessPool) instead of waiting forever."""
+    dies makes the conversion fail (BrokenProcessPool) instead of waiting forever; the workers leave Ctrl-C and
+    kill to this process (it stops them; what it committed stays) and die with it, even when it is SIGKILLed."""
     if workers <= 0:
         return None
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                                  initializer=processes.as_worker_of, initargs=(os.getpid(),))
     for future in [pool.submit(int) for _ in range(workers)]:
         future.result()
     return pool

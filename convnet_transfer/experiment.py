@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 import sys
 import time
 import zlib
@@ -137,7 +138,7 @@ class ExperimentReport:
     findings: str = ""
     seconds: dict[str, float] = field(default_factory=dict)   # wall time of each stage
     trained: list[str] = field(default_factory=list)          # nets trained (or resumed) in this run
-    interrupted: bool = False
+    interrupted: signal.Signals | None = None                 # the signal that stopped the training
 
     @property
     def data_dir(self) -> Path:
@@ -312,6 +313,16 @@ def trainer_env(engine: str = "torch", gpus: str | None = None) -> dict[str, str
     except slurm.TreeError as err:
         raise ExperimentError(str(err)) from None
     return env
+
+
+def _check_not_training(nets_dir: Path) -> None:
+    """Raise ExperimentError when an earlier run's trainers are still at work in `nets_dir` (stopping after a
+    kill, or a run still going): this run would race them."""
+    from . import local_runner, slurm
+    try:
+        local_runner.check_not_training(nets_dir)
+    except slurm.TreeError as err:
+        raise ExperimentError(str(err)) from None
 
 
 def train_nets(nets_dir: Path, engine: str = "torch", jobs: int = 2, gpus: str | None = None,
@@ -520,6 +531,7 @@ def run_experiment(out_dir: str | os.PathLike, *, dataset: str = "fashion-mnist"
     except (TypeError, ValueError) as err:
         raise ExperimentError(f"dataset {dataset!r}: {err}") from None
     trainer_env(engine, gpus)   # a run that cannot train here stops before it makes anything
+    _check_not_training(report.nets_dir)
     _say(f"[1/5] split lists of {data.name} ({len(data.classes)} classes) -> {report.data_dir}")
     make_lists(data, report.data_dir, settings, progress)
     lap("lists")
@@ -546,7 +558,7 @@ def run_experiment(out_dir: str | os.PathLike, *, dataset: str = "fashion-mnist"
         report.trained = untrained
         lap("training")
         if result.interrupted:
-            report.interrupted = True
+            report.interrupted = result.interrupted
             _say("interrupted: the nets stopped at a snapshot; run the same command again to finish")
             return report
         if not result.ok:

@@ -7,9 +7,13 @@ prerequisite is its base net's final snapshot, and <root>/local/run_net.sh, whic
 net's lock (local/locks/<net>.lock, so two runners never train one net at once), waits for a free GPU slot
 when GPUs are given (flock on local/locks/gpu-slot<i>.lock; CAFFE_GPU=<id> tells train.sh), and runs train.sh.
 Then it runs `make -j N -k` (a failed net stops only the nets that depend on it) and blocks until make ends.
-Ctrl-C (or SIGTERM to this process) sends one SIGINT to make's process group: every trainer snapshots and
-stops (real Caffe and caffe_torch both do), make waits for them. Running it again resumes: make skips trained
-nets (their final snapshot exists) and train.sh resumes the others from their newest .solverstate.
+Ctrl-C (or SIGTERM or SIGHUP to this process) sends one SIGINT to make's process group: every trainer snapshots
+and stops (real Caffe and caffe_torch both do), make waits for them. make runs under a supervisor
+(convnet_transfer.processes) that gives the group the same SIGINT when this process dies without doing so
+(SIGKILL), then SIGKILL after STOP_GRACE seconds: nothing trains on unseen. Running it again resumes: make
+skips trained nets (their final snapshot exists) and train.sh resumes the others from their newest
+.solverstate; a run that finds nets of the tree still being trained (their lock held) stops before starting
+anything, naming them and the processes that hold them.
 The Makefile is plain: `make -C <root> -f local/Makefile -j 4 -k` runs the same without Python.
 """
 from __future__ import annotations
@@ -22,18 +26,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import processes
 from .slurm import (NetStatus, TreeError, TreeNet, _render, caffe_command, check_settings, format_status,
-                    read_tree, trainer_env, tree_status, with_base_nets)
+                    lock_held, lock_holders, read_tree, trainer_env, tree_status, with_base_nets)
 
 __all__ = ["run_local", "LocalResult", "write_makefile", "gpu_slots", "check_gpus", "LOCAL_DIR"]
 
 LOCAL_DIR = "local"
+STOP_GRACE = 60      # seconds the trainers have to snapshot and stop after this runner died, before SIGKILL
 
 
 @dataclass
 class LocalResult:
     returncode: int                   # make's exit status (0: every selected net trained)
-    interrupted: bool
+    interrupted: signal.Signals | None  # the signal that stopped the run (SIGINT, SIGTERM, SIGHUP)
     nets: dict[str, NetStatus]        # every selected net: finished / failed / stopped / not started
 
     @property
@@ -47,10 +53,8 @@ class LocalResult:
 def write_makefile(root: str | os.PathLike, nets: list[str] | None = None, gpus: list[str] | None = None) -> Path:
     """Write <root>/local/Makefile and run_net.sh for the selected nets (and the base nets they need)."""
     root = Path(root).resolve()
-    tree = read_tree(root)
-    by_name = {n.name: n for n in tree}
-    wanted = with_base_nets(tree, read_tree(root, nets) if nets else tree)   # a transfer net brings its base net
-    targets = [n for n in tree if n.name in wanted]
+    by_name = {n.name: n for n in read_tree(root)}
+    targets = _selected_with_base_nets(root, nets)       # a transfer net brings its base net along
     rules = [(_make_target(n, root), _make_target(by_name[n.depends_on], root) if n.depends_on else "", n.name)
              for n in targets]
     makefile = _render("local.mk.j2", root=str(root), rules=rules, all_targets=[r[0] for r in rules])
@@ -81,6 +85,38 @@ def _make_target(net: TreeNet, root: Path) -> str:
     return target
 
 
+def _selected_with_base_nets(root: Path, nets: list[str] | None) -> list[TreeNet]:
+    """The nets of the tree matching `nets` (all when None) and the base nets they need, in the tree's order."""
+    tree = read_tree(root)
+    wanted = with_base_nets(tree, read_tree(root, nets) if nets else tree)
+    return [n for n in tree if n.name in wanted]
+
+
+def check_not_training(root: str | os.PathLike, nets: list[str] | None = None) -> None:
+    """Raise TreeError when some of the nets (and their base nets) are still being trained by another run of
+    this tree (local/locks/<net>.lock held: an earlier runner's trainers stopping, or a runner still going)."""
+    root = Path(root).resolve()
+    if not (root / LOCAL_DIR / "locks").is_dir():      # never run here
+        return
+    locks = {n.name: root / LOCAL_DIR / "locks" / f"{n.name}.lock" for n in _selected_with_base_nets(root, nets)}
+    busy = [name for name, lock in locks.items() if lock_held(lock)]
+    if not busy:
+        return
+    pids = sorted({pid for name in busy for pid in lock_holders(locks[name])})
+    groups = sorted({_group_of(pid) for pid in pids} - {None})
+    held_by = f" (pids {', '.join(map(str, pids))})" if pids else ""
+    stop = f" (`kill -INT -- {' '.join(f'-{g}' for g in groups)}` stops it at a snapshot)" if groups else ""
+    raise TreeError(f"{len(busy)} nets of {root} are still being trained by another run{held_by}: "
+                    f"{', '.join(busy)}. Wait for it to end{stop}, then run again")
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 def gpu_slots(gpus: list[str] | str | None) -> list[str]:
     """The GPU slots of `gpus` ("0,1" or ["0", "1"]; an id listed twice is two slots), blanks left out."""
     if isinstance(gpus, str):
@@ -108,7 +144,7 @@ def check_gpus(gpus: list[str] | str | None, caffe: str) -> None:
 
 def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = None, env: dict | None = None,
               gpus: list[str] | str | None = None, caffe: str | None = None, progress: bool = True,
-              quiet: bool = False) -> LocalResult:
+              quiet: bool = False, stop_grace: float = STOP_GRACE) -> LocalResult:
     """Train the nets of a tree (all, or those matching the patterns `nets` plus their base nets) with
     `jobs` workers, base nets before their transfer nets; blocks until done and returns every net's status.
 
@@ -118,8 +154,10 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
     realcaffe.find_caffe() finds a working build, else tools/caffe_torch (caffe_command("torch") forces ours).
     progress: a bar of nets trained; quiet: nothing from make and the net scripts on the terminal (their
     lines per net started and finished; the returned statuses still say which net failed and why).
-    Returns LocalResult: returncode, interrupted, nets = {name: NetStatus} (state finished / failed (detail:
-    the log line that says why) / stopped (resumable) / not started).
+    stop_grace: seconds the trainers have to stop after this process died (SIGKILL) before they are killed.
+    Raises TreeError, before starting anything, when some of these nets are still being trained by another run.
+    Returns LocalResult: returncode, interrupted (the signal), nets = {name: NetStatus} (state finished / failed
+    (detail: the log line that says why) / stopped (resumable) / not started).
     """
     make = shutil.which("make")
     if make is None:
@@ -134,53 +172,55 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
     check_gpus(gpus, run_env["CAFFE"])
     tree = read_tree(root)
     check_settings(root, tree, with_base_nets(tree, read_tree(root, nets) if nets else tree))
+    check_not_training(root, nets)
     makefile = write_makefile(root, nets, gpus)
     run_env.pop("MAKEFLAGS", None)
     run_env.pop("MFLAGS", None)
     chosen = read_tree(root, nets)
     selected = [n.name for n in chosen] if nets else None
     cmd = [make, "--no-print-directory", "-C", str(root), "-f", str(makefile.relative_to(root)), f"-j{jobs}", "-k"]
-    proc = subprocess.Popen(cmd, env=run_env, start_new_session=True,   # own group: Ctrl-C reaches it once
-                            stdout=subprocess.DEVNULL if quiet else None,
-                            stderr=subprocess.DEVNULL if quiet else None)
-    interrupted = 0
+    signals: list[signal.Signals] = []
     bar = _progress_bar(progress, len(chosen))
+    supervisor_end, runner_end = os.pipe()     # the supervisor sees EOF when this process is gone
+    try:
+        proc = subprocess.Popen(processes.supervised(cmd, supervisor_end, stop_grace), env=run_env,
+                                start_new_session=True,    # its own group: Ctrl-C reaches the trainers once
+                                pass_fds=(supervisor_end,), stdout=subprocess.DEVNULL if quiet else None,
+                                stderr=subprocess.DEVNULL if quiet else None)
+    except BaseException:
+        os.close(runner_end)
+        raise
+    finally:
+        os.close(supervisor_end)
 
-    def stop(signum=None, frame=None):
+    def stop(signum=signal.SIGINT, frame=None):
         # the first Ctrl-C asks every trainer to snapshot and stop; a second one interrupts them at once
-        nonlocal interrupted
-        interrupted += 1
-        if interrupted <= 2:
+        signals.append(signal.Signals(signum))
+        if len(signals) <= 2:
             try:
                 os.killpg(proc.pid, signal.SIGINT)
             except ProcessLookupError:
                 pass
 
-    previous = signal.signal(signal.SIGTERM, stop) if _main_thread() else None
     try:
-        while True:
-            try:
-                proc.wait(timeout=2)
-                break
-            except subprocess.TimeoutExpired:
-                if bar is not None:
-                    bar.n = sum(n.finished for n in chosen)
-                    bar.refresh()
-            except KeyboardInterrupt:
-                stop()
+        with processes.on_stop_signals(stop):
+            while True:
+                try:
+                    proc.wait(timeout=2)
+                    break
+                except subprocess.TimeoutExpired:
+                    if bar is not None:
+                        bar.n = sum(n.finished for n in chosen)
+                        bar.refresh()
+                except KeyboardInterrupt as interrupt:
+                    stop(processes.signal_of(interrupt))
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        os.close(runner_end)      # the supervisor stops the group if make still runs (an error here)
     statuses = tree_status(root, selected, use_slurm=False)
     if bar is not None:
         bar.n = sum(s.state == "finished" for s in statuses)
         bar.close()
-    return LocalResult(proc.returncode, bool(interrupted), {s.name: s for s in statuses})
-
-
-def _main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
+    return LocalResult(proc.returncode, signals[0] if signals else None, {s.name: s for s in statuses})
 
 
 def _progress_bar(enabled: bool, total: int):

@@ -717,6 +717,21 @@ def lock_held(path: Path) -> bool:
     return False
 
 
+def lock_holders(path: Path) -> list[int]:
+    """The processes that have `path` open (a held lock's holders: the net script, train.sh, the trainer), from
+    /proc; those this user may not look at are left out."""
+    target, pids = str(Path(path).resolve()), []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd.path) == target for fd in os.scandir(f"/proc/{entry.name}/fd")):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return sorted(pids)
+
+
 def tree_status(root: str | os.PathLike, nets: list[str] | None = None, use_slurm: bool = True) -> list[NetStatus]:
     """Every net of the tree, from its directory (final snapshot, newest log) and Slurm (squeue, and sacct
     where the cluster has accounting) for the nets submitted from this tree."""

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from .. import processes
+
 COMMANDS = {
     # name          module (under convnet_transfer.cli)   what it does
     "make_splits": ("make_splits", "ILSVRC-style lists -> split lists and md5 manifest"),
@@ -28,6 +30,24 @@ COMMANDS = {
     "submit": ("submit", "the experiment as Slurm job arrays, or on a local worker pool"),
     "slurm_localhost": ("slurm_localhost", "start/stop a one-node Slurm cluster on this machine"),
 }
+
+
+def interruptible(then: str):
+    """A command's callback stopped by Ctrl-C, SIGTERM or SIGHUP (kill, a closed terminal) cleans up as
+    for Ctrl-C (its `finally` blocks run, its child processes stop), prints "stopped by SIG...; <then>" and exits
+    with 128 + the signal (130, 143, 129), not with click's "Aborted!" and 1."""
+    def wrap(callback):
+        @functools.wraps(callback)
+        def run(*args, **kwargs):
+            try:
+                with processes.stop_on_signals():
+                    return callback(*args, **kwargs)
+            except KeyboardInterrupt as interrupt:
+                signum = processes.signal_of(interrupt)
+                click.echo(f"\nstopped by {signum.name}; {then}", err=True)
+                sys.exit(128 + signum)
+        return run
+    return wrap
 
 
 def load(name: str) -> click.Command:

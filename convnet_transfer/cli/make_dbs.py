@@ -6,6 +6,7 @@ import sys
 import click
 
 from .. import databases
+from . import interruptible
 
 
 def _size(ctx, param, value):
@@ -60,6 +61,7 @@ our engine; real Caffe needs the per-split databases).""")
 @click.option("--commit-every", type=int, default=databases.COMMIT_EVERY, show_default=True,
               help="records per transaction")
 @click.option("--progress/--no-progress", default=True, help="show a progress bar")
+@interruptible("run the same command again: the conversion resumes where it stopped")
 def main(list_path, out, mean_path, data_root, splits, root, val_root, backend, resize, size, encoded, shuffle_seed, gray,
          workers, skip_bad, shared, commit_every, progress):
     options = dict(backend=backend, resize=size if resize else None, encoded=encoded, shuffle_seed=shuffle_seed,

@@ -12,6 +12,7 @@ import click
 from .. import experiment
 from ..local_runner import gpu_slots
 from ..datasets import DATASETS, DatasetError
+from . import interruptible
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,6 +80,7 @@ Default: 60 nets x 200 iterations of batch 64 on the CPU, 6-7 minutes on 2 cores
 @click.option("--per-class", type=click.IntRange(1), default=None,
               help="Use only the first N train images of each class (and N/5 val images).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
+@interruptible("run the same command again to resume")
 def main(out, dataset, dataset_root, train_list, val_list, quick, gpu, engine, jobs, iterations, seeds, natman,
          random_filters, reduced, per_class, progress):
     options = {"fashion-mnist": {"root": dataset_root}, "folder": {"root": dataset_root},
@@ -121,9 +123,9 @@ def main(out, dataset, dataset_root, train_list, val_list, quick, gpu, engine, j
     except (experiment.ExperimentError, DatasetError) as err:
         raise click.ClickException(str(err))
     if report.interrupted:
-        click.echo(f"Interrupted after {time.monotonic() - started:.0f} s; run the same command again to resume.",
-                   err=True)
-        sys.exit(130)
+        click.echo(f"Interrupted by {report.interrupted.name} after {time.monotonic() - started:.0f} s; run the "
+                   f"same command again to resume.", err=True)
+        sys.exit(128 + report.interrupted)
     click.echo(report.tables)
     click.echo(f"Figure: {report.figure}\nTables: {report.results_dir}/fig2_transfer.txt, fig2_paired.txt (and "
                f".csv); every net: {report.results_dir / 'summary.csv'}")

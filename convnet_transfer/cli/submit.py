@@ -9,6 +9,7 @@ import click
 
 from .. import slurm
 from ..slurm import SlurmOptions, TreeError
+from . import interruptible
 
 ENGINES = ("auto", "caffe", "torch")
 
@@ -55,6 +56,7 @@ def _trainer(engine: str | None, caffe: str | None) -> tuple[str, str | None]:
 @click.option("-j", "--jobs", type=int, default=None, help="--local: nets at once (default: number of --gpus, else 1).")
 @click.option("--gpus", help="--local: GPU ids to share out, e.g. 0,1 (each net gets one; CAFFE_GPU).")
 @click.option("--json", "as_json", is_flag=True, help="--status: print JSON instead of a table.")
+@interruptible("run the same command again to resume")
 def main(root, mode, nets, engine, caffe_cmd, dry_run, partition, account, qos, time_limit, gpus_per_task,
          cpus_per_task, mem, array_limit, extra, signal_name, signal_lead, job_prefix, jobs, gpus, as_json):
     """Train the nets of a generated tree ROOT (default generated/; tools/gen_nets writes it), in dependency
@@ -100,7 +102,9 @@ def main(root, mode, nets, engine, caffe_cmd, dry_run, partition, account, qos, 
                                gpus=gpu_list)
             click.echo(result.describe())
             if result.interrupted:
-                click.echo("interrupted: the nets in training snapshotted; run the same command to resume")
+                click.echo(f"interrupted by {result.interrupted.name}: the nets in training snapshotted; run the "
+                           f"same command to resume")
+                sys.exit(128 + result.interrupted)
             sys.exit(0 if result.ok else 1)
         else:
             statuses = slurm.tree_status(root, patterns)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .. import caffe_pb2 as pb
-from .. import protoio
+from .. import processes, protoio
 from . import glog
 from .errors import EngineError
 from .net import channels_last_on
@@ -146,6 +146,7 @@ class _DecodeWorkers:
     def __init__(self, count: int, batch: np.ndarray):
         from multiprocessing import Pipe
         self.pids, self.conns = [], []
+        trainer = os.getpid()
         for _ in range(count):
             ours, theirs = Pipe()
             pid = os.fork()   # as torch's DataLoader: the workers only parse and decode bytes (no CUDA, no torch)
@@ -153,7 +154,7 @@ class _DecodeWorkers:
                 status = 1
                 try:
                     ours.close()
-                    _worker_init(batch)
+                    _worker_init(batch, trainer)
                     _serve(theirs)
                     status = 0
                 finally:
@@ -211,17 +212,10 @@ def _serve(conn) -> None:
             conn.send((False, err))
 
 
-def _worker_init(batch: np.ndarray) -> None:
+def _worker_init(batch: np.ndarray, trainer: int) -> None:
     """Workers leave signals to the trainer (it snapshots, then stops them: SIGKILL) and die with it (Linux)."""
-    import signal
     _WORKER_BATCH[:] = [batch]
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    processes.as_worker_of(trainer)
 
 
 class _Cursor:
