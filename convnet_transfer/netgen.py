@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterable
 
 import jinja2
+from google.protobuf import text_encoding
 
 from . import architectures, catalog as catalog_mod, resources
 from .architectures.spec import Architecture, Enum, Layer
@@ -189,13 +190,18 @@ def _pb(value) -> str:
         return str(value)
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
+    if isinstance(value, str):   # protobuf's text escapes (\" \\ \n, UTF-8 bytes as \ooo): every parser reads them
+        return '"' + text_encoding.CEscape(value.encode("utf-8"), as_utf8=False) + '"'
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
         return format(value, ".9g")
     raise TypeError(f"cannot write {value!r} ({type(value).__name__}) in a prototxt")
+
+
+def _one_line(text: str) -> str:
+    """Text for a comment line (`# ...` in a prototxt or train.sh): line breaks become spaces."""
+    return " ".join(text.splitlines())
 
 
 def _fail(message: str):
@@ -324,7 +330,7 @@ def _render_net(net: NetSpec, catalog: Catalog, arch: Architecture, options: Ren
     files = net_files(arch, options.backend)
     texts = {}                                  # rendered first, written after: a template error writes nothing
     mode = options.mode or arch.mode
-    header = f"{net.name}: {net.describe()}; architecture {arch.name}"
+    header = _one_line(f"{net.name}: {net.describe()}; architecture {arch.name}")   # a comment line in each file
     for phase, name in (("train", files.train), ("val", files.val)):
         batch = options.batch_size or arch.batch_size
         if phase == "val":
@@ -341,7 +347,7 @@ def _render_net(net: NetSpec, catalog: Catalog, arch: Architecture, options: Ren
                    test_net=files.val, mode=mode, snapshot_prefix=arch.snapshot_prefix, header=header)
     texts[files.solver] = (text, 0o644)
     base = catalog[net.base] if net.base else None
-    text = _render(env, "train.sh.j2", name=net.name, description=net.describe(), arch=arch.name,
+    text = _render(env, "train.sh.j2", name=net.name, description=net.describe(), arch=_one_line(arch.name),
                    solver_file=files.solver, snapshot_prefix=arch.snapshot_prefix, max_iter=solver["max_iter"],
                    base=net.base, base_prefix=arch.snapshot_prefix,
                    base_max_iter=solver_fields(base, arch, options)["max_iter"] if base else None)

@@ -159,3 +159,129 @@ def test_four_classes_make_halves_of_two(tmp_path):
     for half in ("half0A", "half0B"):
         labels = {label for _, label in splits.read_list(tmp_path / "data" / f"{half}_train" / "files.txt")}
         assert labels == {0, 1}
+
+
+# ---------------------------------------------------------------- gen_nets --prototxt: unknown types, hostile names
+
+OWN_NET = """name: %(net)s
+layer { name: "data" type: "Data" top: "data" top: "label" data_param { batch_size: 8 } }
+layer { name: %(conv)s type: %(type)s bottom: "data" top: %(blob)s
+        convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: %(relu)s type: "ReLU" bottom: %(blob)s top: %(blob)s }
+layer { name: %(fc)s type: "InnerProduct" bottom: %(blob)s top: "fc7" inner_product_param { num_output: 4 } }
+layer { name: "fc8" type: "InnerProduct" bottom: "fc7" top: "fc8" inner_product_param { num_output: 4 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" top: "loss" }
+"""
+PLAIN = dict(net='"mine"', conv='"conv1"', type='"Convolution"', blob='"conv1"', relu='"relu1"', fc='"fc7"')
+# as protobuf text writes them: a quote, a backslash, a newline, a tab, non-ASCII (UTF-8 bytes in octal and as is)
+HOSTILE = dict(net=r'"my \"net\"\nv2"', conv=r'"conv \"1\""', type='"Convolution"', blob=r'"c\\1 \303\274"',
+               relu=r'"relu\n1"', fc='"fc\t7 é"')
+HOSTILE_NAMES = ['conv "1"', "fc\t7 é"]
+
+
+def gen_nets(prototxt: Path, transferable: list[str], out: Path, *extra) -> subprocess.CompletedProcess:
+    return tool("gen_nets", "--prototxt", prototxt, "--transferable", ",".join(transferable), "--all",
+                "--out", out, "--data", "data", "--quiet", *extra)
+
+
+def test_unknown_layer_type_has_its_own_message(tmp_path):
+    """A type Caffe does not know (a typo, a fork's layer) is named as such, not as 'has no weights to transfer';
+    the nets rendered before, and their logs, stay as they were."""
+    prototxt = tmp_path / "mine.prototxt"
+    prototxt.write_text(OWN_NET % PLAIN)
+    out = tmp_path / "nets"
+    made = gen_nets(prototxt, ["conv1", "fc7"], out)
+    assert made.returncode == 0, made.stderr
+    (out / "half0A" / "half0A.20261204-000000.log").write_text("a training log")
+    for typo in ("MagicConv", "convolution"):
+        prototxt.write_text(OWN_NET % {**PLAIN, "type": f'"{typo}"'})
+        before = snapshot(tmp_path)
+        result = gen_nets(prototxt, ["conv1", "fc7"], out)
+        message = refused(result, str(prototxt), "'conv1'", f"'{typo}'", "not a Caffe layer type")
+        assert "no weights" not in message
+        assert snapshot(tmp_path) == before
+
+
+def rendered_names(path: Path) -> tuple[str, list[str], list[list[str]]]:
+    """The net name, layer names and tops of a rendered net file, read back by protobuf's text parser."""
+    from convnet_transfer import protoio
+
+    net = protoio.read_net(path)
+    if net.layers:                              # the 2014 (V0) format: layers { layer { name } top }
+        return net.name, [c.layer.name for c in net.layers], [list(c.top) for c in net.layers]
+    return net.name, [layer.name for layer in net.layer], [list(layer.top) for layer in net.layer]
+
+
+@pytest.mark.parametrize("fmt", ["current", "2014"])
+def test_hostile_names_are_written_as_protobuf_text(tmp_path, fmt):
+    """Names holding a quote, a backslash, a newline, a tab or non-ASCII come back from every file unchanged."""
+    from convnet_transfer import protoio
+
+    prototxt = tmp_path / "mine.prototxt"
+    prototxt.write_text(OWN_NET % HOSTILE)
+    out = tmp_path / "nets"
+    extra = ("--format", "2014", "--backend", "leveldb") if fmt == "2014" else ()
+    result = gen_nets(prototxt, HOSTILE_NAMES, out, *extra)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    blob = "c\\1 ü"
+    base = rendered_names(out / "half0A" / "train.prototxt")
+    assert base == ('my "net"\nv2', ["data", 'conv "1"', "relu\n1", "fc\t7 é", "fc8", "loss"],
+                    [["data", "label"], [blob], [blob], ["fc7"], ["fc8"], ["loss"]])
+    transfer = rendered_names(out / "transfer0A0B_1_1" / "train.prototxt")
+    assert transfer[1] == ["data", 'conv "1"', "relu\n1", "fc\t7 é-new", "fc8-new", "loss"]
+    for path in out.rglob("*.prototxt"):
+        (protoio.read_solver if path.name.endswith("solver.prototxt") else protoio.read_net)(path)
+    for script in out.rglob("train.sh"):
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, script
+
+
+HOSTILE_ALPHABET = ['"', "\\", "\n", "\t", "\r", "'", "\x00", "\x7f", "a", "Z", "0", " ", "#", ":", "{", "}", "é", "ü",
+                    "中", "😀", "\\n", '\\"', "\\303"]
+
+
+def hostile_strings(count: int = 400, seed: int = 0) -> list[str]:
+    rng = np.random.RandomState(seed)
+    words = ["", 'conv "1"', "a\\b", "line\nbreak", "tab\there", "naïve 中文 😀"]
+    for _ in range(count):
+        words.append("".join(rng.choice(HOSTILE_ALPHABET, size=rng.randint(1, 12))))
+    return words
+
+
+def net_text(names: list[str]) -> str:
+    """A NetParameter whose layer names (and tops) are `names`, each written by netgen's prototxt scalar filter."""
+    from convnet_transfer.netgen import _pb
+
+    layers = "".join(f'layer {{ name: {_pb(name)} type: "ReLU" top: {_pb(name)} }}\n' for name in names)
+    return f"name: {_pb(names[-1])}\n{layers}"
+
+
+def test_prototxt_strings_round_trip_through_protobuf():
+    """Every string netgen writes reads back unchanged with protobuf's text parser (property test)."""
+    from convnet_transfer import protoio
+
+    names = hostile_strings()
+    net = protoio.parse_text(net_text(names), protoio.pb.NetParameter())
+    assert [layer.name for layer in net.layer] == names and [layer.top[0] for layer in net.layer] == names
+    assert net.name == names[-1]
+
+
+@pytest.mark.slow
+def test_prototxt_strings_round_trip_through_real_caffe(tmp_path, real_caffe):
+    """The same through Caffe's own C++ parser (upgrade_net_proto_text reads and writes the net) and pycaffe's
+    caffe_pb2."""
+    import json
+
+    from convnet_transfer import protoio
+
+    names = hostile_strings(200, seed=1)
+    (tmp_path / "in.prototxt").write_text(net_text(names))
+    real_caffe.run("upgrade_net_proto_text", tmp_path / "in.prototxt", tmp_path / "out.prototxt")
+    assert [layer.name for layer in protoio.read_net(tmp_path / "out.prototxt").layer] == names
+    read = ("import json, sys\nfrom google.protobuf import text_format\nfrom caffe.proto import caffe_pb2\n"
+            "net = text_format.Parse(open(sys.argv[1], encoding='utf-8').read(), caffe_pb2.NetParameter())\n"
+            "print(json.dumps([layer.name for layer in net.layer]))\n")
+    if real_caffe.python_dir:
+        proc = subprocess.run([sys.executable, "-c", read, str(tmp_path / "in.prototxt")], env=real_caffe.env(),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.splitlines()[-1]) == names

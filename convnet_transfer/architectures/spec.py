@@ -196,6 +196,10 @@ def from_prototxt(path: str | os.PathLike, transferable: list[str], *, classifie
                          f"upgrade_net_proto_text, then give the upgraded file")
     layers, data = [], {}
     for lp in net.layer:
+        if lp.type not in protoio.CAFFE_LAYER_TYPES:
+            raise ValueError(f"{path}: layer {lp.name!r} has type {lp.type!r}, which is not a Caffe layer type "
+                             f"(Caffe would stop on it: Unknown layer type); check its spelling (types are "
+                             f"case-sensitive: Convolution, InnerProduct, ReLU, ...)")
         phases = {protoio.pb.Phase.Name(rule.phase).lower() for rule in lp.include if rule.HasField("phase")}
         phase = {"train": "train", "test": "val"}[phases.pop()] if len(phases) == 1 else None
         if lp.type in ("Data", "ImageData", "Input", "DummyData", "MemoryData"):
