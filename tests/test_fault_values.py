@@ -217,7 +217,7 @@ def test_hostile_names_are_written_as_protobuf_text(tmp_path, fmt):
     """Names holding a quote, a backslash, a newline, a tab or non-ASCII come back from every file unchanged."""
     from convnet_transfer import protoio
 
-    prototxt = tmp_path / "mine.prototxt"
+    prototxt = tmp_path / "mine\n$(touch PWNED).prototxt"     # its stem names the architecture in comments
     prototxt.write_text(OWN_NET % HOSTILE)
     out = tmp_path / "nets"
     extra = ("--format", "2014", "--backend", "leveldb") if fmt == "2014" else ()
@@ -233,6 +233,10 @@ def test_hostile_names_are_written_as_protobuf_text(tmp_path, fmt):
         (protoio.read_solver if path.name.endswith("solver.prototxt") else protoio.read_net)(path)
     for script in out.rglob("train.sh"):
         assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, script
+    assert "# Written by tools/gen_nets (architecture mine $(touch PWNED))" in (out / "half0A" / "train.sh").read_text()
+    if fmt == "current":                        # the 2014 files have no header comment
+        assert (out / "half0A" / "train.prototxt").read_text().startswith(
+            "# half0A: base net on half0A; architecture mine $(touch PWNED)\n")
 
 
 HOSTILE_ALPHABET = ['"', "\\", "\n", "\t", "\r", "'", "\x00", "\x7f", "a", "Z", "0", " ", "#", ":", "{", "}", "é", "ü",
