@@ -289,3 +289,30 @@ def test_prototxt_strings_round_trip_through_real_caffe(tmp_path, real_caffe):
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert json.loads(proc.stdout.splitlines()[-1]) == names
+
+
+@pytest.mark.slow
+def test_one_multiplier_per_blob_whatever_the_prototxt_gives(tmp_path):
+    """A convolution without bias (bias_term: false) and no `param` got two param blocks, which Caffe and the
+    engine refuse ("Too many params"); one `param` block for two blobs left the bias learning in a frozen net."""
+    from convnet_transfer import protoio
+    from convnet_transfer.engine.net import Net
+
+    prototxt = tmp_path / "mine.prototxt"
+    text = (OWN_NET % PLAIN).replace("kernel_size: 3 }", "kernel_size: 3 bias_term: false }")
+    prototxt.write_text(text.replace('name: "fc7" type: "InnerProduct"',
+                                     'name: "fc7" type: "InnerProduct" param { lr_mult: 2 }'))
+    out = tmp_path / "nets"
+    result = gen_nets(prototxt, ["conv1", "fc7"], out)
+    assert result.returncode == 0, result.stderr
+    net = protoio.read_net(out / "transfer0A0B_1_2" / "train.prototxt")     # conv1 and fc7 copied and frozen
+    mults = {layer.name: [(p.lr_mult, p.decay_mult) for p in layer.param] for layer in net.layer}
+    assert mults["conv1"] == [(0, 0)] and mults["fc7"] == [(0, 0), (0, 0)] and len(mults["fc8-new"]) == 2
+    data = net.layer[0]
+    data.Clear()
+    data.name, data.type = "data", "Input"
+    data.top.extend(["data", "label"])
+    data.input_param.shape.add(dim=[2, 3, 8, 8])
+    data.input_param.shape.add(dim=[2])
+    built = Net(net, "TRAIN")                   # the engine builds it (Caffe's checks of `param` included)
+    assert [p.lr_mult for p in built.params] == [0, 0, 0, 1, 1]
