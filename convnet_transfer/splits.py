@@ -382,6 +382,10 @@ def make_splits(train_list: str | os.PathLike | ImageList | None = None,
             for split, phase in jobs:
                 items, _ = inputs[phase]
                 lines, idxmap = _select(items, split)
+                if not lines:   # read_list refuses an empty list: never write one
+                    raise SplitError(f"{split.name}_{phase}/files.txt would list no image: {inputs[phase][1]} has no "
+                                     f"image of its classes {_some(split.classes)}; add "
+                                     f"{'validation' if phase == 'valid' else 'train'} images of them")
                 if idxmap is None:
                     idxmap = [(c, c) for c in range(n_classes)]
                 folder = f"{split.name}_{phase}"
@@ -405,6 +409,10 @@ def make_splits(train_list: str | os.PathLike | ImageList | None = None,
             out_dir.rmdir()   # failed before writing anything: leave no empty folder behind
     say(report.summary())
     return report
+
+
+def _some(classes: list[int], shown: int = 10) -> str:
+    return ", ".join(map(str, classes[:shown])) + (f", ... ({len(classes)} classes)" if len(classes) > shown else "")
 
 
 def _check_short_classes(train, n_classes, plan, short_classes, report, say):

@@ -316,3 +316,17 @@ def test_one_multiplier_per_blob_whatever_the_prototxt_gives(tmp_path):
     data.input_param.shape.add(dim=[2])
     built = Net(net, "TRAIN")                   # the engine builds it (Caffe's checks of `param` included)
     assert [p.lr_mult for p in built.params] == [0, 0, 0, 1, 1]
+
+
+def test_make_splits_writes_no_empty_list(tmp_path):
+    """What make_dbs refuses to read, make_splits does not write: a half whose classes have no validation image."""
+    (tmp_path / "train.txt").write_text("".join(f"t{i}.png {i % 4}\n" for i in range(8)))
+    (tmp_path / "val.txt").write_text("v0.png 0\nv2.png 2\n")
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    result = tool("make_splits", "--train", tmp_path / "train.txt", "--val", tmp_path / "val.txt", "--n-classes", "4",
+                  "--out", out, "--seeds", "0,1,2", "--reduced", "none", "--no-progress")
+    refused(result, "half2B_valid/files.txt would list no image", str(tmp_path / "val.txt"), "1, 3")
+    assert snapshot(tmp_path) == before
