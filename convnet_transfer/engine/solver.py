@@ -647,8 +647,8 @@ class SGDSolver:
 def report_copied(net, path: str, copied: list[str]) -> None:
     """Say how many of the net's layers with weights a weights file filled (Caffe's CopyTrainedLayersFrom says
     nothing, so a file that fills none, empty or of another net, trains or tests a net from scratch unnoticed)."""
-    weighted = net.weighted_layers()
-    filled = [layer for layer in weighted if layer in set(copied)]
+    weighted, copied = net.weighted_layers(), set(copied)
+    filled = [layer for layer in weighted if layer in copied]
     if filled:
         glog.info(glog.here(), f"Copied {len(filled)} of the {len(weighted)} layers with weights of net {net.name} "
                                f"from {path}: {', '.join(filled)}")
