@@ -37,7 +37,7 @@ import numpy as np
 from . import caffe_pb2 as pb
 from . import processes, protoio
 from .images import ImageError, decode_image, encode_image, read_image, resize_linear
-from .splits import file_md5
+from .splits import SplitError, file_md5, read_list
 
 __all__ = [
     "DatabaseError", "BadImageError", "DbInfo", "DatumReader", "read_image_list", "make_key",
@@ -82,26 +82,12 @@ class DbInfo:
 # ---------------------------------------------------------------- lists, keys, Datum records
 
 def read_image_list(path: str | os.PathLike) -> list[tuple[str, int]]:
-    """Caffe's list format: "<relative path> <label>" per line, the label after the LAST space (as
-    convert_imageset reads it, so paths may hold spaces). Blank lines are ignored; errors name file:line."""
-    items = []
+    """Caffe's list format, "<relative path> <label>" per line, read by splits.read_list (one reader, one set of
+    rules: labels 0..2^31-1, no image twice, at least one image); its errors, naming file:line, as DatabaseError."""
     try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise DatabaseError(f"{path}: cannot read the image list ({err.strerror})") from None
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.rstrip("\r\n")
-        if not line.strip():
-            continue
-        relpath, _, label = line.rpartition(" ")
-        try:
-            items.append((relpath, int(label)))
-        except ValueError:
-            raise DatabaseError(f"{path}:{number}: expected '<relative/path> <integer label>', got {line!r}; "
-                                f"fix the list and run again") from None
-        if not relpath:
-            raise DatabaseError(f"{path}:{number}: no image path before the label in {line!r}")
-    return items
+        return read_list(path, progress=False)
+    except SplitError as err:
+        raise DatabaseError(str(err)) from None
 
 
 def make_key(index: int, relpath: str) -> bytes:

@@ -42,6 +42,7 @@ __all__ = ["Settings", "PRESETS", "ExperimentReport", "ExperimentError", "run_ex
            "PAPER_FIG3"]
 
 ARCH = "caffenet_small"
+MIN_HALF = 2                 # classes in the smaller random half: fewer cannot measure accuracy
 CROP = 28                    # caffenet_small's input: 28x28 (the whole Fashion-MNIST image; a random crop of 32x32)
 
 
@@ -172,9 +173,20 @@ def _subset(items: list[tuple[str, int]], per_class: int | None) -> list[tuple[s
     return out
 
 
+def _check_halves(dataset) -> None:
+    """Random halves need at least MIN_HALF classes each: a 1-class half scores 100% whatever a net learned."""
+    n = len(dataset.classes)
+    if n // 2 < MIN_HALF:
+        where = f" in {dataset.root}" if getattr(dataset, "root", None) else ""
+        raise ExperimentError(f"dataset {dataset.name}{where} has {n} classes ({', '.join(map(str, dataset.classes))})"
+                              f": its random halves would have {n // 2} and {n - n // 2}, and a half needs at least "
+                              f"{MIN_HALF} (a net on 1 class scores 100%); give at least {2 * MIN_HALF} classes")
+
+
 def make_lists(dataset, data_dir: Path, settings: Settings, progress: bool = True) -> splits.SplitReport:
     """Stage 1: the dataset's train and val lists -> every split's files.txt + idxmap.txt and md5sums.txt.
     An existing md5sums.txt is the published manifest: a list that differs from it stops the run."""
+    _check_halves(dataset)
     train = _subset(dataset.items("train"), settings.per_class)
     val = _subset(dataset.items("val"), None if settings.per_class is None else max(1, settings.per_class // 5))
     groups = dict(dataset.dissimilar_groups) or None
@@ -530,6 +542,7 @@ def run_experiment(out_dir: str | os.PathLike, *, dataset: str = "fashion-mnist"
         data = datasets.open_dataset(dataset, **(dataset_options or {}))
     except (TypeError, ValueError) as err:
         raise ExperimentError(f"dataset {dataset!r}: {err}") from None
+    _check_halves(data)         # as make_lists does, before saying anything
     trainer_env(engine, gpus)   # a run that cannot train here stops before it makes anything
     _check_not_training(report.nets_dir)
     _say(f"[1/5] split lists of {data.name} ({len(data.classes)} classes) -> {report.data_dir}")

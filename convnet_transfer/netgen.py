@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Iterable
 
 import jinja2
+from google.protobuf import text_encoding
 
 from . import architectures, catalog as catalog_mod, protoio, resources, slurm
 from .architectures.spec import Architecture, Enum, Layer
@@ -191,8 +192,8 @@ def _pb(value) -> str:
         return str(value)
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
+    if isinstance(value, str):   # protobuf's text escapes (\" \\ \n, UTF-8 bytes as \ooo): every parser reads them
+        return '"' + text_encoding.CEscape(value.encode("utf-8"), as_utf8=False) + '"'
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
@@ -201,8 +202,9 @@ def _pb(value) -> str:
 
 
 def one_line(value) -> str:
-    """`value` as text on one line of a generated file (a comment, a #SBATCH line, a make rule): a line break would
-    start a new line of commands there, so it is refused (NetgenError naming the value). The `one_line` filter."""
+    """`value` as text on one line of a generated script (a shell word, a #SBATCH line, a make rule): a line break
+    would start a new line of commands there, so it is refused (NetgenError naming the value). Comment lines take
+    comment_text instead."""
     text = str(value)
     if "\n" in text:
         raise NetgenError(f"{text!r}: a line break cannot be written into a generated script (train.sh, "
@@ -216,6 +218,12 @@ def shell_word(value) -> str:
     return shlex.quote(one_line(value))
 
 
+def comment_text(value) -> str:
+    """`value` for a comment line (`# ...` in a prototxt or train.sh): line breaks become spaces, so that nothing
+    of it leaves the comment. The `comment` filter."""
+    return " ".join(str(value).splitlines())
+
+
 def _fail(message: str):
     raise NetgenError(message)
 
@@ -227,7 +235,7 @@ def _environment(templates: str | os.PathLike | None) -> jinja2.Environment:
                              trim_blocks=True, lstrip_blocks=True, autoescape=False)
     env.filters["pb"] = _pb
     env.filters["sh"] = shell_word
-    env.filters["one_line"] = one_line
+    env.filters["comment"] = comment_text
     env.globals["fail"] = _fail
     return env
 
@@ -335,7 +343,7 @@ def _render_net(net: NetSpec, catalog: Catalog, arch: Architecture, options: Ren
     files = net_files(arch, options.backend)
     texts = {}                                  # rendered first, written after: a template error writes nothing
     mode = options.mode or arch.mode
-    header = f"{net.name}: {net.describe()}; architecture {arch.name}"
+    header = comment_text(f"{net.name}: {net.describe()}; architecture {arch.name}")   # a comment line in each file
     for phase, name in (("train", files.train), ("val", files.val)):
         batch = options.batch_size or arch.batch_size
         if phase == "val":

@@ -16,10 +16,20 @@ from google.protobuf.message import DecodeError, Message
 from . import caffe_pb2 as pb
 
 __all__ = [
-    "pb", "ProtoFileError", "parse_text", "read_text", "write_text", "to_text",
+    "pb", "ProtoFileError", "CAFFE_LAYER_TYPES", "parse_text", "read_text", "write_text", "to_text",
     "read_binary", "write_binary", "atomic_write_bytes", "file_mode",
     "read_net", "read_solver", "blob_to_array", "array_to_blob", "read_mean", "write_mean",
 ]
+
+
+# The layer types of BVLC Caffe (its layer registry: REGISTER_LAYER_CLASS / REGISTER_LAYER_CREATOR in src/caffe/layers
+# and layer_factory.cpp, master). Caffe refuses any other type ("Unknown layer type").
+CAFFE_LAYER_TYPES = frozenset("""
+    AbsVal Accuracy ArgMax BNLL BatchNorm BatchReindex Bias Clip Concat ContrastiveLoss Convolution Crop Data
+    Deconvolution Dropout DummyData ELU Eltwise Embed EuclideanLoss Exp Filter Flatten HDF5Data HDF5Output HingeLoss
+    Im2col ImageData InfogainLoss InnerProduct Input LRN LSTM LSTMUnit Log MVN MemoryData MultinomialLogisticLoss
+    PReLU Parameter Pooling Power Python RNN ReLU Reduction Reshape SPP Scale Sigmoid SigmoidCrossEntropyLoss Silence
+    Slice Softmax SoftmaxWithLoss Split Swish TanH Threshold Tile WindowData""".split())
 
 
 class ProtoFileError(ValueError):

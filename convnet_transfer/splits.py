@@ -54,6 +54,7 @@ REDUCED_2014 = (1, 2, 5, 10, 25, 50, 100, 250, 500, 750, 1000)
 PHASES = ("train", "valid")
 MANIFEST = "md5sums.txt"
 LARGE_INPUT = 100_000  # lines: show progress bars from this size on
+MAX_LABEL = 2**31 - 1  # a Datum's label is an int32
 
 ImageList = Sequence[tuple[str, int]]  # [(relpath, label), ...]
 
@@ -77,8 +78,10 @@ def read_list(path: str | os.PathLike, n_classes: int | None = None, progress: b
     """Read a Caffe image list: `<relative/path> <class index>` per line (the label is the last space-separated
     field, as in Caffe's convert_imageset). Blank lines are skipped.
 
+    The one reader of the format: make_splits, make_dbs (databases.read_image_list) and the `list` dataset use it.
     Raises SplitError naming file:line for a line without a label, a label that is not a non-negative integer
-    (or not below `n_classes` when given), an image listed twice, or a file that cannot be read as text.
+    (or not below `n_classes` when given, or too large for a Datum's int32 label), an image listed twice, a file
+    that cannot be read as text, or a list with no image.
     """
     path = Path(path)
     items: list[tuple[str, int]] = []
@@ -125,10 +128,13 @@ def _parse_line(line: str, where: str, n_classes: int | None) -> tuple[str, int]
     if len(parts) < 2:
         raise SplitError(f"{where}: {line!r} has no label; expected '<relative/path> <class index>'")
     relpath, label_text = parts
-    if not label_text.isdigit():
+    if not (label_text.isascii() and label_text.isdigit()):
         raise SplitError(f"{where}: label {label_text!r} is not a class index (a non-negative integer); "
                          f"expected '<relative/path> <class index>'")
     label = int(label_text)
+    if label > MAX_LABEL:
+        raise SplitError(f"{where}: label {label} is too large: a Caffe Datum stores its label as an int32 (at "
+                         f"most {MAX_LABEL}); number the classes 0..K-1")
     if n_classes is not None and label >= n_classes:
         raise SplitError(f"{where}: label {label} is out of range: there are {n_classes} classes (0..{n_classes - 1})"
                          f"; check the class list or --n-classes")
@@ -330,6 +336,9 @@ def make_splits(train_list: str | os.PathLike | ImageList | None = None,
         raise ValueError(f"short_classes must be 'error' or 'keep', not {short_classes!r}")
     if n_classes < 2:
         raise SplitError(f"n_classes = {n_classes}: a dataset to split needs at least 2 classes")
+    if n_classes > MAX_LABEL + 1:
+        raise SplitError(f"n_classes = {n_classes}: a Caffe Datum's label is an int32, so at most {MAX_LABEL + 1} "
+                         f"classes")
     if train_list is None and val_list is None:
         raise SplitError("give a train list, a validation list, or both")
     out_dir = Path(out_dir)
@@ -376,6 +385,10 @@ def make_splits(train_list: str | os.PathLike | ImageList | None = None,
             for split, phase in jobs:
                 items, _ = inputs[phase]
                 lines, idxmap = _select(items, split)
+                if not lines:   # read_list refuses an empty list: never write one
+                    raise SplitError(f"{split.name}_{phase}/files.txt would list no image: {inputs[phase][1]} has no "
+                                     f"image of its classes {_some(split.classes)}; add "
+                                     f"{'validation' if phase == 'valid' else 'train'} images of them")
                 if idxmap is None:
                     idxmap = [(c, c) for c in range(n_classes)]
                 folder = f"{split.name}_{phase}"
@@ -399,6 +412,10 @@ def make_splits(train_list: str | os.PathLike | ImageList | None = None,
             out_dir.rmdir()   # failed before writing anything: leave no empty folder behind
     say(report.summary())
     return report
+
+
+def _some(classes: list[int], shown: int = 10) -> str:
+    return ", ".join(map(str, classes[:shown])) + (f", ... ({len(classes)} classes)" if len(classes) > shown else "")
 
 
 def _check_short_classes(train, n_classes, plan, short_classes, report, say):

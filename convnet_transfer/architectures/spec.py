@@ -160,6 +160,11 @@ def accuracy(name, bottom) -> Layer:
 DEFAULT_SOLVER = dict(test_iter=100, test_interval=1000, base_lr=0.01, lr_policy="step", gamma=0.1, stepsize=10000,
                       display=100, max_iter=45000, momentum=0.9, weight_decay=0.0005, snapshot=5000)
 
+# Layers whose parameter blobs are weights and, unless bias_term is false, a bias; the message holding bias_term
+WEIGHTED_PARAM = {"Convolution": "convolution_param", "Deconvolution": "convolution_param",
+                  "InnerProduct": "inner_product_param"}
+
+
 def _message_to_dict(message) -> dict:
     """A protobuf message -> nested dict of its set fields (enums by name, repeated fields as lists)."""
     out = {}
@@ -196,6 +201,10 @@ def from_prototxt(path: str | os.PathLike, transferable: list[str], *, classifie
                          f"upgrade_net_proto_text, then give the upgraded file")
     layers, data = [], {}
     for lp in net.layer:
+        if lp.type not in protoio.CAFFE_LAYER_TYPES:
+            raise ValueError(f"{path}: layer {lp.name!r} has type {lp.type!r}, which is not a Caffe layer type "
+                             f"(Caffe would stop on it: Unknown layer type); check its spelling (types are "
+                             f"case-sensitive: Convolution, InnerProduct, ReLU, ...)")
         phases = {protoio.pb.Phase.Name(rule.phase).lower() for rule in lp.include if rule.HasField("phase")}
         phase = {"train": "train", "test": "val"}[phases.pop()] if len(phases) == 1 else None
         if lp.type in ("Data", "ImageData", "Input", "DummyData", "MemoryData"):
@@ -207,8 +216,9 @@ def from_prototxt(path: str | os.PathLike, transferable: list[str], *, classifie
                   if fd.name.endswith("_param") and fd.type == fd.TYPE_MESSAGE}
         lr = tuple(p.lr_mult for p in lp.param)
         decay = tuple(p.decay_mult for p in lp.param)
-        if not lp.param and lp.type in ("Convolution", "InnerProduct"):
-            lr, decay = (1.0, 1.0), (1.0, 1.0)     # Caffe's defaults: every blob lr_mult 1, decay_mult 1
+        if lp.type in WEIGHTED_PARAM:               # one multiplier per blob (the protocol freezes them all);
+            blobs = 1 + bool(params.get(WEIGHTED_PARAM[lp.type], {}).get("bias_term", True))   # Caffe's default 1
+            lr, decay = lr + (1.0,) * (blobs - len(lr)), decay + (1.0,) * (blobs - len(decay))
         layers.append(Layer(lp.name, lp.type, list(lp.bottom), list(lp.top), params, lr, decay, phase))
     learnable = [layer.name for layer in layers if layer.learnable]
     if not learnable:

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-__all__ = ["fmt", "info", "warning", "error", "line"]
+__all__ = ["fmt", "info", "warning", "error", "line", "here"]
 
 
 def fmt(value: float) -> str:
@@ -30,6 +30,13 @@ def line(severity: str, where: str, message: str, now: float | None = None) -> s
     micros = int((now - int(now)) * 1_000_000)
     return (f"{severity[0]}{t.tm_mon:02d}{t.tm_mday:02d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{micros:06d} "
             f"{os.getpid():5d} {where}] {message}")
+
+
+def here() -> str:
+    """The caller's engine source file and line ("solver.py:280"): the location of a line Caffe has no
+    counterpart of (a .cpp location there would name a line no Caffe source has)."""
+    frame = sys._getframe(1)
+    return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
 
 
 def _write(severity: str, where: str, message: str) -> None:

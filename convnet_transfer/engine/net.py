@@ -438,6 +438,11 @@ class Net(nn.Module):
             copied.append(name)
         return copied
 
+    def weighted_layers(self) -> list[str]:
+        """The names of the layers that have parameter blobs (what CopyTrainedLayersFrom can copy), in order."""
+        return [lp.name for lp in self.layer_params
+                if self._layer_index[lp.name] >= 0 and len(self.layers[self._layer_index[lp.name]].blobs)]
+
     def _split_layer_names(self) -> set[str]:
         source = pb.NetParameter()
         source.layer.extend(self.layer_params)

@@ -43,7 +43,8 @@ from . import glog
 from .errors import EngineError
 from .data import DATA_LAYER_TYPES, DataLayerSource
 
-__all__ = ["SGDSolver", "SolverError", "Diverged", "SignalActions", "learning_rate", "read_solver"]
+__all__ = ["SGDSolver", "SolverError", "Diverged", "SignalActions", "learning_rate", "read_solver",
+           "report_copied"]
 
 
 class SolverError(EngineError):
@@ -240,7 +241,7 @@ class SGDSolver:
             self.train = _NetWithData(train_param, "TRAIN", state, self.device, train_seq, workers, net_seed)
             self.net = self.train.net
             for path in weights:
-                self._load_weights(self.net, path)
+                self._load_weights(self.net, path, report=True)
             for i, (test_param, source) in enumerate(self._test_net_params()):
                 glog.info("solver.cpp:191", f"Creating test net (#{i}) specified by {source}")
                 override = param.test_state[i] if param.test_state else None
@@ -276,6 +277,10 @@ class SGDSolver:
         if p.snapshot_format != pb.SolverParameter.BINARYPROTO:
             raise SolverError(f"{where}: snapshot_format HDF5 is not supported by the engine; use BINARYPROTO.")
         learning_rate(p, 0, 0)  # an unknown policy fails now, not at the first update
+        if p.base_lr < 0:
+            glog.warning(glog.here(), f"{where}: base_lr is {glog.fmt(p.base_lr)}, negative: every update climbs the "
+                                      f"loss instead of descending it (Caffe trains with it all the same). Check "
+                                      f"base_lr.")
 
     def _check_snapshot_prefix(self) -> None:
         p = self.param
@@ -324,11 +329,13 @@ class SGDSolver:
             raise SolverError("test nets are given (test_iter) but test_interval is not > 0.")
         return nets
 
-    def _load_weights(self, net, model_list: str) -> None:
+    def _load_weights(self, net, model_list: str, report: bool = False) -> None:
         for name in model_list.split(","):
             name = name.strip()
             glog.info("solver.cpp:72", f"Finetuning from {name}")
-            net.load_caffemodel(name)
+            copied = net.load_caffemodel(name)
+            if report:
+                report_copied(net, name, copied)
 
     # ------------------------------------------------------------ training
 
@@ -645,6 +652,20 @@ class SGDSolver:
         for net in [self.train, *self.test_nets]:
             if net is not None:
                 net.close()
+
+
+def report_copied(net, path: str, copied: list[str]) -> None:
+    """Say how many of the net's layers with weights a weights file filled (Caffe's CopyTrainedLayersFrom says
+    nothing, so a file that fills none, empty or of another net, trains or tests a net from scratch unnoticed)."""
+    weighted, copied = net.weighted_layers(), set(copied)
+    filled = [layer for layer in weighted if layer in copied]
+    if filled:
+        glog.info(glog.here(), f"Copied {len(filled)} of the {len(weighted)} layers with weights of net {net.name} "
+                               f"from {path}: {', '.join(filled)}")
+    else:
+        glog.warning(glog.here(), f"NONE of the {len(weighted)} layers with weights of net {net.name} was copied "
+                                  f"from {path}: no layer there has the name of one here, so the net starts from "
+                                  f"scratch (as in Caffe). Check -weights: is it this net's own or base net's?")
 
 
 def _upgrade(net_param: pb.NetParameter) -> pb.NetParameter:

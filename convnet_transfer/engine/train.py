@@ -21,7 +21,7 @@ import torch
 from .. import caffe_pb2 as pb
 from . import glog
 from .data import DATA_LAYER_TYPES, DataLayerSource
-from .solver import SGDSolver, SignalActions, SolverError, read_solver
+from .solver import SGDSolver, SignalActions, SolverError, read_solver, report_copied
 
 __all__ = ["train", "test", "time_net", "select_device", "set_precision", "keep_freed_memory", "PRECISIONS"]
 
@@ -167,7 +167,7 @@ def test(model: str, weights: str, iterations: int = 50, *, gpu: str = "", level
     net, sources = _build(model, "TEST", device, level, stage)
     try:
         for name in weights.split(","):
-            net.load_caffemodel(name.strip())
+            report_copied(net, name.strip(), net.load_caffemodel(name.strip()))
         glog.info("caffe.cpp:290", f"Running for {iterations} iterations.")
         totals: dict[str, list[float]] = {}
         loss = 0.0
