@@ -258,10 +258,13 @@ def make_databases(dataset, data_dir: Path, split_names: list[str], settings: Se
         db, mean = folder / "lmdb", (folder / "mean.binaryproto" if split.endswith("_train") else None)
         if databases.is_complete(db) and (mean is None or mean.is_file()):
             continue
-        items = databases._ordered(databases.read_image_list(folder / "files.txt"), 0)
-        records = ((databases.make_key(i, name), image(name), label) for i, (name, label) in enumerate(items))
-        infos[split] = databases.write_arrays(db, records, mean_path=mean, total=len(items), progress=progress,
-                                              overwrite=db.exists())
+        try:
+            items = databases._ordered(databases.read_image_list(folder / "files.txt"), 0)
+            records = ((databases.make_key(i, name), image(name), label) for i, (name, label) in enumerate(items))
+            infos[split] = databases.write_arrays(db, records, mean_path=mean, total=len(items), progress=progress,
+                                                  overwrite=db.exists())
+        except databases.DatabaseError as err:      # an unreadable image or list: its message names the file
+            raise ExperimentError(str(err)) from None
     return infos
 
 
@@ -347,7 +350,10 @@ def train_nets(nets_dir: Path, engine: str = "torch", jobs: int = 2, gpus: str |
         threads = str(max(1, (os.cpu_count() or 1) // jobs))
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env.setdefault(var, threads)
-    return local_runner.run_local(nets_dir, jobs=jobs, env=env, gpus=gpus, progress=progress, quiet=quiet)
+    try:
+        return local_runner.run_local(nets_dir, jobs=jobs, env=env, gpus=gpus, progress=progress, quiet=quiet)
+    except local_runner.TreeError as err:
+        raise ExperimentError(str(err)) from None
 
 
 # ---------------------------------------------------------------- stage 5: results

@@ -236,11 +236,14 @@ def check_settings(root: str | os.PathLike, tree: list[TreeNet], names: set[str]
 
 def _solver_facts(net_dir: Path, solver_name: str) -> tuple[str, int]:
     """(snapshot_prefix, max_iter) of a net's solver (the names of its snapshots)."""
-    from .protoio import read_solver
+    from .protoio import ProtoFileError, read_solver
     path = net_dir / solver_name
     if not path.is_file():
         raise TreeError(f"{path}: the solver of this net is missing; render the tree again with tools/gen_nets")
-    solver = read_solver(path)
+    try:
+        solver = read_solver(path)
+    except ProtoFileError as err:
+        raise TreeError(f"{err}; mend it, or render the tree again with tools/gen_nets") from None
     if not solver.max_iter:
         raise TreeError(f"{path}: no max_iter, so the final snapshot is unknown")
     return solver.snapshot_prefix, int(solver.max_iter)

@@ -331,3 +331,33 @@ def test_make_splits_writes_no_empty_list(tmp_path):
                   "--out", out, "--seeds", "0,1,2", "--reduced", "none", "--no-progress")
     refused(result, "half2B_valid/files.txt would list no image", str(tmp_path / "val.txt"), "1, 3")
     assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------- malformed files met on the way
+
+def test_a_corrupt_image_stops_run_experiment_naming_it(tmp_path):
+    """An image file that cannot be decoded: one line naming it, the lists already made are kept."""
+    root = image_folder(tmp_path / "images", ["ant", "bee", "cat", "dog"])
+    broken = root / "bee" / "3.png"
+    broken.write_bytes(broken.read_bytes()[:40])          # a truncated PNG
+    out = tmp_path / "out"
+    result = tool("run_experiment", "--quick", "--dataset", "folder", "--dataset-root", root, "--out", out,
+                  "--jobs", "1", "--no-progress")
+    refused(result, str(broken))
+    assert (out / "data" / "md5sums.txt").is_file()      # stage 1 finished and stays
+
+
+def test_a_malformed_solver_stops_submit_naming_it(tmp_path):
+    """tools/submit over a tree whose solver.prototxt is malformed: one line naming the file and line, for the
+    local runner, the Slurm plan and the status alike; nothing is written."""
+    from convnet_transfer import netgen
+
+    nets = tmp_path / "nets"
+    netgen.render_experiment(None, nets, tmp_path / "data", arch="caffenet_small", only=["half0A", "half0B"])
+    solver = nets / "half0A" / "solver.prototxt"
+    solver.write_text(solver.read_text().replace("max_iter:", "max_iter =", 1).replace("base_lr:", "base_lr {", 1))
+    before = snapshot(tmp_path)
+    for args in (["--local"], ["--slurm", "--dry-run"], ["--status"]):
+        result = tool("submit", *args, nets)
+        refused(result, str(solver), "mend it")
+        assert snapshot(tmp_path) == before
