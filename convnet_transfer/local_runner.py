@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import processes
+from .protoio import file_mode
 from .slurm import (NetStatus, TreeError, TreeNet, _render, caffe_command, check_settings, format_status,
                     lock_held, lock_holders, read_tree, trainer_env, tree_status, with_base_nets)
 
@@ -64,7 +65,7 @@ def write_makefile(root: str | os.PathLike, nets: list[str] | None = None, gpus:
     (local / "Makefile").write_text(makefile)
     script = local / "run_net.sh"
     script.write_text(run_net)
-    script.chmod(0o755)
+    script.chmod(file_mode(0o755))            # 0755 less the umask, as gen_nets' train.sh
     return local / "Makefile"
 
 

@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import netgen, resources
+from .protoio import file_mode
 
 __all__ = ["TreeNet", "TreeError", "SlurmOptions", "SlurmJob", "SlurmPlan", "NetStatus", "read_tree", "plan",
            "submit", "tree_status", "format_status", "caffe_command", "trainer_env", "job_records",
@@ -544,7 +545,7 @@ def submit(p: SlurmPlan, dry_run: bool = False, echo=print) -> dict[str, str]:
     tasks: dict[str, str] = {}
     for job in p.jobs:
         job.script_path.write_text(job.script)
-        job.script_path.chmod(0o755)
+        job.script_path.chmod(file_mode(0o755))
         argv = job.sbatch_argv(ids)
         argv[0] = sbatch
         proc = subprocess.run(argv, capture_output=True, text=True)

@@ -251,6 +251,13 @@ def test_written_files_follow_the_umask(tmp_path, umask):
     assert proc.returncode == 0, proc.stderr
     assert _mode(tmp_path / "nets" / "nets.json") == 0o644 & ~umask
     assert _mode(tmp_path / "nets" / "half0A" / "train.sh") == 0o755 & ~umask
+    from convnet_transfer import local_runner
+    old = os.umask(umask)
+    try:
+        local_runner.write_makefile(tmp_path / "nets")
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "nets" / "local" / "run_net.sh") == 0o755 & ~umask
 
     proc = tool("parse_log", results_tree(tmp_path), "--out", tmp_path / "tables", umask=umask)
     assert proc.returncode == 0, proc.stderr
