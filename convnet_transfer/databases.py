@@ -794,9 +794,9 @@ def _write_items(store, work, files_txt, items, state: _Progress, options, pool,
             if bad and not skip_bad:
                 commit()  # what came before this chunk; a rerun resumes at this chunk
                 index, relpath, why = bad[0]
-                raise BadImageError(f"{why}: listed as {relpath!r} in {files_txt}. Fix or remove the image and "
-                                    f"run again (the conversion resumes where it stopped), or pass --skip-bad to "
-                                    f"skip unreadable images and list them in a report")
+                raise BadImageError(f"{why}: listed as {relpath!r} in {files_txt}. Put a readable image there and "
+                                    f"run the same command again (the conversion resumes where it stopped), or run "
+                                    f"it with --skip-bad to skip unreadable images and list them in a report")
             buffered.extend(records)
             size += sum(len(value) for _, _, value in records)
             batch.skipped.extend(bad)
