@@ -17,13 +17,11 @@ import numpy as np
 import pytest
 
 from convnet_transfer import protoio
-from convnet_transfer.protoio import pb
 
 from test_databases import make_images, write_list
 from test_engine_solver import make_case
 from test_fault_values import refused, snapshot, tool
 
-ROOT = Path(__file__).resolve().parent.parent
 NO_GLOG = "not a Caffe log"
 
 
@@ -50,7 +48,7 @@ def net(trained, tmp_path) -> Path:
     return Path(shutil.copytree(trained, tmp_path / "net"))
 
 
-# ---------------------------------------------------------------- make_dbs: missing and corrupt images, damaged databases
+# ---------------------------------------------------------------- make_dbs: bad images, damaged databases
 
 @pytest.fixture
 def image_list(tmp_path) -> tuple[Path, list[str]]:
