@@ -160,6 +160,7 @@ def _reader_handle(path: Path, kind: str):
             except lmdb.Error as err:
                 raise DatabaseError(f"{path}: cannot open it as an LMDB database ({err}); it is damaged or was "
                                     f"not written completely: delete it and re-create it (tools/make_dbs)") from None
+            _check_lmdb_size(path, handle)
         elif handle is not None:
             # LevelDB remembers its lock in process memory, so a forked child cannot open the directory again;
             # it reads through the inherited handle (safe once the parent is done writing). Open readers
@@ -175,6 +176,17 @@ def _reader_handle(path: Path, kind: str):
                                     f"(tools/make_dbs)") from None
         _READ_ENVS[key] = (os.getpid(), handle)
     return handle
+
+
+def _check_lmdb_size(path: Path, env) -> None:
+    """An LMDB whose data.mdb is shorter than its header says (truncated by a copy or a full disk) is refused:
+    reading a page past the end of the mapped file kills the process with SIGBUS, without a word."""
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = os.path.getsize(os.path.join(env.path(), "data.mdb"))
+    if size < needed:
+        env.close()
+        raise DatabaseError(f"{path}: its data.mdb is truncated ({size} bytes, its header needs {needed}); it "
+                            f"was not copied or written completely: delete it and re-create it (tools/make_dbs)")
 
 
 def shared_handle(path: str | os.PathLike):
@@ -630,6 +642,10 @@ def convert_list(files_txt, image_root, db_path, *, backend="lmdb", resize=(256,
         if not _same_job(marker, job):
             raise DatabaseError(f"{db_path} already exists, made with other inputs ({_differences(marker, job)}); "
                                 f"delete it or choose another output to convert again")
+        if not is_complete(db_path):
+            raise DatabaseError(f"{db_path}: finished once with {marker['count']} records, but it no longer opens "
+                                f"as that database (truncated or damaged since); delete it and run the same command "
+                                f"again")
         info = _info_from_marker(db_path, marker)
         if mean_path is not None and not Path(mean_path).exists():
             protoio.write_mean(mean_path, compute_mean(db_path, progress=progress))
@@ -778,9 +794,9 @@ def _write_items(store, work, files_txt, items, state: _Progress, options, pool,
             if bad and not skip_bad:
                 commit()  # what came before this chunk; a rerun resumes at this chunk
                 index, relpath, why = bad[0]
-                raise BadImageError(f"{why}: listed as {relpath!r} in {files_txt}. Fix or remove the image and "
-                                    f"run again (the conversion resumes where it stopped), or pass --skip-bad to "
-                                    f"skip unreadable images and list them in a report")
+                raise BadImageError(f"{why}: listed as {relpath!r} in {files_txt}. Put a readable image there and "
+                                    f"run the same command again (the conversion resumes where it stopped), or run "
+                                    f"it with --skip-bad to skip unreadable images and list them in a report")
             buffered.extend(records)
             size += sum(len(value) for _, _, value in records)
             batch.skipped.extend(bad)

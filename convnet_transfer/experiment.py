@@ -200,8 +200,8 @@ def make_lists(dataset, data_dir: Path, settings: Settings, progress: bool = Tru
                               f"{smallest} train images{' with --per-class' if settings.per_class else ''}; ask "
                               f"for at most {smallest} per class")
     manifest = data_dir / splits.MANIFEST
-    published = splits.read_manifest(manifest) if manifest.is_file() else None
     try:
+        published = splits.read_manifest(manifest) if manifest.is_file() else None
         return splits.make_splits(train, val, data_dir, n_classes=len(dataset.classes), seeds=settings.seeds,
                                   groups=groups, reduced=settings.reduced, published_md5=published, progress=progress,
                                   log=_say)

@@ -60,7 +60,10 @@ _LINE = re.compile(
 _GLOG = re.compile(rb"^[IWEF](\d{4} \d\d:\d\d:\d\d(?:\.\d+)?) ", re.M)
 _GLOG_YEAR = re.compile(rb"^([IWEF])((?:19|20)\d\d)(?=\d{4} \d\d:\d\d:\d\d)", re.M)
 _CANDIDATES = (b"] Iteration ", b"] Test score #", b" net output #")   # each line holding one must match _LINE
-_LOG_NAME = re.compile(r"(\.log|\.o\w+|\.INFO)(\.gz)?$")
+# caffe_torch's last line when the loss became NaN or infinite (exit 3): the iteration, not a record
+_DIVERGED = re.compile(rb"\] Iteration (\d+): the loss is [^;\n]*; training diverged[^\n]*")
+# .o<job id> (or the 2014 release's catlog.oMANUAL.gz), not a backup's .old, .orig
+_LOG_NAME = re.compile(r"(\.log|\.o[\dA-Z]\w*|\.INFO)(\.gz)?$")
 _STAMP_2014 = re.compile(r"^(\d{6})_(\d{6})_")                       # 140403_063910_half0A.o227963.gz
 _STAMP_NOW = re.compile(r"\.(\d{8})-(\d{6})\.log(?:\.gz)?$")           # half0A.20261124-183000.log
 _NL = b"\n"                      # (no backslash inside f-string braces before Python 3.12)
@@ -170,6 +173,7 @@ class ParsedLog:
     last_iter: int | None = None
     warnings: list[str] = field(default_factory=list)
     restarts: list[tuple[int, int]] = field(default_factory=list)   # (reached, restarted at): runs in one file
+    diverged: int | None = None          # the iteration where caffe_torch stopped it: the loss became NaN or inf
 
     @property
     def test(self) -> Table:
@@ -451,6 +455,10 @@ def _parse_file(path: str) -> ParsedLog:
                         f"truncated?), ignored: {data[cut:cut + 80].decode('utf-8', 'replace')!r}")
         data = data[:cut]
     data, stated_year = _drop_years(data)
+    diverged = _DIVERGED.search(data)
+    if diverged:
+        log.diverged = int(diverged.group(1))
+        data = _DIVERGED.sub(b"]", data)
     first = next((m.group(1) for m in _GLOG.finditer(data) if _valid_stamp(m.group(1))), None)
     if first is None:
         problems.append(f"{p}: no Caffe (glog) lines in this file")
@@ -654,7 +662,7 @@ class NetSummary:
     n: int | None
     fine_tuned: bool
     base: str | None
-    status: str                  # complete | incomplete | no logs | empty
+    status: str                  # complete | incomplete | diverged (its last run) | no logs | empty
     n_logs: int
     final_iter: int | None       # the last iteration any log reached
     max_iter: int | None         # from the solver, when there is one
@@ -698,6 +706,8 @@ def summarize_net(net: NetLog, info: dict | None = None) -> NetSummary:
         status = "no logs"
     elif final_iter is None:
         status = "empty"
+    elif next((log.diverged for log in reversed(net.logs) if log.start is not None), None) is not None:
+        status = "diverged"
     elif max_iter is not None and final_iter < max_iter:
         status = "incomplete"
     else:

@@ -324,6 +324,8 @@ def render_experiment(catalog: Catalog | None = None, out_root: str | os.PathLik
     except KeyError as err:
         raise NetgenError(str(err)) from None
     out_root, data_root = Path(out_root), Path(data_root)
+    # the nets listed before, read (and a damaged list refused) before anything is written
+    listed = read_nets_json(out_root / "nets.json") if (out_root / "nets.json").is_file() else None
     env = _environment(templates)
     report = RenderReport()
     nets = selected
@@ -333,7 +335,7 @@ def render_experiment(catalog: Catalog | None = None, out_root: str | os.PathLik
     for net in nets:
         _render_net(net, catalog, arch, options, out_root, data_root, env, report)
         report.nets.append(net.name)
-    _write_nets_json(selected, arch, options, out_root, report)
+    _write_nets_json(selected, arch, options, out_root, listed, report)
     return report
 
 
@@ -389,18 +391,28 @@ def render_catalog_json(catalog: Catalog, arch: Architecture, options: RenderOpt
              "description": net.describe()} for net in catalog]
 
 
+def read_nets_json(path: Path) -> list[dict]:
+    """The entries of a nets.json (one object with a "name" per net); NetgenError naming it when it is not one."""
+    try:
+        entries = json.loads(path.read_text())
+    except ValueError as err:
+        raise NetgenError(f"{path}: not valid JSON ({err}); delete it and run tools/gen_nets again") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
+                                                for e in entries):
+        raise NetgenError(f"{path}: not a list of nets, each with a name, as tools/gen_nets writes it; delete it "
+                          f"and run tools/gen_nets again")
+    return entries
+
+
 def _write_nets_json(selected: Catalog, arch: Architecture, options: RenderOptions, out_root: Path,
-                     report: RenderReport) -> None:
-    """Merge the rendered nets into <out>/nets.json (entries of nets rendered earlier and not now are kept)."""
+                     listed: list[dict] | None, report: RenderReport) -> None:
+    """Merge the rendered nets into <out>/nets.json: the entries `listed` there before, of nets not rendered now,
+    are kept."""
     path = out_root / "nets.json"
     entries = render_catalog_json(selected, arch, options)
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError as err:
-            raise NetgenError(f"{path}: not valid JSON ({err}); delete it and run gen_nets again") from None
+    if listed is not None:
         names = {e["name"] for e in entries}
-        entries = [e for e in old if e.get("name") not in names] + entries
+        entries = [e for e in listed if e["name"] not in names] + entries
         order = {b: i for i, b in enumerate(catalog_mod.BLOCKS)}
         entries.sort(key=lambda e: order.get(e.get("block"), len(order)))
     out_root.mkdir(parents=True, exist_ok=True)

@@ -57,9 +57,13 @@ def read_text(path: str | os.PathLike, message_type: type[Message]) -> Message:
     """Read a .prototxt file into a new `message_type`."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ProtoFileError(f"{path}: cannot read ({err.strerror}).") from None
+    except UnicodeDecodeError as err:
+        raise ProtoFileError(f"{path}: not a text {message_type.DESCRIPTOR.name} prototxt (byte "
+                             f"{err.object[err.start]:#04x} at offset {err.start} is not UTF-8 text): is it a binary "
+                             f"file (.caffemodel, .binaryproto, .solverstate)? Pass the text .prototxt.") from None
     return parse_text(text, message_type(), str(path))
 
 

@@ -258,9 +258,9 @@ def read_tree(root: str | os.PathLike, nets: list[str] | None = None) -> list[Tr
     if not listing.is_file():
         raise TreeError(f"{listing} not found: generate the nets first (tools/gen_nets --all --out {root})")
     try:
-        entries = json.loads(listing.read_text())
-    except ValueError as err:
-        raise TreeError(f"{listing}: not valid JSON ({err}); run tools/gen_nets again") from None
+        entries = netgen.read_nets_json(listing)
+    except netgen.NetgenError as err:
+        raise TreeError(str(err)) from None
     by_name: dict[str, TreeNet] = {}
     for entry in entries:
         name = entry.get("name", "")
@@ -582,11 +582,12 @@ def _records(root: str | os.PathLike) -> dict[str, tuple[str, str]]:
     if path.is_file():
         try:
             records = json.loads(path.read_text())
-        except ValueError as err:
-            raise TreeError(f"{path}: not valid JSON ({err}); delete it (the jobs keep running) and use squeue")
-        for record in records:
-            for i, net in enumerate(record["nets"]):
-                tasks[net] = (f"{record['job_id']}_{i}", record.get("script", ""))
+            for record in records:
+                for i, net in enumerate(record["nets"]):
+                    tasks[net] = (f"{record['job_id']}_{i}", record.get("script", ""))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise TreeError(f"{path}: not the job list that tools/submit writes ({err!r}); delete it (the jobs keep "
+                            f"running) and use squeue") from None
     return tasks
 
 

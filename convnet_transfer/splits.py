@@ -171,7 +171,8 @@ def read_manifest(path: str | os.PathLike) -> dict[str, str]:
             continue
         parts = line.split(maxsplit=1)
         if len(parts) != 2 or len(parts[0]) != 32:
-            raise SplitError(f"{path}:{number}: expected '<md5>  <split>/files.txt', got {line!r}")
+            raise SplitError(f"{path}:{number}: expected '<md5>  <split>/files.txt' (md5sum's format), got "
+                             f"{line!r}; mend that line")
         manifest[parts[1].lstrip("*").strip()] = parts[0].lower()
     return manifest
 

@@ -184,6 +184,24 @@ def _is_repeated(fd) -> bool:
     return fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
 
 
+def _check_bottoms(path: Path, net) -> None:
+    """Every bottom of a layer is a top of a layer above it in the same phase's net (Net::Init's check, which
+    would otherwise stop the net only when it is trained: Unknown bottom blob)."""
+    from ..protoio import pb
+    for phase in (pb.TRAIN, pb.TEST):
+        made = set(net.input)
+        for lp in net.layer:
+            if any(rule.phase == phase for rule in lp.exclude if rule.HasField("phase")) or \
+                    any(rule.phase != phase for rule in lp.include if rule.HasField("phase")):
+                continue
+            for bottom in lp.bottom:
+                if bottom not in made:
+                    raise ValueError(f"{path}: layer {lp.name!r} takes bottom {bottom!r}, which no layer above it "
+                                     f"makes in the {pb.Phase.Name(phase)} net (Caffe would stop on it: Unknown "
+                                     f"bottom blob); check the spelling of that bottom and of the top it means")
+            made.update(lp.top)
+
+
 def from_prototxt(path: str | os.PathLike, transferable: list[str], *, classifier: str | None = None,
                   n_classes: int | None = None, crop_size: int | None = None, batch_size: int | None = None,
                   val_batch_size: int | None = None, image_size=(3, 256, 256), name: str | None = None,
@@ -220,6 +238,7 @@ def from_prototxt(path: str | os.PathLike, transferable: list[str], *, classifie
             blobs = 1 + bool(params.get(WEIGHTED_PARAM[lp.type], {}).get("bias_term", True))   # Caffe's default 1
             lr, decay = lr + (1.0,) * (blobs - len(lr)), decay + (1.0,) * (blobs - len(decay))
         layers.append(Layer(lp.name, lp.type, list(lp.bottom), list(lp.top), params, lr, decay, phase))
+    _check_bottoms(path, net)
     learnable = [layer.name for layer in layers if layer.learnable]
     if not learnable:
         raise ValueError(f"{path}: the net has no layer with weights")

@@ -89,6 +89,8 @@ def run(argv: list[str]) -> int:
         for name in ("iterations", "level"):
             if not flags[name].lstrip("-").isdigit():
                 raise UsageError(f"ERROR: illegal value '{flags[name]}' specified for int32 flag '{name}'")
+        if int(flags["iterations"]) < 1:   # Caffe divides by it: nan scores, or nothing timed
+            raise UsageError(f"ERROR: -iterations {flags['iterations']}: test and time need at least 1 batch")
         if flags["workers"] and not flags["workers"].isdigit():
             raise UsageError(f"ERROR: illegal value '{flags['workers']}' specified for flag 'workers'")
     except UsageError as err:

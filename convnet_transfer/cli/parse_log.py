@@ -70,11 +70,15 @@ def main(paths, out, summary_only, jobs, delimiter):
         if path.is_file():
             log = logs.parse_log(path)
             _, acc = log.test.last(logs.accuracy_column(log.test) or "accuracy")
+            if log.start is None:   # empty, binary, or another program's text: the warning above says which
+                raise click.ClickException(f"{path}: not a Caffe log (no glog line to read); pass a log that caffe "
+                                           f"or tools/caffe_torch wrote, or the net directory")
             if log.first_iter is None:
                 click.echo(f"{path}: no iterations")
                 continue
+            diverged = "" if log.diverged is None else f"; the loss diverged at iteration {log.diverged}"
             click.echo(f"{path}: iterations {log.first_iter}..{log.last_iter}, {len(log.train)} train rows, "
-                       f"{sum(map(len, log.tests.values()))} test rows, last test accuracy {_fmt(acc)}")
+                       f"{sum(map(len, log.tests.values()))} test rows, last test accuracy {_fmt(acc)}{diverged}")
             if out:
                 for written in _write_tables(out / path.name, log.train, log.tests, delimiter):
                     click.echo(f"wrote {written}")

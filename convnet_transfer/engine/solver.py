@@ -641,7 +641,12 @@ class SGDSolver:
                 v.copy_(torch.from_numpy(array.reshape(tuple(v.shape))))
         rng_file = Path(state_file + ".rng")
         if rng_file.exists():
-            self._set_rng_state(json.loads(rng_file.read_text()))
+            try:
+                self._set_rng_state(json.loads(rng_file.read_bytes()))
+            except (ValueError, KeyError, TypeError, RuntimeError) as err:   # binascii.Error is a ValueError
+                raise SolverError(f"{rng_file}: not the random generators' state this engine wrote ({err!r}); "
+                                  f"it is truncated or damaged: delete it to resume with a fresh data order, or "
+                                  f"resume from another snapshot.") from None
         else:
             glog.warning("solver.cpp:296", f"{rng_file} not found: data order and random crops restart from the "
                          f"beginning, so the resumed run is statistically, not bitwise, equal to an uninterrupted one.")
