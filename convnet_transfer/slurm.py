@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import netgen, resources
-from .protoio import file_mode
+from .protoio import atomic_write_bytes, file_mode
 
 __all__ = ["TreeNet", "TreeError", "SlurmOptions", "SlurmJob", "SlurmPlan", "NetStatus", "read_tree", "plan",
            "submit", "tree_status", "format_status", "caffe_command", "trainer_env", "job_records",
@@ -120,9 +120,8 @@ def record_settings(net_dir: str | os.PathLike, files: list[str]) -> bool:
     if (net_dir / RECORD).exists() or not any(net_dir.glob("*_iter_*")) or \
             not all((net_dir / f).is_file() for f in files):
         return False
-    tmp = net_dir / f"{RECORD}.part"
-    tmp.write_text("".join(line + "\n" for line in _settings_lines(net_dir, files)))
-    tmp.replace(net_dir / RECORD)
+    text = "".join(line + "\n" for line in _settings_lines(net_dir, files))
+    atomic_write_bytes(net_dir / RECORD, text.encode(), durable=False)
     return True
 
 
