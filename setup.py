@@ -4,7 +4,7 @@ The library is the package `convnet_transfer`; the top-level folders `templates/
 are installed inside it (as `convnet_transfer/templates`, `convnet_transfer/ilsvrc12`) so that a
 plain `pip install .` carries the Jinja templates and the class lists the code needs at run time.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 PYCAFFE_IMPORTS = ["six", "scipy", "scikit-image"]
 
@@ -15,11 +15,7 @@ setup(
                 "with Caffe or a Caffe-compatible PyTorch engine",
     python_requires=">=3.10",
     packages=[
-        "convnet_transfer",
-        "convnet_transfer.cli",
-        "convnet_transfer.architectures",
-        "convnet_transfer.engine",
-        "convnet_transfer.proto",
+        *find_packages(include=["convnet_transfer", "convnet_transfer.*"]),
         "convnet_transfer.templates",
         "convnet_transfer.ilsvrc12",
     ],
@@ -28,7 +24,7 @@ setup(
         "convnet_transfer.ilsvrc12": "ilsvrc12",
     },
     package_data={
-        "convnet_transfer.proto": ["caffe.proto"],
+        "convnet_transfer.formats.proto": ["caffe.proto"],
         "convnet_transfer.templates": ["*.j2", "*/*.j2", "*.txt", "*.md"],
         "convnet_transfer.ilsvrc12": ["*.txt", "*.json", "*.md"],
     },
@@ -49,7 +45,7 @@ setup(
         # the tests compare with real Caffe through pycaffe where a build is found: its imports come with them
         "test": ["pytest>=7", "pytest-timeout>=2", "plyvel>=1.5", "grpcio-tools==1.85.1", *PYCAFFE_IMPORTS],
         "caffe": PYCAFFE_IMPORTS,  # what pycaffe imports (tools/install_caffe installs them)
-        "dev": ["grpcio-tools==1.85.1"],  # regenerates caffe_pb2.py: python -m convnet_transfer.proto
+        "dev": ["grpcio-tools==1.85.1"],  # regenerates caffe_pb2.py: python -m convnet_transfer.formats.proto
     },
     entry_points={
         "console_scripts": [

@@ -46,9 +46,10 @@ FORWARD = re.compile(r"Average Forward pass: ([\d.eE+-]+) ms")
 def make_database(folder: Path, records: int, encoded: bool = False) -> None:
     """`records` 3x256x256 Datums (16 distinct images, repeated) and their mean file: raw, or JPEG-encoded as
     `convert_imageset --encoded` stores them (photo-like gradients with noise: about 40 KB each)."""
-    from convnet_transfer import caffe_pb2 as pb
-    from convnet_transfer import databases, protoio
-    from convnet_transfer.images import encode_image
+    from convnet_transfer.formats import caffe_pb2 as pb
+    from convnet_transfer.data import databases
+    from convnet_transfer.formats import protoio
+    from convnet_transfer.data.images import encode_image
     rng = np.random.RandomState(0)
     yy, xx = np.mgrid[0:256, 0:256]
     images = [(np.stack([xx, yy, (xx + yy + 16 * k) % 256]) ^ rng.randint(0, 48, (3, 256, 256))).astype(np.uint8)
@@ -76,9 +77,9 @@ def forward_seconds(run, model: Path, iterations: int, cwd: Path, extra: tuple[s
 def reader_rate(folder: Path, batch: int, batches: int) -> float:
     """Raw batches per second our reading thread assembles alone: records into a uint8 batch, no transform (what
     the thread does under CUDA before the copy; on the CPU it also transforms). Timed here, the thread stopped."""
-    from convnet_transfer import caffe_pb2 as pb
-    from convnet_transfer import protoio
-    from convnet_transfer.engine.data import DataLayerSource
+    from convnet_transfer.formats import caffe_pb2 as pb
+    from convnet_transfer.formats import protoio
+    from convnet_transfer.training.engine.data import DataLayerSource
     layer = protoio.parse_text(DATA_NET % {"batch": batch}, pb.NetParameter()).layer[0]
     cwd = os.getcwd()
     os.chdir(folder)

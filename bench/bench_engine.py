@@ -7,7 +7,7 @@
     python bench/bench_engine.py --gpu-only --batches 256,1024   # CUDA alone (a GPU machine without Caffe)
     python bench/bench_engine.py --gpu-only --memory-format nchw,nhwc   # CUDA in both memory layouts
 
-Each round runs `caffe time -model M -iterations K` (the real Caffe that convnet_transfer.realcaffe finds,
+Each round runs `caffe time -model M -iterations K` (the real Caffe that convnet_transfer.training.realcaffe finds,
 tools/install_caffe) and then `tools/caffe_torch time` with the same arguments, one after the other, so that each
 has the machine to itself (two engines alive at once slow each other: idle BLAS/OpenMP threads spin). Both print
 Caffe's "Average Forward-Backward" after one untimed warm-up pass; images/s = batch / that time. The table gives
@@ -86,8 +86,8 @@ def run_ours(args: list[str], cwd: Path | None = None, memory_format: str = "") 
 
 
 def real_caffe():
-    """The working real Caffe build (convnet_transfer.realcaffe) or None, saying why a found one is unusable."""
-    from convnet_transfer.realcaffe import find_caffe
+    """The working real Caffe build (convnet_transfer.training.realcaffe) or None, saying why a found one is unusable."""
+    from convnet_transfer.training.realcaffe import find_caffe
     caffe = find_caffe()
     if caffe is not None and not caffe.ok:
         print(f"real Caffe found but not usable: {caffe.problem}", file=sys.stderr)

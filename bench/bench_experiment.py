@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from convnet_transfer import datasets, experiment, logs  # noqa: E402
+from convnet_transfer.data import datasets  # noqa: E402
+from convnet_transfer import experiment
+from convnet_transfer.results import logs
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = re.compile(r"Iteration \d+ \(([\d.]+) iter/s")

@@ -1,9 +1,9 @@
-"""Images per second of tools/make_dbs (convnet_transfer.databases) against Caffe's convert_imageset, side by side.
+"""Images per second of tools/make_dbs (convnet_transfer.data.databases) against Caffe's convert_imageset, side by side.
 
     .venv/bin/python bench/bench_make_dbs.py [--images 400] [--workers 1 2] [--keep DIR]
 
 Generates ImageNet-like JPEGs (500x375 and 375x500, quality 90), converts them to a 256x256 raw LMDB with
-convert_imageset (when a real Caffe build is found: convnet_transfer.realcaffe) and with our converter at each
+convert_imageset (when a real Caffe build is found: convnet_transfer.training.realcaffe) and with our converter at each
 worker count, and prints images/second and the ratio to convert_imageset. convert_imageset is single-threaded:
 decoding, resizing and writing in one process. Ours: `workers` decoding processes plus the writer (the calling
 process), so "1 worker" uses up to two cores; the line also says how much CPU time each run used.
@@ -25,7 +25,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from convnet_transfer import databases, realcaffe  # noqa: E402
+from convnet_transfer.data import databases  # noqa: E402
+from convnet_transfer.training import realcaffe
 
 
 def make_images(folder: Path, n: int) -> Path:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time convnet_transfer.logs against Caffe's own tools/extra/parse_log.py, side by side, on the same logs.
+"""Time convnet_transfer.results.logs against Caffe's own tools/extra/parse_log.py, side by side, on the same logs.
 
 Caffe's parse_log.py reads only current-era logs (`Train net output` / `Test net output` lines after a
 `Solving` line), so the 2014 release's logs are first rewritten line for line into that format (in a temp dir:
@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from convnet_transfer import logs  # noqa: E402
+from convnet_transfer.results import logs  # noqa: E402
 
 _REWRITE = [
     (re.compile(r"\] Iteration (\d+), loss = (\S+)"),
@@ -129,7 +129,7 @@ def main() -> None:
     t = time.perf_counter()
     rows = logs.summarize_tree(results)
     whole_tree = time.perf_counter() - t
-    print(f"convnet_transfer.logs, whole 2014 tree: {len(all_logs)} logs ({total_mb:.0f} MB gzip), "
+    print(f"convnet_transfer.results.logs, whole 2014 tree: {len(all_logs)} logs ({total_mb:.0f} MB gzip), "
           f"{len(rows)} nets: {whole_tree:.1f} s with {os.cpu_count()} processes")
 
     with tempfile.TemporaryDirectory(prefix="bench_parse_log_") as tmp:
@@ -167,8 +167,8 @@ def main() -> None:
           f"(parse_log.py gives a row the rate printed before it; ours the rate printed for its iteration); "
           f"{twice} iterations logged twice in one file not compared (parse_log.py keeps both rows, we the newer)")
     print(f"Caffe tools/extra/parse_log.py (one run per log): {caffe_s:7.2f} s")
-    print(f"convnet_transfer.logs, 1 process:                 {ours_1_s:7.2f} s   ratio {caffe_s / ours_1_s:5.1f}x")
-    print(f"convnet_transfer.logs, {os.cpu_count()} processes:                {ours_n_s:7.2f} s   "
+    print(f"convnet_transfer.results.logs, 1 process:                 {ours_1_s:7.2f} s   ratio {caffe_s / ours_1_s:5.1f}x")
+    print(f"convnet_transfer.results.logs, {os.cpu_count()} processes:                {ours_n_s:7.2f} s   "
           f"ratio {caffe_s / ours_n_s:5.1f}x")
     if differ:
         sys.exit("the two parsers disagree")

@@ -33,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import architectures, catalog, databases, datasets, images, logs, netgen, plots, splits
+from .nets import architectures, catalog, netgen
+from .data import databases, datasets, images, splits
+from .results import logs, plots
 
 __all__ = ["Settings", "PRESETS", "ExperimentReport", "ExperimentError", "run_experiment", "settings_for", "scaled",
            "make_lists", "database_splits", "make_databases", "classes_per_split", "make_nets",
@@ -302,7 +304,7 @@ def check_trained_settings(nets_dir: Path, data_dir: Path) -> None:
     """Stop before training anything when nets in `nets_dir` were trained with other settings than this run
     rendered (slurm.changed_nets: another --iterations, solver or batch size, or a base net retrained since):
     resuming them would mix the two. The message names the setting and how to start fresh."""
-    from . import slurm
+    from .training import slurm
     try:
         changed = slurm.changed_nets(slurm.read_tree(nets_dir))
     except slurm.TreeError as err:
@@ -321,7 +323,7 @@ def trainer_env(engine: str = "torch", gpus: str | None = None) -> dict[str, str
     """This process's environment with CAFFE, the trainer train.sh runs (engine torch, caffe or auto), and the
     variables real Caffe needs (slurm.trainer_env); raises ExperimentError when that engine cannot train here
     (real Caffe asked for and not found; GPUs asked for that PyTorch here does not see)."""
-    from . import local_runner, slurm
+    from .training import local_runner, slurm
     try:
         env = slurm.trainer_env(engine, base=os.environ)
         local_runner.check_gpus(gpus, env["CAFFE"])
@@ -333,7 +335,7 @@ def trainer_env(engine: str = "torch", gpus: str | None = None) -> dict[str, str
 def _check_not_training(nets_dir: Path) -> None:
     """Raise ExperimentError when an earlier run's trainers are still at work in `nets_dir` (stopping after a
     kill, or a run still going): this run would race them."""
-    from . import local_runner, slurm
+    from .training import local_runner, slurm
     try:
         local_runner.check_not_training(nets_dir)
     except slurm.TreeError as err:
@@ -344,7 +346,7 @@ def train_nets(nets_dir: Path, engine: str = "torch", jobs: int = 2, gpus: str |
                progress: bool = True, quiet: bool = False):
     """Stage 4: train every net with `jobs` workers in dependency order (base nets first) through the local
     runner; finished nets are skipped, interrupted ones resume from their newest .solverstate."""
-    from . import local_runner
+    from .training import local_runner
     env = trainer_env(engine, gpus)
     if gpus is None:       # share the cores: one BLAS/OpenMP thread pool per trainer, no more threads than cores
         threads = str(max(1, (os.cpu_count() or 1) // jobs))
@@ -643,7 +645,7 @@ def _fig3_title(data, settings: Settings, title: str) -> str:
 
 def _at_once(jobs: int, gpus: str | None) -> str:
     """How many nets train at once: `jobs`, or one per GPU slot (a GPU id listed twice is two slots)."""
-    from .local_runner import gpu_slots
+    from .training.local_runner import gpu_slots
     slots = gpu_slots(gpus)
     if not slots:
         return f"{jobs} at a time"

@@ -26,7 +26,7 @@ def reference() -> Path:
 
 @pytest.fixture(scope="session")
 def real_caffe():
-    from convnet_transfer import realcaffe
+    from convnet_transfer.training import realcaffe
 
     found = realcaffe.find_caffe()
     if found is None or not found.ok:

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from convnet_transfer import netgen
+from convnet_transfer.nets import netgen
 
 FAKE_CAFFE = Path(__file__).resolve().parent / "fake_caffe.py"
 FAKE_COMMAND = f"{sys.executable} {FAKE_CAFFE}"

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convnet_transfer import databases, protoio
-from convnet_transfer.images import read_image, resize_linear
+from convnet_transfer.data import databases
+from convnet_transfer.formats import protoio
+from convnet_transfer.data.images import read_image, resize_linear
 
 from test_databases import make_images, records, write_list
 
@@ -162,7 +163,7 @@ def opencv_program(tmp_path_factory):
 
 @pytest.mark.parametrize("resize", ["opencv-python", "numpy"])
 def test_decode_and_resize_equal_opencv(opencv_program, tmp_path, resize, monkeypatch):
-    from convnet_transfer import images
+    from convnet_transfer.data import images
     if resize == "numpy":
         monkeypatch.setattr(images, "opencv", lambda: None)
     elif images.opencv() is None:

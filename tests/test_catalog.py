@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from convnet_transfer.catalog import (BLOCKS, Catalog, NetSpec, UnknownNetError, paper_catalog,
+from convnet_transfer.nets.catalog import (BLOCKS, Catalog, NetSpec, UnknownNetError, paper_catalog,
                                       transfer_catalog)
 
 

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convnet_transfer import databases, protoio
-from convnet_transfer.caffe_pb2 import Datum
-from convnet_transfer.images import ImageError, read_image, resize_linear
+from convnet_transfer.data import databases
+from convnet_transfer.formats import protoio
+from convnet_transfer.formats.caffe_pb2 import Datum
+from convnet_transfer.data.images import ImageError, read_image, resize_linear
 
 ROOT = Path(__file__).resolve().parent.parent
 MAKE_DBS = [sys.executable, str(ROOT / "tools" / "make_dbs")]
@@ -297,7 +298,7 @@ def test_not_a_database(tmp_path):
 def test_numpy_resize_equals_opencv_python(monkeypatch):
     """The two ways resize_linear runs (OpenCV's cv2.resize, and numpy redoing its fixed-point arithmetic)
     agree bit for bit: downscales, upscales, the exact 2x area shortcut, 1 and 3 channels."""
-    from convnet_transfer import images
+    from convnet_transfer.data import images
     cv2 = images.opencv()
     if cv2 is None:
         pytest.skip("opencv-python-headless is not installed: only the numpy resize is used")
@@ -318,7 +319,7 @@ def test_numpy_resize_equals_opencv_python(monkeypatch):
 def test_truncated_jpeg_is_an_error_and_trailing_bytes_are_not(tmp_path, decoder, monkeypatch):
     """cv::imread keeps a truncated JPEG half-decoded; we stop on it (naming the file) with either decoder.
     Bytes after the end marker (some cameras write them) are read as the image."""
-    from convnet_transfer import images
+    from convnet_transfer.data import images
     if decoder == "pillow":
         monkeypatch.setattr(images, "opencv", lambda: None)
     elif images.opencv() is None:

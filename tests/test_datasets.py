@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convnet_transfer import datasets
-from convnet_transfer.datasets import DatasetError, open_dataset
+from convnet_transfer.data import datasets
+from convnet_transfer.data.datasets import DatasetError, open_dataset
 
 FASHION = datasets.FASHION_MNIST_ROOT
 needs_fashion = pytest.mark.skipif(not (FASHION / "t10k-labels-idx1-ubyte.gz").exists(),
@@ -171,7 +171,8 @@ def test_folder_images_become_the_records_convert_imageset_writes(tmp_path):
     test_caffe_db_compat.py): cv::imread's decoding and cv::resize's interpolation, not Pillow's."""
     from PIL import Image
 
-    from convnet_transfer import databases, experiment
+    from convnet_transfer.data import databases
+    from convnet_transfer import experiment
     root = tmp_path / "imgs"
     rng = np.random.default_rng(2)
     for cls in ("a", "b"):

@@ -106,9 +106,9 @@ def test_time_fills_input_layers_with_zeros_as_caffe(tmp_path):
 
 def test_memory_format_is_chosen_by_the_environment_or_the_device(tmp_path, monkeypatch):
     import torch
-    from convnet_transfer.engine.errors import EngineError
-    from convnet_transfer.engine.net import MEMORY_FORMAT_ENV, Net
-    from convnet_transfer.engine.upgrade import read_net_file
+    from convnet_transfer.training.engine.errors import EngineError
+    from convnet_transfer.training.engine.net import MEMORY_FORMAT_ENV, Net
+    from convnet_transfer.training.engine.upgrade import read_net_file
     (tmp_path / "deploy.prototxt").write_text(TINY_DEPLOY)
     param = read_net_file(tmp_path / "deploy.prototxt")
 
@@ -220,7 +220,7 @@ def test_a_damaged_database_stops_training_with_a_message_naming_it(tmp_path):
 
 
 def test_our_log_parser_reads_the_engine_log(tmp_path):
-    from convnet_transfer.logs import parse_log
+    from convnet_transfer.results.logs import parse_log
     case = make_case(tmp_path, max_iter=10, snapshot=0)
     proc = caffe_torch("train", "-solver", "solver.prototxt", cwd=case)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -237,7 +237,7 @@ FAULTS = """
 import resource, sys
 import torch
 if sys.argv[1] == "keep":
-    from convnet_transfer.engine.train import keep_freed_memory
+    from convnet_transfer.training.engine.train import keep_freed_memory
     assert keep_freed_memory()
 faults = []
 for _ in range(12):       # what training does each iteration: a large tensor allocated, written, freed

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def fp32():
-    from convnet_transfer.engine.train import set_precision
+    from convnet_transfer.training.engine.train import set_precision
     assert set_precision("fp32", torch.device("cuda")) == "fp32"
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
 
@@ -38,7 +38,7 @@ def test_forward_loss_and_gradients_equal_caffe_golden_on_cuda(name):
 
 def test_twenty_sgd_iterations_equal_caffe_golden_on_cuda(tmp_path, monkeypatch, capfd):
     import json
-    from convnet_transfer.engine.train import train
+    from convnet_transfer.training.engine.train import train
     case = train_fidelity.golden.write_case(tmp_path)
     monkeypatch.chdir(case)
     assert train("solver.prototxt", weights="init.caffemodel", gpu="0") == "done"
@@ -53,7 +53,7 @@ def test_twenty_sgd_iterations_equal_caffe_golden_on_cuda(tmp_path, monkeypatch,
 def assert_gpu_batches_equal_cpu(layer, phase: str, seed: int, batches: int) -> int:
     """The layer's source on CUDA and on the CPU with one seed give the same batches bit for bit (the CUDA ones on
     the GPU); returns the CUDA source's number of decoding workers."""
-    from convnet_transfer.engine.data import DataLayerSource
+    from convnet_transfer.training.engine.data import DataLayerSource
     gpu, cpu = DataLayerSource(layer, phase, "cuda", seed=seed), DataLayerSource(layer, phase, "cpu", seed=seed)
     try:
         assert cpu.workers == 0
@@ -83,9 +83,9 @@ def test_data_layer_feeds_the_gpu_with_the_cpu_transform_bit_for_bit(tmp_path, m
 def test_encoded_records_decoded_by_workers_feed_the_gpu_as_the_cpu(tmp_path, monkeypatch):
     """PNG Datums: the default worker processes under CUDA decode into shared memory, the batch goes to the GPU
     pinned; equal to the CPU source decoding in its thread."""
-    from convnet_transfer.images import encode_image
+    from convnet_transfer.data.images import encode_image
     from test_engine_solver import _write_values
-    from convnet_transfer import caffe_pb2 as pb
+    from convnet_transfer.formats import caffe_pb2 as pb
     monkeypatch.chdir(tmp_path)
     rng = np.random.RandomState(3)
     _write_values(tmp_path / "png_lmdb", [pb.Datum(data=encode_image(rng.randint(0, 256, (9, 9, 3)).astype(np.uint8),
@@ -98,7 +98,7 @@ def test_encoded_records_decoded_by_workers_feed_the_gpu_as_the_cpu(tmp_path, mo
 
 def test_frozen_layers_stay_bit_identical_on_cuda(tmp_path, monkeypatch):
     case = make_case(tmp_path / "run", max_iter=6, snapshot=3, conv1_lr=0)
-    from convnet_transfer.engine.train import train
+    from convnet_transfer.training.engine.train import train
     monkeypatch.chdir(case)
     assert train("solver.prototxt", gpu="0") == "done"
     first, last = weights_of(case / "snap_iter_3.caffemodel"), weights_of(case / "snap_iter_6.caffemodel")

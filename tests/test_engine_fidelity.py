@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from convnet_transfer.engine import Net, read_net_file, write_caffemodel
+from convnet_transfer.training.engine import Net, read_net_file, write_caffemodel
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 NETS = ["caffenet_v0_train", "caffenet_v0_val", "variants"]
@@ -80,8 +80,8 @@ def test_to_caffemodel_has_the_layers_caffe_writes(name, capfd):
     """Net::ToProto: our caffemodel's layer messages (Split layers from InsertSplits, phase, the loss_weight
     LossLayer adds) equal those of the caffemodel Caffe wrote for the same net; loading Caffe's file logs no
     'Ignoring source layer' for its Split layers."""
-    from convnet_transfer import protoio
-    from convnet_transfer.protoio import pb
+    from convnet_transfer.formats import protoio
+    from convnet_transfer.formats.protoio import pb
     theirs = protoio.read_binary(GOLDEN / f"{name}.caffemodel", pb.NetParameter)
     net = Net(read_net_file(GOLDEN / f"{name}.prototxt"), "TRAIN", seed=0, log=False)
     ours = net.to_caffemodel()

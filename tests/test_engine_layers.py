@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from convnet_transfer.engine import EngineError, Net, read_caffemodel, upgrade_net, write_caffemodel
-from convnet_transfer.engine.fillers import fill
-from convnet_transfer.engine.layers import caffe_pool_output_size
-from convnet_transfer.protoio import parse_text, pb
+from convnet_transfer.training.engine import EngineError, Net, read_caffemodel, upgrade_net, write_caffemodel
+from convnet_transfer.training.engine.fillers import fill
+from convnet_transfer.training.engine.layers import caffe_pool_output_size
+from convnet_transfer.formats.protoio import parse_text, pb
 
 RNG = np.random.default_rng(0)
 
@@ -628,7 +628,7 @@ def test_v0_caffemodel_with_padding_layers_loads(tmp_path):
 
 
 def test_lrn_backward_is_the_derivative_of_its_forward():
-    from convnet_transfer.engine.layers import _CrossChannelLRN
+    from convnet_transfer.training.engine.layers import _CrossChannelLRN
     x = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: _CrossChannelLRN.apply(t, 5, 0.3, 0.75, 1.5), (x,))
 

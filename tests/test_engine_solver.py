@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from convnet_transfer import caffe_pb2 as pb
-from convnet_transfer import protoio
-from convnet_transfer.engine import glog
-from convnet_transfer.engine.data import DataError, DataLayerSource
-from convnet_transfer.engine.solver import Diverged, SignalActions, SolverError, learning_rate
+from convnet_transfer.formats import caffe_pb2 as pb
+from convnet_transfer.formats import protoio
+from convnet_transfer.training.engine import glog
+from convnet_transfer.training.engine.data import DataError, DataLayerSource
+from convnet_transfer.training.engine.solver import Diverged, SignalActions, SolverError, learning_rate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,7 +107,7 @@ def weights_of(path: Path) -> dict[str, list[np.ndarray]]:
 
 
 def run_train(directory: Path, monkeypatch, **kwargs) -> str:
-    from convnet_transfer.engine.train import train
+    from convnet_transfer.training.engine.train import train
     monkeypatch.chdir(directory)
     return train("solver.prototxt", **kwargs)
 
@@ -250,7 +250,7 @@ def test_leveldb_source_gives_the_batches_of_the_same_records_in_lmdb(tmp_path, 
     """The 2014 nets read LevelDB (V0's default backend): the same records there and in an LMDB, the same batches,
     the rewind included."""
     pytest.importorskip("plyvel", reason="plyvel (the test extra) reads LevelDB")
-    from convnet_transfer import databases
+    from convnet_transfer.data import databases
     monkeypatch.chdir(tmp_path)
     rng = np.random.RandomState(9)
     records = [(databases.make_key(i, f"im{i}.JPEG"), rng.randint(0, 256, (C, H, W)).astype(np.uint8), i % CLASSES)
@@ -309,7 +309,7 @@ def test_data_layer_state_resumes_exactly(tmp_path, monkeypatch):
 def test_encoded_records_decoded_by_worker_processes_give_the_same_batches(tmp_path, monkeypatch):
     """PNG-encoded Datums: decoded by 2 worker processes or by the reading thread, the batches are the same and
     equal the raw pixels; raw Datums never start workers (their pixels are copied, not decoded)."""
-    from convnet_transfer.images import encode_image
+    from convnet_transfer.data.images import encode_image
     make_case(tmp_path)
     monkeypatch.chdir(tmp_path)
     rng = np.random.RandomState(3)
@@ -339,7 +339,7 @@ def test_encoded_records_decoded_by_worker_processes_give_the_same_batches(tmp_p
 
 
 def test_decoding_workers_name_bad_records_stop_cleanly_and_report_a_dead_worker(tmp_path, monkeypatch):
-    from convnet_transfer.images import encode_image
+    from convnet_transfer.data.images import encode_image
     monkeypatch.chdir(tmp_path)
     rng = np.random.RandomState(5)
 
@@ -385,7 +385,7 @@ def test_decoding_workers_name_bad_records_stop_cleanly_and_report_a_dead_worker
     pb.Datum(channels=1, height=2, width=2, data=bytes(4)),                           # label absent: 0
 ], ids=["colour", "negative-label", "max-label", "no-label"])
 def test_raw_datum_layout_reads_the_wire_format_as_protobuf_does(datum):
-    from convnet_transfer.engine.data import decode_record, raw_datum_layout
+    from convnet_transfer.training.engine.data import decode_record, raw_datum_layout
     value = datum.SerializeToString()
     offset, shape, label = raw_datum_layout(value)
     array, expected_label = decode_record(value)
@@ -407,7 +407,7 @@ def test_raw_datum_layout_reads_the_wire_format_as_protobuf_does(datum):
     b"\xff\xff\xff", b"",
 ], ids=["encoded", "float", "size-mismatch", "truncated", "garbage", "empty"])
 def test_raw_datum_layout_leaves_everything_else_to_the_protobuf_decoder(value):
-    from convnet_transfer.engine.data import raw_datum_layout
+    from convnet_transfer.training.engine.data import raw_datum_layout
     assert raw_datum_layout(value) is None
 
 
@@ -518,7 +518,7 @@ def test_losses_read_back_in_groups_log_train_and_diverge_as_read_one_by_one(tmp
     """The solver reads the losses back from the device in groups (a GPU runs ahead meanwhile): the smoothed
     losses it logs, the weights it snapshots and the iteration a divergence names are those of reading each
     iteration's loss at once."""
-    from convnet_transfer.engine.solver import SGDSolver
+    from convnet_transfer.training.engine.solver import SGDSolver
     results = {}
     for every in (1, 20):
         monkeypatch.setattr(SGDSolver, "READ_LOSSES_EVERY", every)
@@ -538,7 +538,7 @@ def test_losses_read_back_in_groups_log_train_and_diverge_as_read_one_by_one(tmp
 
 
 def test_errors_name_what_is_wrong(tmp_path, monkeypatch):
-    from convnet_transfer.engine.train import train
+    from convnet_transfer.training.engine.train import train
     case = make_case(tmp_path)
     monkeypatch.chdir(case)
     with pytest.raises(SolverError, match="not both"):
@@ -566,7 +566,7 @@ def test_errors_name_what_is_wrong(tmp_path, monkeypatch):
     ('random_seed: 3', 'average_loss: 0', "average_loss should be non-negative"),   # Caffe's words for >= 1
 ])
 def test_a_solver_that_cannot_run_is_refused_before_training(tmp_path, monkeypatch, old, new, message):
-    from convnet_transfer.engine.train import train
+    from convnet_transfer.training.engine.train import train
     case = make_case(tmp_path, snapshot=5)
     text = (case / "solver.prototxt").read_text()
     assert old in text
@@ -577,7 +577,7 @@ def test_a_solver_that_cannot_run_is_refused_before_training(tmp_path, monkeypat
 
 
 def test_device_and_precision_choices(capfd):
-    from convnet_transfer.engine.train import select_device, set_precision
+    from convnet_transfer.training.engine.train import select_device, set_precision
     gpu_solver = pb.SolverParameter(solver_mode=pb.SolverParameter.GPU, device_id=0)
     if not torch.cuda.is_available():
         assert select_device("", gpu_solver).type == "cpu"
@@ -628,7 +628,7 @@ def test_2014_format_solver_and_nets_train(tmp_path, monkeypatch, capfd):
     (case / "train_v1.prototxt").write_text(V1_NET)
     (case / "test_v1.prototxt").write_text(V1_NET.replace("mirror: true", "mirror: false"))
     (case / "solver_v1.prototxt").write_text(V1_SOLVER)
-    from convnet_transfer.engine.train import train
+    from convnet_transfer.training.engine.train import train
     monkeypatch.chdir(case)
     assert train("solver_v1.prototxt") == "done"
     log = capfd.readouterr().err
@@ -644,7 +644,7 @@ def test_2014_format_solver_and_nets_train(tmp_path, monkeypatch, capfd):
 def test_a_split_view_and_its_shared_database_train_in_one_process(tmp_path, monkeypatch):
     """Train from a key-list view (databases --shared) and test on the shared database itself, in one process:
     both readers share one LMDB handle (py-lmdb refuses to open an environment twice)."""
-    from convnet_transfer import databases
+    from convnet_transfer.data import databases
 
     case = make_case(tmp_path / "net", max_iter=4, snapshot=0)
     rng = np.random.RandomState(1)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convnet_transfer import caffe_pb2 as pb
-from convnet_transfer import protoio
+from convnet_transfer.formats import caffe_pb2 as pb
+from convnet_transfer.formats import protoio
 
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("make_golden_solver", HERE / "golden" / "make_golden_solver.py")
@@ -34,7 +34,7 @@ def assert_close(ours: np.ndarray, caffe: np.ndarray, what: str) -> None:
 
 
 def train_ours(case: Path, monkeypatch) -> None:
-    from convnet_transfer.engine.train import train
+    from convnet_transfer.training.engine.train import train
     monkeypatch.chdir(case)
     assert train("solver.prototxt", weights="init.caffemodel") == "done"
 
@@ -94,7 +94,7 @@ def test_twenty_sgd_iterations_equal_caffe_live_and_caffe_resumes_our_snapshot(t
 
 def test_transfer_from_a_caffemodel_caffe_wrote_keeps_frozen_layers_bit_identical(tmp_path, monkeypatch):
     """The paper's AnB net: conv1-conv2 copied from Caffe's snapshot and frozen, fc8 renamed (re-learned)."""
-    from convnet_transfer.engine.train import train
+    from convnet_transfer.training.engine.train import train
     case = golden.write_case(tmp_path)
     net = (case / "net.prototxt").read_text()
     net = net.replace('name: "conv2" type: "Convolution" bottom: "norm1" top: "conv2"\n'

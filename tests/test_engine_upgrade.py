@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from convnet_transfer.engine import EngineError, Net, filter_net, read_net_file, read_solver_file, upgrade_net
-from convnet_transfer.engine.upgrade import upgrade_solver
-from convnet_transfer.protoio import parse_text, pb
+from convnet_transfer.training.engine import EngineError, Net, filter_net, read_net_file, read_solver_file, upgrade_net
+from convnet_transfer.training.engine.upgrade import upgrade_solver
+from convnet_transfer.formats.protoio import parse_text, pb
 
 SHAPES = {"data": (2, 3, 227, 227), "label": (2,)}
 
@@ -246,7 +246,7 @@ def test_upgrade_equals_caffes_own_upgrade_tools(real_caffe, reference, tmp_path
     exactly the messages our upgrade gives."""
     import subprocess
 
-    from convnet_transfer import protoio
+    from convnet_transfer.formats import protoio
     env = real_caffe.env()
     results = reference / "results"
     for tool, paths, ours, read in (
@@ -282,7 +282,7 @@ layers { layer { name: "loss" type: "softmax_loss" } bottom: "ip" bottom: "label
 def test_upgrade_of_other_fields_equals_caffes(real_caffe, tmp_path, text):
     import subprocess
 
-    from convnet_transfer import protoio
+    from convnet_transfer.formats import protoio
     source = tmp_path / "net.prototxt"
     source.write_text(text)
     out = tmp_path / "upgraded.prototxt"

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convnet_transfer import databases, datasets, experiment, logs, splits
+from convnet_transfer.data import databases, datasets, splits
+from convnet_transfer import experiment
+from convnet_transfer.results import logs
 
 REPO = Path(__file__).resolve().parent.parent
 TOOL = [sys.executable, str(REPO / "tools" / "run_experiment")]

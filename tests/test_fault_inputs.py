@@ -16,7 +16,7 @@ import lmdb
 import numpy as np
 import pytest
 
-from convnet_transfer import protoio
+from convnet_transfer.formats import protoio
 
 from test_databases import make_images, write_list
 from test_engine_solver import make_case
@@ -124,7 +124,7 @@ def _damage_record(db: Path, value: bytes) -> None:
 
 @pytest.mark.slow
 def test_caffe_torch_names_a_garbage_lmdb_and_a_record_that_is_no_datum_or_of_another_shape(net):
-    from convnet_transfer import databases
+    from convnet_transfer.data import databases
     pristine = shutil.copytree(net / "train_lmdb", net.parent / "pristine_lmdb")
     cases = [("garbage", "MDB_INVALID"), ("not a Datum", "not a readable Datum"), ("shape", "(3, 5, 5)")]
     for damage, said in cases:

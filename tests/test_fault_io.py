@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from convnet_transfer import databases, logs, protoio
+from convnet_transfer.data import databases
+from convnet_transfer.results import logs
+from convnet_transfer.formats import protoio
 
 from test_databases import make_images, records, write_list
 from test_engine_solver import make_case
@@ -251,7 +253,7 @@ def test_written_files_follow_the_umask(tmp_path, umask):
     assert proc.returncode == 0, proc.stderr
     assert _mode(tmp_path / "nets" / "nets.json") == 0o644 & ~umask
     assert _mode(tmp_path / "nets" / "half0A" / "train.sh") == 0o755 & ~umask
-    from convnet_transfer import local_runner
+    from convnet_transfer.training import local_runner
     old = os.umask(umask)
     try:
         local_runner.write_makefile(tmp_path / "nets")

@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_tree import FAKE_COMMAND, make_tree, small_experiment, timeline  # noqa: E402
 from test_databases import make_images, records, write_list  # noqa: E402
 
-from convnet_transfer import databases, datasets, logs  # noqa: E402
-from convnet_transfer.local_runner import wait_for  # noqa: E402
+from convnet_transfer.data import databases, datasets  # noqa: E402
+from convnet_transfer.results import logs
+from convnet_transfer.training.local_runner import wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SUBMIT = [sys.executable, str(REPO / "tools" / "submit")]
@@ -143,7 +144,7 @@ def test_trainer_that_ignores_the_stop_is_killed_and_a_rerun_says_so(tmp_path):
     trainer.write_text(STUBBORN)
     trainer.chmod(0o755)
     grace = 20
-    runner = subprocess.Popen([sys.executable, "-c", "import sys; from convnet_transfer.local_runner import "
+    runner = subprocess.Popen([sys.executable, "-c", "import sys; from convnet_transfer.training.local_runner import "
                                "run_local; run_local(sys.argv[1], jobs=2, caffe=sys.argv[2], progress=False, "
                                f"stop_grace={grace})", str(root), str(trainer)], cwd=REPO, start_new_session=True)
     started = [root / name / "started" for name in ("halfA", "halfB")]

@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_tree import FAKE_CAFFE, make_tree, small_experiment, timeline  # noqa: E402
 from test_slurm import slurm_cluster  # noqa: E402,F401  (the localhost cluster fixture)
 
-from convnet_transfer import architectures, netgen, realcaffe, slurm  # noqa: E402
-from convnet_transfer.catalog import Catalog, NetSpec  # noqa: E402
+from convnet_transfer.nets import architectures, netgen  # noqa: E402
+from convnet_transfer.training import realcaffe, slurm
+from convnet_transfer.nets.catalog import Catalog, NetSpec  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # a blank, both quotes, a non-ASCII letter, a command substitution and backquotes

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from convnet_transfer import datasets, netgen, slurm
+from convnet_transfer.data import datasets
+from convnet_transfer.nets import netgen
+from convnet_transfer.training import slurm
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

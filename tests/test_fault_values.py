@@ -91,8 +91,8 @@ def test_int32_label_named_even_within_n_classes(tmp_path):
 def test_weights_that_fill_no_layer_train_from_scratch_with_a_loud_warning(tmp_path):
     """Caffe's CopyTrainedLayersFrom copies layers by name and ignores the rest without a word; we keep that
     (exit 0, the net trains) but log a glog WARNING naming the file and how many layers were copied."""
-    from convnet_transfer import protoio
-    from convnet_transfer.protoio import pb
+    from convnet_transfer.formats import protoio
+    from convnet_transfer.formats.protoio import pb
     from test_engine_solver import make_case
 
     case = make_case(tmp_path / "net", max_iter=2, snapshot=2)
@@ -152,7 +152,8 @@ def test_folder_of_three_classes_is_refused_before_anything_is_made(tmp_path):
 
 
 def test_four_classes_make_halves_of_two(tmp_path):
-    from convnet_transfer import datasets, experiment, splits
+    from convnet_transfer.data import datasets, splits
+    from convnet_transfer import experiment
 
     data = datasets.open_dataset("folder", root=image_folder(tmp_path / "images", ["ant", "bee", "cat", "dog"]))
     settings = experiment.settings_for(quick=True, per_class=None)
@@ -205,7 +206,7 @@ def test_unknown_layer_type_has_its_own_message(tmp_path):
 
 def rendered_names(path: Path) -> tuple[str, list[str], list[list[str]]]:
     """The net name, layer names and tops of a rendered net file, read back by protobuf's text parser."""
-    from convnet_transfer import protoio
+    from convnet_transfer.formats import protoio
 
     net = protoio.read_net(path)
     if net.layers:                              # the 2014 (V0) format: layers { layer { name } top }
@@ -216,7 +217,7 @@ def rendered_names(path: Path) -> tuple[str, list[str], list[list[str]]]:
 @pytest.mark.parametrize("fmt", ["current", "2014"])
 def test_hostile_names_are_written_as_protobuf_text(tmp_path, fmt):
     """Names holding a quote, a backslash, a newline, a tab or non-ASCII come back from every file unchanged."""
-    from convnet_transfer import protoio
+    from convnet_transfer.formats import protoio
 
     prototxt = tmp_path / "mine\n$(touch PWNED).prototxt"     # its stem names the architecture in comments
     prototxt.write_text(OWN_NET % HOSTILE)
@@ -254,7 +255,7 @@ def hostile_strings(count: int = 400, seed: int = 0) -> list[str]:
 
 def net_text(names: list[str]) -> str:
     """A NetParameter whose layer names (and tops) are `names`, each written by netgen's prototxt scalar filter."""
-    from convnet_transfer.netgen import _pb
+    from convnet_transfer.nets.netgen import _pb
 
     layers = "".join(f'layer {{ name: {_pb(name)} type: "ReLU" top: {_pb(name)} }}\n' for name in names)
     return f"name: {_pb(names[-1])}\n{layers}"
@@ -262,7 +263,7 @@ def net_text(names: list[str]) -> str:
 
 def test_prototxt_strings_round_trip_through_protobuf():
     """Every string netgen writes reads back unchanged with protobuf's text parser (property test)."""
-    from convnet_transfer import protoio
+    from convnet_transfer.formats import protoio
 
     names = hostile_strings()
     net = protoio.parse_text(net_text(names), protoio.pb.NetParameter())
@@ -276,7 +277,7 @@ def test_prototxt_strings_round_trip_through_real_caffe(tmp_path, real_caffe):
     caffe_pb2."""
     import json
 
-    from convnet_transfer import protoio
+    from convnet_transfer.formats import protoio
 
     names = hostile_strings(200, seed=1)
     (tmp_path / "in.prototxt").write_text(net_text(names))
@@ -296,8 +297,8 @@ def test_prototxt_strings_round_trip_through_real_caffe(tmp_path, real_caffe):
 def test_one_multiplier_per_blob_whatever_the_prototxt_gives(tmp_path):
     """A convolution without bias (bias_term: false) and no `param` got two param blocks, which Caffe and the
     engine refuse ("Too many params"); one `param` block for two blobs left the bias learning in a frozen net."""
-    from convnet_transfer import protoio
-    from convnet_transfer.engine.net import Net
+    from convnet_transfer.formats import protoio
+    from convnet_transfer.training.engine.net import Net
 
     prototxt = tmp_path / "mine.prototxt"
     text = (OWN_NET % PLAIN).replace("kernel_size: 3 }", "kernel_size: 3 bias_term: false }")
@@ -350,7 +351,7 @@ def test_a_corrupt_image_stops_run_experiment_naming_it(tmp_path):
 def test_a_malformed_solver_stops_submit_naming_it(tmp_path):
     """tools/submit over a tree whose solver.prototxt is malformed: one line naming the file and line, for the
     local runner, the Slurm plan and the status alike; nothing is written."""
-    from convnet_transfer import netgen
+    from convnet_transfer.nets import netgen
 
     nets = tmp_path / "nets"
     netgen.render_experiment(None, nets, tmp_path / "data", arch="caffenet_small", only=["half0A", "half0B"])

@@ -13,8 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_tree import FAKE_COMMAND, make_tree, small_experiment, timeline  # noqa: E402
 
-from convnet_transfer.local_runner import gpu_slots, run_local, wait_for  # noqa: E402
-from convnet_transfer.slurm import tree_status  # noqa: E402
+from convnet_transfer.training.local_runner import gpu_slots, run_local, wait_for  # noqa: E402
+from convnet_transfer.training.slurm import tree_status  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -147,7 +147,7 @@ def test_gpus_our_engine_cannot_see_stop_before_any_net(tmp_path):
     devices there are, so this holds on a GPU machine too)."""
     import torch
 
-    from convnet_transfer.slurm import TreeError, caffe_command
+    from convnet_transfer.training.slurm import TreeError, caffe_command
     root = make_tree(tmp_path / "tree", small_experiment(seconds_per_iter=0.1))
     absent = str(torch.cuda.device_count())
     with pytest.raises(TreeError, match=f"^GPU {absent} asked for, but PyTorch here .* sees {absent} CUDA dev"):

@@ -1,4 +1,4 @@
-"""convnet_transfer.logs: Caffe logs of every era -> tables; stitching restarted runs; the results summary.
+"""convnet_transfer.results.logs: Caffe logs of every era -> tables; stitching restarted runs; the results summary.
 
 Synthetic logs are written here line by line in each era's exact format; the 2014 release's logs are read and
 checked against values read by hand (zcat | grep) from the files.
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from convnet_transfer import logs
-from convnet_transfer.engine import glog as engine_glog
+from convnet_transfer.results import logs
+from convnet_transfer.training.engine import glog as engine_glog
 
-pytestmark = pytest.mark.filterwarnings("ignore::convnet_transfer.logs.LogWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::convnet_transfer.results.logs.LogWarning")
 
 T0 = dt.datetime(2026, 3, 1, 10, 0, 0)
 

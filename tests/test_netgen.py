@@ -13,10 +13,11 @@ import pytest
 from click.testing import CliRunner
 from google.protobuf import text_format
 
-from convnet_transfer import architectures, netgen, protoio
-from convnet_transfer.catalog import transfer_catalog
+from convnet_transfer.nets import architectures, netgen
+from convnet_transfer.formats import protoio
+from convnet_transfer.nets.catalog import transfer_catalog
 from convnet_transfer.cli.gen_nets import main as gen_nets_main
-from convnet_transfer.protoio import pb
+from convnet_transfer.formats.protoio import pb
 from convnet_transfer.resources import templates_dir
 
 FILES = ("imagenet_solver.prototxt", "imagenet_train.prototxt", "imagenet_val.prototxt")

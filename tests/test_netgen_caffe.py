@@ -14,9 +14,10 @@ import lmdb
 import numpy as np
 import pytest
 
-from convnet_transfer import netgen, protoio
-from convnet_transfer.catalog import paper_catalog, transfer_catalog
-from convnet_transfer.protoio import pb
+from convnet_transfer.nets import netgen
+from convnet_transfer.formats import protoio
+from convnet_transfer.nets.catalog import paper_catalog, transfer_catalog
+from convnet_transfer.formats.protoio import pb
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""convnet_transfer.plots: the paper's figures and the tables behind them.
+"""convnet_transfer.results.plots: the paper's figures and the tables behind them.
 
 On the 2014 release's logs the tables must show the paper's findings (Figure 2: AnB falls with n, BnB dips in the
 middle layers, AnB+ stays above the base nets; Figure 3: natural/man-made transfer falls faster than the random
@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from convnet_transfer import logs, plots
+from convnet_transfer.results import logs, plots
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.filterwarnings("ignore::convnet_transfer.logs.LogWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::convnet_transfer.results.logs.LogWarning")
 
 
 def row(net, accuracy, **kw):

@@ -6,14 +6,14 @@ import sys
 import numpy as np
 import pytest
 
-from convnet_transfer import protoio
-from convnet_transfer.protoio import ProtoFileError
+from convnet_transfer.formats import protoio
+from convnet_transfer.formats.protoio import ProtoFileError
 
 
 def test_generated_code_matches_caffe_proto():
     if importlib.util.find_spec("grpc_tools") is None:
         pytest.skip("grpcio-tools is not installed (pip install -e .[dev]): cannot regenerate caffe_pb2.py to compare")
-    proc = subprocess.run([sys.executable, "-m", "convnet_transfer.proto", "--check"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "convnet_transfer.formats.proto", "--check"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
 

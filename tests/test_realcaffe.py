@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convnet_transfer import caffe_pb2 as pb
-from convnet_transfer import protoio, realcaffe
+from convnet_transfer.formats import caffe_pb2 as pb
+from convnet_transfer.formats import protoio
+from convnet_transfer.training import realcaffe
 
 
 # ------------------------------------------------------------------------------ no build needed

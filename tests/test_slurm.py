@@ -23,7 +23,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_tree import FAKE_COMMAND, make_tree, small_experiment, timeline  # noqa: E402
 
-from convnet_transfer import realcaffe, slurm, slurm_localhost  # noqa: E402
+from convnet_transfer.training import realcaffe, slurm  # noqa: E402
+import slurm_localhost
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRE_ENV = "CONVNET_TRANSFER_REQUIRE_SLURM"
@@ -323,7 +324,7 @@ def test_experiment_on_slurm(slurm_cluster, tmp_path):
 
 def write_lmdb(path: Path, images, labels) -> None:
     import lmdb
-    from convnet_transfer import caffe_pb2 as pb
+    from convnet_transfer.formats import caffe_pb2 as pb
     path.mkdir(parents=True, exist_ok=True)
     env = lmdb.open(str(path), map_size=32 << 20)
     with env.begin(write=True) as txn:
@@ -338,8 +339,9 @@ def real_tree(root: Path, max_iter: int = 60, snapshot: int = 5) -> Path:
     """Two base nets and one transfer net (transfer0A0B_1_3) of caffenet_small, rendered by tools/gen_nets'
     library over tiny random 28x28 databases (5 classes), trained by our engine on the CPU."""
     import numpy as np
-    from convnet_transfer import netgen, protoio
-    from convnet_transfer.catalog import transfer_catalog
+    from convnet_transfer.nets import netgen
+    from convnet_transfer.formats import protoio
+    from convnet_transfer.nets.catalog import transfer_catalog
     rng = np.random.RandomState(0)
     data = root / "data"
     for split in ("half0A", "half0B"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from convnet_transfer import splits
+from convnet_transfer.data import splits
 from convnet_transfer.cli.make_splits import main as make_splits_cli
 
 VALID_2014 = [f"half{s}{h}_valid/files.txt" for s in range(4) for h in "AB"] + \

@@ -1,7 +1,7 @@
 """WordNet 3.0 nouns from Debian's wordnet-base, and the natural / man-made rule against the 2014 grouping."""
 import pytest
 
-from convnet_transfer import splits, wordnet
+from convnet_transfer.data import splits, wordnet
 
 pytestmark = pytest.mark.skipif(not (wordnet.default_wordnet_dir() / "data.noun").is_file(),
                                 reason="WordNet 3.0 not installed: apt-get install wordnet-base "

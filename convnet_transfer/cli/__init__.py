@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .. import processes
+from convnet_transfer.training import processes
 
 COMMANDS = {
     # name          module (under convnet_transfer.cli)   what it does
@@ -28,7 +28,6 @@ COMMANDS = {
     "plot_results": ("plot_results", "results tree -> the paper's figures and tables"),
     "run_experiment": ("run_experiment", "the whole experiment on an embedded dataset"),
     "submit": ("submit", "the experiment as Slurm job arrays, or on a local worker pool"),
-    "slurm_localhost": ("slurm_localhost", "start/stop a one-node Slurm cluster on this machine"),
 }
 
 

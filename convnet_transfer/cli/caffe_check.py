@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from .. import realcaffe
+from convnet_transfer.training import realcaffe
 
 
 @click.command(help="""Say which real Caffe the toolkit finds ($CAFFE_ROOT, $CAFFE, `caffe` on PATH, or the
@@ -41,7 +41,7 @@ def main(no_python):
                 "c = realcaffe.find_caffe().import_pycaffe(); from caffe.proto import caffe_pb2; "
                 "from convnet_transfer import caffe_pb2 as ours; "
                 "print(f'{c.__file__} (numpy {numpy.__version__}, protobuf {p.__version__}, '"
-                "f'with our convnet_transfer.caffe_pb2 in the same process)')")
+                "f'with our convnet_transfer.formats.caffe_pb2 in the same process)')")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if proc.returncode == 0:
             click.echo(f"pycaffe: imports: {proc.stdout.strip()}")

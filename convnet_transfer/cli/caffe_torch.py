@@ -1,7 +1,7 @@
-"""`caffe_torch`: Caffe's `caffe` command on the PyTorch engine (convnet_transfer.engine).
+"""`caffe_torch`: Caffe's `caffe` command on the PyTorch engine (convnet_transfer.training.engine).
 
 Flags are parsed as gflags does (`-flag value`, `-flag=value`, `--flag value`); the work is in
-convnet_transfer.engine.train.
+convnet_transfer.training.engine.train.
 """
 from __future__ import annotations
 
@@ -77,12 +77,12 @@ def parse_args(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def run(argv: list[str]) -> int:
     """Run one `caffe` command line (without the program name); returns the exit code."""
-    from convnet_transfer import protoio
+    from convnet_transfer.formats import protoio
     from convnet_transfer.cli import os_error_line
-    from convnet_transfer.engine import glog
-    from convnet_transfer.engine.data import DataError
-    from convnet_transfer.engine.errors import EngineError
-    from convnet_transfer.engine.solver import Diverged, SolverError
+    from convnet_transfer.training.engine import glog
+    from convnet_transfer.training.engine.data import DataError
+    from convnet_transfer.training.engine.errors import EngineError
+    from convnet_transfer.training.engine.solver import Diverged, SolverError
 
     try:
         positional, flags = parse_args(argv)
@@ -114,7 +114,7 @@ def run(argv: list[str]) -> int:
         glog.error("caffe.cpp:82", f"Unknown action: {command}")
         return EXIT_ERROR
 
-    from convnet_transfer.engine import train as engine
+    from convnet_transfer.training.engine import train as engine
     engine.keep_freed_memory()
     workers = int(flags["workers"]) if flags["workers"] else None
     precision = flags["precision"] or None

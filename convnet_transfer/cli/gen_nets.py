@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import click
 
-from .. import architectures, catalog as catalog_mod, netgen, slurm
+from convnet_transfer.nets import architectures, catalog as catalog_mod, netgen
+from convnet_transfer.training import slurm
 
 
 @click.command(help="""Render every net of the paper (or those matching --only) from the Jinja templates.
 
 \b
-Reads:  the catalog (convnet_transfer/catalog.py), an architecture (convnet_transfer/architectures/,
+Reads:  the catalog (convnet_transfer/nets/catalog.py), an architecture (convnet_transfer/nets/architectures/,
         or your own current-format prototxt with --prototxt and --transferable), templates/.
 Writes: OUT/<net>/ with <stem>solver.prototxt, <stem>train.prototxt, <stem>val.prototxt, train.sh,
         basenet -> ../<base net>, links to DATA/<split>_train/<backend>, DATA/<split>_valid/<backend>

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import click
 
-from .. import realcaffe
+from convnet_transfer.training import realcaffe
 
 
 @click.command(help=f"""Build real BVLC Caffe (master {realcaffe.CAFFE_COMMIT[:7]}, CPU only) with pycaffe for

@@ -1,11 +1,11 @@
-"""tools/make_dbs: image lists -> Caffe Datum databases and mean files (library: convnet_transfer.databases)."""
+"""tools/make_dbs: image lists -> Caffe Datum databases and mean files (library: convnet_transfer.data.databases)."""
 from __future__ import annotations
 
 import sys
 
 import click
 
-from .. import databases
+from convnet_transfer.data import databases
 from . import interruptible
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from .. import splits
-from ..resources import ilsvrc12_dir
+from convnet_transfer.data import splits
+from convnet_transfer.resources import ilsvrc12_dir
 
 HELP = """Make the split lists of the transfer experiment from a dataset's whole image lists.
 
@@ -79,7 +79,7 @@ def _parse_group(spec: str, classes: list[str] | None, n_classes: int) -> tuple[
 
 def _natman_report(say) -> tuple[list[int], list[int]]:
     """The WordNet rule's grouping of the 1000 ILSVRC-2012 classes, compared with the 2014 one."""
-    from .. import wordnet
+    from convnet_transfer.data import wordnet
     wnids = splits.ilsvrc12_classes()
     grouping = wordnet.natman_from_wordnet(wnids)
     comparison = wordnet.compare_groupings(splits.imagenet_groups()["natman"], grouping)
@@ -147,7 +147,7 @@ def main(train_list, val_list, out_dir, classes_file, n_classes, seeds, reduced,
                                      "use --natman-from wordnet for other WordNet classes", param_hint="--natman-from")
         groups.update(splits.imagenet_groups())
     elif natman_from == "wordnet":
-        from .. import wordnet
+        from convnet_transfer.data import wordnet
         if not classes:
             raise click.BadParameter("needs a --classes list of WordNet ids (n01440764, ...)",
                                      param_hint="--natman-from")

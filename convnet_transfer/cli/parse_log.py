@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .. import logs
+from convnet_transfer.results import logs
 
 
 def _fmt(value, digits=4) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .. import logs, plots
+from convnet_transfer.results import logs, plots
 
 
 @click.command(help="""Draw the paper's figures from the logs of a results tree: Figure 2 (top-1 accuracy against

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from .. import experiment
-from ..local_runner import gpu_slots
-from ..datasets import DATASETS, DatasetError
+from convnet_transfer import experiment
+from convnet_transfer.training.local_runner import gpu_slots
+from convnet_transfer.data.datasets import DATASETS, DatasetError
 from . import interruptible
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ Default: 60 nets x 200 iterations of batch 64 on the CPU, 6-7 minutes on 2 cores
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: generated/fashion-mnist, or generated/<dataset>-quick with --quick].")
 @click.option("--dataset", type=click.Choice(sorted(DATASETS)), default="fashion-mnist", show_default=True,
-              help="Where the images come from (a dataset adapter of convnet_transfer.datasets).")
+              help="Where the images come from (a dataset adapter of convnet_transfer.data.datasets).")
 @click.option("--dataset-root", type=click.Path(path_type=Path), default=None,
               help="fashion-mnist: the IDX files' folder; folder: the image folder; list: the images' root.")
 @click.option("--train-list", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,

@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from .. import slurm
-from ..slurm import SlurmOptions, TreeError
+from convnet_transfer.training import slurm
+from convnet_transfer.training.slurm import SlurmOptions, TreeError
 from . import interruptible
 
 ENGINES = ("auto", "caffe", "torch")
@@ -95,7 +95,7 @@ def main(root, mode, nets, engine, caffe_cmd, dry_run, partition, account, qos, 
                 for net, why in the_plan.skipped.items():
                     click.echo(f"  {net}: not submitted ({why})")
         elif mode == "local":
-            from ..local_runner import gpu_slots, run_local
+            from convnet_transfer.training.local_runner import gpu_slots, run_local
             env = slurm.trainer_env(*_trainer(engine, caffe_cmd), base=os.environ)
             gpu_list = gpu_slots(gpus)
             result = run_local(root, jobs=jobs or (len(gpu_list) if gpu_list else 1), nets=patterns, env=env,

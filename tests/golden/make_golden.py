@@ -3,7 +3,7 @@
 
     .venv/bin/python tests/golden/make_golden.py [--out tests/golden]
 
-Needs a real Caffe build (tools/install_caffe; found by convnet_transfer.realcaffe.find_caffe()). For each net
+Needs a real Caffe build (tools/install_caffe; found by convnet_transfer.training.realcaffe.find_caffe()). For each net
 below, Caffe itself fills the weights (caffe.set_random_seed), and runs forward and backward on fixed inputs;
 the script writes, beside this file:
 
@@ -172,7 +172,7 @@ def make_inputs(shapes: dict, classes: int, seed: int, scale: float) -> dict:
 
 def load_caffe():
     sys.path.insert(0, str(HERE.parents[1]))
-    from convnet_transfer.realcaffe import find_caffe
+    from convnet_transfer.training.realcaffe import find_caffe
     found = find_caffe()
     if found is None or not found.ok:
         raise SystemExit(f"make_golden: real Caffe is needed ({'not found' if found is None else found.problem}); "

@@ -27,8 +27,8 @@ ROOT = HERE.parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from convnet_transfer import caffe_pb2 as pb  # noqa: E402
-from convnet_transfer import protoio  # noqa: E402
+from convnet_transfer.formats import caffe_pb2 as pb  # noqa: E402
+from convnet_transfer.formats import protoio  # noqa: E402
 
 GOLDEN_DIR = HERE / "solver"
 ITERATIONS = 20
@@ -158,7 +158,7 @@ def main() -> int:
     import shutil
     import tempfile
 
-    from convnet_transfer.realcaffe import find_caffe
+    from convnet_transfer.training.realcaffe import find_caffe
     caffe = find_caffe()
     if caffe is None or not caffe.ok:
         print("real Caffe is needed: build it with tools/install_caffe", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The Data layer: batches from a Datum database, transformed as Caffe's DataTransformer does.
 
 `DataLayerSource(layer, phase, device, seed=...)` reads the layer's `data_param.source` (LMDB, LevelDB, or a
-key-list view that `convnet_transfer.databases.open_reader` understands) in key order, `batch_size` records a
+key-list view that `convnet_transfer.data.databases.open_reader` understands) in key order, `batch_size` records a
 batch, and rewinds at the end ("Restarting data prefetching from start.") like Caffe's DataLayer.
 
 Transformation (data_transformer.cpp): `(x - mean) * scale`, mean from `mean_file` (a full-size mean, subtracted
@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import caffe_pb2 as pb
-from .. import processes, protoio
+from convnet_transfer.formats import caffe_pb2 as pb
+from convnet_transfer.training import processes
+from convnet_transfer.formats import protoio
 from . import glog
 from .errors import EngineError
 from .net import channels_last_on
@@ -53,7 +54,7 @@ class DataError(EngineError):
 def decode_record(value) -> tuple[np.ndarray, int]:
     """Datum bytes -> (array C,H,W: uint8 for pixel data, BGR for colour; float32 for float_data; label); encoded
     images decoded as Caffe's DecodeDatumNative."""
-    from ..databases import decode_datum
+    from convnet_transfer.data.databases import decode_datum
     array, label = decode_datum(bytes(value))
     return np.asarray(array), int(label)
 
@@ -224,7 +225,7 @@ class _Cursor:
     def __init__(self, path: Path, backend: str):
         self.path = path
         self.kind = _kind(path)
-        from ..databases import DatabaseError
+        from convnet_transfer.data.databases import DatabaseError
         try:
             self._open(path)
         except DatabaseError as err:
@@ -235,7 +236,7 @@ class _Cursor:
         self.seek(None)
 
     def _open(self, path: Path) -> None:
-        from ..databases import open_reader, shared_handle
+        from convnet_transfer.data.databases import open_reader, shared_handle
         # one handle per database and process, shared with every other reader of it in this process
         # (py-lmdb refuses to open an environment twice; LevelDB locks its directory)
         if self.kind == "lmdb":

@@ -12,8 +12,8 @@ import os
 
 import numpy as np
 
-from .. import protoio
-from ..protoio import pb
+from convnet_transfer.formats import protoio
+from convnet_transfer.formats.protoio import pb
 from .errors import EngineError
 from .upgrade import upgrade_net
 

@@ -51,8 +51,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import netgen, resources
-from .protoio import atomic_write_bytes, file_mode
+from convnet_transfer.nets import netgen
+from convnet_transfer import resources
+from convnet_transfer.formats.protoio import atomic_write_bytes, file_mode
 
 __all__ = ["TreeNet", "TreeError", "SlurmOptions", "SlurmJob", "SlurmPlan", "NetStatus", "read_tree", "plan",
            "submit", "tree_status", "format_status", "caffe_command", "trainer_env", "job_records",
@@ -236,7 +237,7 @@ def check_settings(root: str | os.PathLike, tree: list[TreeNet], names: set[str]
 
 def _solver_facts(net_dir: Path, solver_name: str) -> tuple[str, int]:
     """(snapshot_prefix, max_iter) of a net's solver (the names of its snapshots)."""
-    from .protoio import ProtoFileError, read_solver
+    from convnet_transfer.formats.protoio import ProtoFileError, read_solver
     path = net_dir / solver_name
     if not path.is_file():
         raise TreeError(f"{path}: the solver of this net is missing; render the tree again with tools/gen_nets")
@@ -785,10 +786,10 @@ def tree_status(root: str | os.PathLike, nets: list[str] | None = None, use_slur
 
 
 def _final_accuracy(net_dir: Path, fallback: float | None) -> float | None:
-    """The last test accuracy of a net's stitched logs (convnet_transfer.logs), else the quick scan's."""
+    """The last test accuracy of a net's stitched logs (convnet_transfer.results.logs), else the quick scan's."""
     try:
         import warnings
-        from . import logs
+        from convnet_transfer.results import logs
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             test = logs.parse_net_dir(net_dir, jobs=1).test

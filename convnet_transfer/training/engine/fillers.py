@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ..protoio import pb
+from convnet_transfer.formats.protoio import pb
 from .errors import EngineError
 
 __all__ = ["fill", "FILLERS"]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..protoio import pb
+from convnet_transfer.formats.protoio import pb
 from . import glog
 from .errors import EngineError
 from .layers import DATA_LAYER_TYPES, LAYERS, LOSS_LAYER_TYPES, BuildContext, layer_where

@@ -18,7 +18,7 @@ import time as _time
 
 import torch
 
-from .. import caffe_pb2 as pb
+from convnet_transfer.formats import caffe_pb2 as pb
 from . import glog
 from .data import DATA_LAYER_TYPES, DataLayerSource
 from .solver import SGDSolver, SignalActions, SolverError, read_solver, report_copied

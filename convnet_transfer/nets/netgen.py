@@ -34,7 +34,10 @@ from typing import Iterable
 import jinja2
 from google.protobuf import text_encoding
 
-from . import architectures, catalog as catalog_mod, protoio, resources, slurm
+from . import architectures, catalog as catalog_mod
+from convnet_transfer.formats import protoio
+from convnet_transfer import resources
+from convnet_transfer.training import slurm
 from .architectures.spec import Architecture, Enum, Layer
 from .catalog import Catalog, NetSpec
 
@@ -151,7 +154,7 @@ def solver_fields(net: NetSpec, arch: Architecture, options: RenderOptions) -> d
     unknown = set(options.solver) - set(_SOLVER_FIELD_NAMES)
     if unknown:
         raise NetgenError(f"unknown solver field(s) {', '.join(sorted(unknown))}; see SolverParameter in "
-                          f"convnet_transfer/proto/caffe.proto")
+                          f"convnet_transfer/formats/proto/caffe.proto")
     fields.update({k: v for k, v in options.solver.items() if v is not None})
     if "max_iter" not in fields:
         raise NetgenError(f"net {net.name}: the solver has no max_iter (architecture {arch.name}); "
@@ -160,7 +163,7 @@ def solver_fields(net: NetSpec, arch: Architecture, options: RenderOptions) -> d
 
 
 def _solver_field_names() -> list[str]:
-    from .protoio import pb
+    from convnet_transfer.formats.protoio import pb
     return [f.name for f in pb.SolverParameter.DESCRIPTOR.fields]
 
 

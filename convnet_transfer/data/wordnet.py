@@ -7,7 +7,7 @@ ILSVRC class ids (wnids) are WordNet 3.0 noun synsets: "n" + the synset's 8-digi
 The plain rule `natman_from_wordnet` applies: a class is man-made when "artifact, artefact" (n00021939) is
 among its hypernyms (following both class hypernyms `@` and instance hypernyms `@i`), natural otherwise.
 `compare_groupings` says how close that rule comes to another grouping, e.g. the 2014 one
-(`convnet_transfer.splits.imagenet_groups()`).
+(`convnet_transfer.data.splits.imagenet_groups()`).
 
     wn = WordNet()
     natural, manmade = natman_from_wordnet(wnids, wn)

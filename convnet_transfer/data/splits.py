@@ -22,7 +22,7 @@ mismatch raises Md5MismatchError unless `accept_new`. Files are written to a sta
 so no half-written list ever carries its final name, and a list whose bytes are already there is left untouched:
 re-running with the same inputs writes nothing. `md5sums.txt` lists "<md5>  <split>/files.txt" for every list made.
 
-    from convnet_transfer import splits
+    from convnet_transfer.data import splits
     report = splits.make_splits("train.txt", "val.txt", "data", n_classes=1000,
                                 groups=splits.imagenet_groups(), published_md5=splits.published_md5_2014())
     print(report.summary())
@@ -41,7 +41,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .resources import ilsvrc12_dir
+from convnet_transfer.resources import ilsvrc12_dir
 
 __all__ = [
     "make_splits", "read_list", "imagenet_groups", "random_halves", "read_manifest", "published_md5_2014",

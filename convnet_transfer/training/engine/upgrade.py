@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import protoio
-from ..protoio import pb
+from convnet_transfer.formats import protoio
+from convnet_transfer.formats.protoio import pb
 from .errors import EngineError
 
 __all__ = ["upgrade_net", "upgrade_solver", "read_net_file", "read_solver_file", "filter_net", "net_needs_upgrade",

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..protoio import pb
+from convnet_transfer.formats.protoio import pb
 from .errors import EngineError
 from .fillers import fill
 

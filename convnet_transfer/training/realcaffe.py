@@ -314,7 +314,7 @@ def _torch_command() -> list[str]:
 
 def env_lines(prefix: Path) -> list[str]:
     """The shell lines that make a build at `prefix` the one the toolkit (and a shell) uses."""
-    from .netgen import shell_word
+    from convnet_transfer.nets.netgen import shell_word
     prefix = Path(prefix)
     return [f"export CAFFE_ROOT={shell_word(prefix)}",
             f"export PATH={shell_word(prefix / 'bin')}:$PATH "
@@ -356,7 +356,7 @@ def apt_command(packages: list[str]) -> str:
 def ensure_apt_packages(install: bool = True) -> None:
     if not shutil.which("dpkg-query"):
         raise InstallError("this is not a Debian/Ubuntu system (no dpkg-query); install Caffe's build "
-                           "dependencies yourself (see APT_PACKAGES in convnet_transfer/realcaffe.py) and "
+                           "dependencies yourself (see APT_PACKAGES in convnet_transfer/training/realcaffe.py) and "
                            "pass --source with Caffe's source")
     missing = missing_apt_packages()
     if not missing:

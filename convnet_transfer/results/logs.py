@@ -110,7 +110,7 @@ class Table:
 
     def write_csv(self, path: str | os.PathLike, delimiter: str = ",") -> None:
         """CSV like parse_log.py's `<log>.train` / `<log>.test`: header row, NumIters as an integer, empty = NaN."""
-        from .protoio import atomic_write_bytes
+        from convnet_transfer.formats.protoio import atomic_write_bytes
         text = io.StringIO(newline="")
         writer = csv.writer(text, delimiter=delimiter)
         writer.writerow(self.columns)
@@ -619,7 +619,7 @@ _NAME = re.compile(r"^(?:half(?P<half>\w+?)(?P<hx>[AB])|transfer(?P<ft>-ft)?(?P<
 @functools.lru_cache(maxsize=1)
 def _paper_catalog():
     try:
-        from .catalog import paper_catalog
+        from convnet_transfer.nets.catalog import paper_catalog
     except ImportError:  # pragma: no cover - the catalog ships with the package
         return None
     return paper_catalog()
@@ -679,7 +679,7 @@ class NetSummary:
 
 
 def _max_iter(net_dir: Path) -> int | None:
-    from . import protoio
+    from convnet_transfer.formats import protoio
     for path in sorted(net_dir.glob("*solver*.prototxt")):
         try:
             return int(protoio.read_solver(path).max_iter) or None
@@ -772,7 +772,7 @@ def write_summary(rows: list[NetSummary], out_dir: str | os.PathLike, stem: str 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [f.name for f in fields(NetSummary)]
-    from .protoio import atomic_write_bytes
+    from convnet_transfer.formats.protoio import atomic_write_bytes
     csv_path, json_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
     text = io.StringIO(newline="")
     writer = csv.writer(text)

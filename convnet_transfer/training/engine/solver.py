@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from google.protobuf import text_format
 
-from .. import caffe_pb2 as pb
-from .. import protoio
+from convnet_transfer.formats import caffe_pb2 as pb
+from convnet_transfer.formats import protoio
 from . import glog
 from .errors import EngineError
 from .data import DATA_LAYER_TYPES, DataLayerSource

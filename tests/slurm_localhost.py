@@ -1,4 +1,6 @@
-"""A real single-node Slurm cluster on this machine, for trying `tools/submit --slurm` and for the tests.
+"""A real single-node Slurm cluster on this machine, for the tests and for trying `tools/submit --slurm`.
+
+Test code, not part of the pipeline: `tools/slurm_localhost start|stop|status` runs this file.
 
     start(state_dir)   writes <state_dir>/slurm.conf, a MUNGE key, starts munged, slurmctld and slurmd
                        (as root, in the background, every file under state_dir) and waits until `sinfo`
@@ -25,6 +27,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import click
 
 __all__ = ["DEFAULT_DIR", "STATE_DIR_ENV", "ClusterError", "ClusterStatus", "state_dir", "start", "stop", "status",
            "client_env", "binaries_missing"]
@@ -263,3 +267,35 @@ def stop(directory: str | os.PathLike | None = None, timeout: float = 30) -> Clu
     if ETC_CONF.is_symlink() and Path(os.readlink(ETC_CONF)) == d / "slurm.conf":
         ETC_CONF.unlink()
     return status(d)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("action", type=click.Choice(["start", "stop", "status"]))
+@click.option("--dir", "directory", type=click.Path(file_okay=False),
+              help=f"State folder (default ${STATE_DIR_ENV} or {DEFAULT_DIR}).")
+@click.option("--cpus", type=int, help="CPUs the node offers (default: this machine's).")
+@click.option("--memory-mb", type=int, help="Memory the node offers (default: this machine's, less 512 MB).")
+def main(action, directory, cpus, memory_mb):
+    """Start, stop or show a single-node Slurm cluster on localhost (Debian's slurm-wlm 22.05 + munge).
+
+    start writes DIR/slurm.conf and a MUNGE key, starts munged, slurmctld and slurmd as root in the background
+    (state, logs and pid files under DIR), links /etc/slurm/slurm.conf to DIR/slurm.conf when there is none,
+    and waits until the node is idle. Running start again leaves a running cluster as it is. The daemons
+    listen on 127.0.0.1 only. stop cancels the cluster's jobs, then ends the three daemons. Clients: export SLURM_CONF=DIR/slurm.conf.
+    """
+    try:
+        if action == "start":
+            state = start(directory, cpus=cpus, memory_mb=memory_mb)
+        elif action == "stop":
+            state = stop(directory)
+        else:
+            state = status(directory)
+    except (ClusterError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(state.describe())
+    if action == "status" and not state.up:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main(prog_name="tools/slurm_localhost")

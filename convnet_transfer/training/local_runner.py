@@ -9,7 +9,7 @@ when GPUs are given (flock on local/locks/gpu-slot<i>.lock; CAFFE_GPU=<id> tells
 Then it runs `make -j N -k` (a failed net stops only the nets that depend on it) and blocks until make ends.
 Ctrl-C (or SIGTERM or SIGHUP to this process) sends one SIGINT to make's process group: every trainer snapshots
 and stops (real Caffe and caffe_torch both do), make waits for them. make runs under a supervisor
-(convnet_transfer.processes) that gives the group the same SIGINT when this process dies without doing so
+(convnet_transfer.training.processes) that gives the group the same SIGINT when this process dies without doing so
 (SIGKILL), then SIGKILL after STOP_GRACE seconds: nothing trains on unseen. Running it again resumes: make
 skips trained nets (their final snapshot exists) and train.sh resumes the others from their newest
 .solverstate; a run that finds nets of the tree still being trained (their lock held) stops before starting
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import processes
-from .protoio import file_mode
+from convnet_transfer.formats.protoio import file_mode
 from .slurm import (NetStatus, TreeError, TreeNet, _render, caffe_command, check_settings, format_status,
                     lock_held, lock_holders, read_tree, trainer_env, tree_status, with_base_nets)
 

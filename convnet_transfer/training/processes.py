@@ -6,7 +6,7 @@
     signal_of(interrupt)        the signal behind a KeyboardInterrupt: a command exits with 128 + it
     supervised(command, ...)    the argv that runs `command` (make) under this file's supervisor (below)
 
-The supervisor: the local runner (convnet_transfer.local_runner) starts make through it, in a session of its
+The supervisor: the local runner (convnet_transfer.training.local_runner) starts make through it, in a session of its
 own. It is the leader of the process group that make, the net scripts and the trainers belong to, and it
 reads a pipe whose other end only the runner holds. When the runner dies, even by SIGKILL, the pipe closes:
 the supervisor sends the group one SIGINT, the stop Ctrl-C gives (every trainer snapshots, then stops; a rerun

@@ -1,4 +1,4 @@
-"""Caffe's file formats through the project's own schema (convnet_transfer/proto/caffe.proto).
+"""Caffe's file formats through the project's own schema (convnet_transfer/formats/proto/caffe.proto).
 
 Text (.prototxt) and binary (.binaryproto, .caffemodel, .solverstate, Datum records) read and write,
 and BlobProto <-> numpy. Errors name the file, and for text the line and column, and say what to do.

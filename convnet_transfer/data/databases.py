@@ -12,7 +12,7 @@ What Caffe's `convert_imageset` and `compute_image_mean` do, with the same recor
 
 Records are Caffe's: key b"%08d_<relative path>" (the line's position in the, optionally shuffled, list), value a
 serialized Datum (raw BGR uint8 in C,H,W order, or the encoded file). Decoding and resizing follow OpenCV exactly
-(convnet_transfer.images). A database under construction lives in `<db>.partial/`; it is renamed to `<db>` and
+(convnet_transfer.data.images). A database under construction lives in `<db>.partial/`; it is renamed to `<db>` and
 gets the completion marker `convnet_transfer.complete.json` (count and md5 of the key list) only once verified.
 See docs/databases.md.
 """
@@ -34,8 +34,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from . import caffe_pb2 as pb
-from . import processes, protoio
+from convnet_transfer.formats import caffe_pb2 as pb
+from convnet_transfer.training import processes
+from convnet_transfer.formats import protoio
 from .images import ImageError, decode_image, encode_image, read_image, resize_linear
 from .splits import SplitError, file_md5, read_list
 

@@ -187,7 +187,7 @@ def _is_repeated(fd) -> bool:
 def _check_bottoms(path: Path, net) -> None:
     """Every bottom of a layer is a top of a layer above it in the same phase's net (Net::Init's check, which
     would otherwise stop the net only when it is trained: Unknown bottom blob)."""
-    from ..protoio import pb
+    from convnet_transfer.formats.protoio import pb
     for phase in (pb.TRAIN, pb.TEST):
         made = set(net.input)
         for lp in net.layer:
@@ -210,7 +210,7 @@ def from_prototxt(path: str | os.PathLike, transferable: list[str], *, classifie
     layers. Its data layers are dropped (netgen writes its own, pointing at each split's database; crop, batch
     size and mirror are taken from them unless given); layers with `include { phase: TRAIN/TEST }` go to the
     train/val net only. `classifier` defaults to the last learnable layer, `n_classes` to its num_output."""
-    from .. import protoio
+    from convnet_transfer.formats import protoio
 
     path = Path(path)
     net = protoio.read_net(path)

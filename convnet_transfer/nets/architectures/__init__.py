@@ -1,6 +1,6 @@
 """Net architectures as data, one file per family, found by name in a registry (as timm does).
 
-    from convnet_transfer import architectures
+    from convnet_transfer.nets import architectures
     arch = architectures.get("caffenet_small", n_classes=10)
 
 Each family module defines a function decorated with `@register` that returns an `Architecture`

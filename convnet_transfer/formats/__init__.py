@@ -1,0 +1,1 @@
+"""Caffe's own formats, the interfaces between stages: the caffe.proto schema, prototxt/binaryproto I/O."""

@@ -1,0 +1,1 @@
+"""Stage 5: Caffe logs -> tables -> the paper's figures."""
