@@ -21,13 +21,14 @@ def test_plain_install_renders_nets_and_reads_class_lists(tmp_path):
     package = target / "convnet_transfer"
     for needed in ("templates/train.sh.j2", "templates/current", "templates/2014", "templates/slurm",
                    "ilsvrc12/synsets.txt", "ilsvrc12/natural_synsets.txt", "ilsvrc12/md5sums_2014.txt",
-                   "proto/caffe.proto", "caffe_pb2.py", "architectures/caffenet.py"):
+                   "formats/proto/caffe.proto", "formats/caffe_pb2.py", "nets/architectures/caffenet.py"):
         assert (package / needed).exists(), f"{needed} is not installed"
     # run from outside the checkout, importing the installed copy only
     script = (
         "import convnet_transfer, sys\n"
         f"assert convnet_transfer.__file__.startswith({str(target)!r}), convnet_transfer.__file__\n"
-        "from convnet_transfer import catalog, netgen, splits\n"
+        "from convnet_transfer.nets import catalog, netgen\n"
+        "from convnet_transfer.data import splits\n"
         "from convnet_transfer.resources import templates_dir, ilsvrc12_dir\n"
         f"assert str(templates_dir()).startswith({str(target)!r})\n"
         "natural, manmade = splits.imagenet_groups()['natman']\n"

@@ -13,7 +13,7 @@ from PIL import Image
 
 from convnet_transfer.formats import caffe_pb2 as pb
 from convnet_transfer.formats import protoio
-from convnet_transfer.training import realcaffe
+from convnet_transfer.training import caffe_build, realcaffe
 
 
 # ------------------------------------------------------------------------------ no build needed
@@ -68,8 +68,8 @@ def test_caffe_variable_naming_our_engine_is_not_real_caffe(monkeypatch, tmp_pat
 def test_fixes_refuse_an_unexpected_source(tmp_path):
     (tmp_path / "src" / "caffe" / "util").mkdir(parents=True)
     (tmp_path / "src" / "caffe" / "util" / "io.cpp").write_text("// nothing to fix here\n")
-    with pytest.raises(realcaffe.InstallError, match="not applicable"):
-        realcaffe.apply_fixes(tmp_path)
+    with pytest.raises(caffe_build.InstallError, match="not applicable"):
+        caffe_build.apply_fixes(tmp_path)
 
 
 def test_env_lines_name_the_prefix(tmp_path):

@@ -37,9 +37,9 @@ def main(no_python):
     click.echo("tools:   " + ", ".join(t for t in realcaffe.TOOLS if _has(found, t)))
     if not no_python:
         # In a child process: a broken _caffe.so may crash the interpreter, not just raise.
-        code = ("import sys, numpy, google.protobuf as p; from convnet_transfer import realcaffe; "
+        code = ("import sys, numpy, google.protobuf as p; from convnet_transfer.training import realcaffe; "
                 "c = realcaffe.find_caffe().import_pycaffe(); from caffe.proto import caffe_pb2; "
-                "from convnet_transfer import caffe_pb2 as ours; "
+                "from convnet_transfer.formats import caffe_pb2 as ours; "
                 "print(f'{c.__file__} (numpy {numpy.__version__}, protobuf {p.__version__}, '"
                 "f'with our convnet_transfer.formats.caffe_pb2 in the same process)')")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

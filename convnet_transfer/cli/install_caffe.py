@@ -3,7 +3,7 @@ from pathlib import Path
 
 import click
 
-from convnet_transfer.training import realcaffe
+from convnet_transfer.training import caffe_build, realcaffe
 
 
 @click.command(help=f"""Build real BVLC Caffe (master {realcaffe.CAFFE_COMMIT[:7]}, CPU only) with pycaffe for
@@ -28,10 +28,10 @@ Prints the environment lines that make the toolkit (and your shell) use this Caf
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 def main(prefix, source, jobs, force, no_install, keep_build, debian_mirror, quiet):
     try:
-        prefix = realcaffe.install_caffe(prefix, source=source, jobs=jobs, force=force,
-                                         install_deps=not no_install, keep_build=keep_build,
-                                         debian_mirror=debian_mirror, progress=not quiet)
-    except realcaffe.InstallError as err:
+        prefix = caffe_build.install_caffe(prefix, source=source, jobs=jobs, force=force,
+                                           install_deps=not no_install, keep_build=keep_build,
+                                           debian_mirror=debian_mirror, progress=not quiet)
+    except caffe_build.InstallError as err:
         raise click.ClickException(str(err)) from None
     click.echo("\nReal Caffe is ready. To use it (the toolkit, tests, your shell), run or add to ~/.bashrc:")
     for line in realcaffe.env_lines(prefix):

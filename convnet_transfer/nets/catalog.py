@@ -15,16 +15,19 @@ Blocks say when a net can run: `one` (base nets), `two` (transfer and selffer ne
 
     paper_catalog()          the 170 net directories of the 2014 release
     transfer_catalog(...)    the same protocol for another dataset (any splits, split points, reduced sizes)
+    parse_net_name(name)     kind, split, n, fine_tuned, base read back from a name (the naming rules below)
 """
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 __all__ = ["NetSpec", "Catalog", "transfer_catalog", "paper_catalog", "UnknownNetError", "KINDS", "BLOCKS",
-           "PAPER_REDUCED", "PAPER_REDUCED_SOLVER"]
+           "PAPER_REDUCED", "PAPER_REDUCED_SOLVER", "WHOLE_NET", "base_net_name", "transfer_net_name",
+           "natman_transfer_name", "nolearn_net_name", "reduced_net_name", "parse_net_name"]
 
 KINDS = ("base", "selffer", "transfer", "nolearn", "reduced", "whole")
 BLOCKS = ("one", "two", "whenever")
@@ -32,6 +35,68 @@ BLOCKS = ("one", "two", "whenever")
 # The reduced-volume nets: images per class, and the solver they were trained with in 2014.
 PAPER_REDUCED = (1, 2, 5, 10, 25, 50, 100, 250, 500, 750, 1000, 1300)
 PAPER_REDUCED_SOLVER = {"base_lr": 0.0125, "stepsize": 64000, "max_iter": 200000}
+
+
+# ---------------------------------------------------------------------------------------------- net names
+# The 2014 release's directory names: built by the functions below, read back by parse_net_name.
+#     half{S}{X}                   base net on half X (A or B) of split S       half0A, halfnatmanB
+#     transfer{S}{X}{S}{Y}_1_{n}   layers 1..n of halfSX, trained on halfSY     transfer0A0B_1_3 (selffer: X = Y)
+#     transfer-ft{S}{X}{S}{Y}_1_{n} the same with the copied layers fine-tuned (AnB+, BnB+)
+#     transfernatman{X}{Y}_1_{n}   the natural/man-made split: its name once
+#     nolearn_1_{n}    reduced-{NNNN}    netbase
+
+WHOLE_NET = "netbase"
+
+
+def base_net_name(split: str, half: str) -> str:
+    return f"half{split}{half}"
+
+
+def transfer_net_name(split: str, base_half: str, target_half: str, n: int, fine_tuned: bool = False) -> str:
+    return f"{'transfer-ft' if fine_tuned else 'transfer'}{split}{base_half}{split}{target_half}_1_{n}"
+
+
+def natman_transfer_name(base_half: str, target_half: str, n: int) -> str:
+    return f"transfernatman{base_half}{target_half}_1_{n}"
+
+
+def nolearn_net_name(n: int) -> str:
+    return f"nolearn_1_{n}"
+
+
+def reduced_net_name(per_class: int) -> str:
+    return f"reduced-{per_class:04d}"
+
+
+def _pair_kind(x: str, y: str) -> str:
+    return "selffer" if x == y else "transfer"
+
+
+_NET_NAME = re.compile(r"^(?:half(?P<half>\w+?)(?P<hx>[AB])"
+                       r"|transfer(?P<ft>-ft)?(?P<s>\w+?)(?P<x>[AB])(?P=s)(?P<y>[AB])_1_(?P<n>\d+)"
+                       r"|nolearn_1_(?P<nl>\d+)|reduced-(?P<red>\d+)|(?P<whole>" + re.escape(WHOLE_NET) + "))$")
+
+
+def parse_net_name(name: str) -> dict:
+    """{kind, split, n, fine_tuned, base} of a net from its name alone (all None/False when it follows none of
+    the rules above). Not read back: transfernatman names (the catalogs list them), a reduced net's split
+    (read as `reduced{NNNN}`, n = NNNN, whatever its images per class)."""
+    m = _NET_NAME.match(name)
+    if m is None:
+        return {"kind": None, "split": None, "n": None, "fine_tuned": False, "base": None}
+    g = m.groupdict()
+    if g["hx"]:
+        return {"kind": "base", "split": base_net_name(g["half"], g["hx"]), "n": None, "fine_tuned": False,
+                "base": None}
+    if g["n"]:
+        return {"kind": _pair_kind(g["x"], g["y"]), "split": base_net_name(g["s"], g["y"]), "n": int(g["n"]),
+                "fine_tuned": bool(g["ft"]), "base": base_net_name(g["s"], g["x"])}
+    if g["nl"]:
+        return {"kind": "nolearn", "split": "whole", "n": int(g["nl"]), "fine_tuned": False, "base": None}
+    if g["red"]:
+        return {"kind": "reduced", "split": f"reduced{g['red']}", "n": int(g["red"]), "fine_tuned": False,
+                "base": None}
+    return {"kind": "whole", "split": "whole", "n": None, "fine_tuned": False, "base": None}
 
 
 class UnknownNetError(KeyError):
@@ -148,10 +213,6 @@ class Catalog:
         return [net.as_json() for net in self]
 
 
-def _pair_kind(x: str, y: str) -> str:
-    return "selffer" if x == y else "transfer"
-
-
 def transfer_catalog(splits: Iterable[str] = ("0", "1", "2", "3"), n_layers: int = 7, *,
                      pairs: Iterable[str] = ("AA", "AB", "BA"),
                      fine_tuned: bool | Iterable[str] = ("0", "1"),
@@ -178,30 +239,30 @@ def transfer_catalog(splits: Iterable[str] = ("0", "1", "2", "3"), n_layers: int
     points = range(1, n_layers + 1)
     nets: list[NetSpec] = []
     for s in splits:
-        nets += [NetSpec(f"half{s}{h}", "base", f"half{s}{h}", f"half{s}{h}") for h in "AB"]
+        nets += [NetSpec(base_net_name(s, h), "base", base_net_name(s, h), base_net_name(s, h)) for h in "AB"]
     if natman:
-        nets += [NetSpec(f"halfnatman{h}", "base", f"halfnatman{h}", f"halfnatman{h}") for h in "AB"]
+        nets += [NetSpec(base_net_name("natman", h), "base", base_net_name("natman", h), base_net_name("natman", h))
+                 for h in "AB"]
     if whole:
         # netbase's 2014 files predate Caffe's `pad` in convolutions; the same net, written the old way.
-        nets.append(NetSpec("netbase", "whole", "whole", "whole", padding_layers=True))
+        nets.append(NetSpec(WHOLE_NET, "whole", "whole", "whole", padding_layers=True))
     for s in splits:
         for tuned in (False, True) if s in ft_splits else (False,):
-            prefix = "transfer-ft" if tuned else "transfer"
             for x, y in pairs:
                 for n in points:
-                    nets.append(NetSpec(f"{prefix}{s}{x}{s}{y}_1_{n}", _pair_kind(x, y), f"half{s}{y}", f"half{s}{y}",
-                                        base=f"half{s}{x}", n=n, fine_tuned=tuned))
+                    nets.append(NetSpec(transfer_net_name(s, x, y, n, tuned), _pair_kind(x, y), base_net_name(s, y),
+                                        base_net_name(s, y), base=base_net_name(s, x), n=n, fine_tuned=tuned))
     if natman:
         for x, y in natman_pairs:
             for n in points:
-                nets.append(NetSpec(f"transfernatman{x}{y}_1_{n}", _pair_kind(x, y), f"halfnatman{y}",
-                                    f"halfnatman{y}", base=f"halfnatman{x}", n=n))
+                nets.append(NetSpec(natman_transfer_name(x, y, n), _pair_kind(x, y), base_net_name("natman", y),
+                                    base_net_name("natman", y), base=base_net_name("natman", x), n=n))
     if nolearn:
-        nets += [NetSpec(f"nolearn_1_{n}", "nolearn", "whole", "whole", n=n) for n in points]
+        nets += [NetSpec(nolearn_net_name(n), "nolearn", "whole", "whole", n=n) for n in points]
     solver = dict(PAPER_REDUCED_SOLVER if reduced_solver is None else reduced_solver)
     for count in reduced:
         split = "whole" if count >= whole_per_class else f"reduced{count:04d}"
-        nets.append(NetSpec(f"reduced-{count:04d}", "reduced", split, "whole", solver=solver))
+        nets.append(NetSpec(reduced_net_name(count), "reduced", split, "whole", solver=solver))
     return Catalog(nets)
 
 

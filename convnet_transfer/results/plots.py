@@ -319,28 +319,49 @@ def plot_natman_random(rows, out_stem: str | os.PathLike, reference=None, metric
     fig = plt.figure(figsize=(9, 7.4 if title else 7))
     grid = fig.add_gridspec(2, 2, height_ratios=(1, 1.5), hspace=0.35, wspace=0.25)
     ax_nm, ax_rand, ax_rel = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])
-    for target, name, style in (("natural", halves[0], "-"), ("man-made", halves[1], "--")):
-        got = _curve(ax_nm, points, f"natman {target}", style_of="natman", label=f"target: {name}")
-        if got:
-            ax_nm.lines[-1].set_linestyle(style)
-            ax_nm.scatter([0], [got[1][0]], marker="o", s=60, facecolors="white", edgecolors="black", zorder=4)
-    ax_nm.set_title("Man-made/Natural split" if the_papers else "Dissimilar halves")
-    ax_nm.set_ylabel("Top-1 accuracy")
-    if ax_nm.lines:
-        ax_nm.legend(fontsize=8, loc="lower left")
-    got = _curve(ax_rand, points, "random")
-    if got and got[0][0] == 0:
-        ax_rand.scatter([0], [got[1][0]], marker="o", s=60, facecolors="white", edgecolors="black", zorder=4)
-    if not got:
-        ax_rand.text(0.5, 0.5, "no random-filter nets\nin these results", transform=ax_rand.transAxes,
-                     ha="center", va="center", color="0.5")
-    ax_rand.set_title("Random, untrained filters")
+    _natman_panel(ax_nm, points, halves, the_papers)
+    _random_panel(ax_rand, points)
     if title:
         fig.suptitle(title, fontsize=10)
     for ax in (ax_nm, ax_rand):
         ax.set_xticks(range(8))
         ax.set_xlim(-0.3, 7.3)
         ax.grid(axis="y", color="0.9", linewidth=0.6)
+    _relative_panel(ax_rel, points, None if reference is None else _points(reference, metric), the_papers)
+    return _save(fig, Path(out_stem), formats)
+
+
+def _base_marker(ax, y) -> None:
+    """The open circle at n = 0: the reference (base net) a curve starts from."""
+    ax.scatter([0], [y], marker="o", s=60, facecolors="white", edgecolors="black", zorder=4)
+
+
+def _natman_panel(ax, points, halves, the_papers: bool) -> None:
+    """Figure 3, top left: a transfer curve per target half of the dissimilar split."""
+    for target, name, style in (("natural", halves[0], "-"), ("man-made", halves[1], "--")):
+        got = _curve(ax, points, f"natman {target}", style_of="natman", label=f"target: {name}")
+        if got:
+            ax.lines[-1].set_linestyle(style)
+            _base_marker(ax, got[1][0])
+    ax.set_title("Man-made/Natural split" if the_papers else "Dissimilar halves")
+    ax.set_ylabel("Top-1 accuracy")
+    if ax.lines:
+        ax.legend(fontsize=8, loc="lower left")
+
+
+def _random_panel(ax, points) -> None:
+    """Figure 3, top right: random frozen first layers (n = 0: the whole-set net)."""
+    got = _curve(ax, points, "random")
+    if got and got[0][0] == 0:
+        _base_marker(ax, got[1][0])
+    if not got:
+        ax.text(0.5, 0.5, "no random-filter nets\nin these results", transform=ax.transAxes,
+                ha="center", va="center", color="0.5")
+    ax.set_title("Random, untrained filters")
+
+
+def _relative_panel(ax, points, rpoints, the_papers: bool) -> None:
+    """Figure 3, bottom: every curve relative to its base net; the reference's means (`rpoints`) in grey."""
     from matplotlib.lines import Line2D
     handles = [Line2D([], [], marker="o", markerfacecolor="white", markeredgecolor="black", linestyle="none",
                       markersize=8, label="reference (base net)")]
@@ -348,28 +369,26 @@ def plot_natman_random(rows, out_stem: str | os.PathLike, reference=None, metric
                                     ("relative natman", "natman",
                                      f"mean AnB, {'m/n split' if the_papers else 'dissimilar halves'}"),
                                     ("relative random", "random", "random features")):
-        if _curve(ax_rel, points, series, style_of=style_of, label=label):
-            handles.append(ax_rel.lines[-1])
-    if reference is not None:
-        rpoints = _points(reference, metric)
+        if _curve(ax, points, series, style_of=style_of, label=label):
+            handles.append(ax.lines[-1])
+    if rpoints is not None:
         for series, style_of in (("relative AnB", "AnB"), ("relative natman", "natman"),
                                  ("relative random", "random")):
             xs = sorted({p.x for p in rpoints if p.series == series})
             means = [np.mean([p.value for p in rpoints if p.series == series and p.x == x]) for x in xs]
             if xs:
-                ax_rel.plot([0] + xs, [0.0] + means, color="0.6", linestyle=STYLE[style_of][4], linewidth=1.0, zorder=1)
+                ax.plot([0] + xs, [0.0] + means, color="0.6", linestyle=STYLE[style_of][4], linewidth=1.0, zorder=1)
         handles.append(Line2D([], [], color="0.6", label="2014 reference"))
-    ax_rel.scatter([0], [0], marker="o", s=60, facecolors="white", edgecolors="black", zorder=4)
-    ax_rel.set_xticks(range(8))
-    ax_rel.set_xlim(-0.2, 7.3)
+    _base_marker(ax, 0)
+    ax.set_xticks(range(8))
+    ax.set_xlim(-0.2, 7.3)
     means = [m for series in ("relative AnB", "relative natman")
              for m in (_curve_means(points, series) or ([], []))[1]]
-    ax_rel.set_ylim(min(-0.3, min(means, default=0) - 0.02), max(0.03, max(means, default=0) + 0.02))
-    ax_rel.axhline(0, color="0.8", linewidth=0.6, zorder=0)
-    ax_rel.set_xlabel("Layer $n$ at which network is chopped and retrained")
-    ax_rel.set_ylabel("Relative top-1 accuracy (higher is better)")
-    ax_rel.legend(handles=handles, loc="lower left", fontsize=9, framealpha=0.95)
-    return _save(fig, Path(out_stem), formats)
+    ax.set_ylim(min(-0.3, min(means, default=0) - 0.02), max(0.03, max(means, default=0) + 0.02))
+    ax.axhline(0, color="0.8", linewidth=0.6, zorder=0)
+    ax.set_xlabel("Layer $n$ at which network is chopped and retrained")
+    ax.set_ylabel("Relative top-1 accuracy (higher is better)")
+    ax.legend(handles=handles, loc="lower left", fontsize=9, framealpha=0.95)
 
 
 def plot_reduced(rows, out_stem: str | os.PathLike, reference=None, metric: str = "final",

@@ -1,4 +1,4 @@
-"""Real BVLC Caffe: find a build, run its binaries and pycaffe, or build one (`tools/install_caffe`).
+"""Real BVLC Caffe at run time: find a build, run its binaries and pycaffe (building one: caffe_build).
 
 The toolkit runs every stage either with real Caffe or with its own engine (`caffe_torch`); both read and
 write the same files. This module answers "which one, and how do I call it":
@@ -6,99 +6,40 @@ write the same files. This module answers "which one, and how do I call it":
     find_caffe() -> CaffeInstall | None     where is Caffe (CAFFE_ROOT, CAFFE, PATH, default prefix)
     caffe_command(engine="auto")            argv prefix of `caffe` (real when found) or of our engine
     resolve_engine(engine="auto")           that argv prefix and the CaffeInstall it runs (None: our engine)
-    install_caffe(prefix, ...)              build CPU-only Caffe with pycaffe into `prefix`
-
-The source built is BVLC Caffe's final master (commit 9b89154, 2020), taken from Debian's archive: Debian
-packaged it as `caffe 1.0.0+git20180821.99bd997-8` (Debian 11 "bullseye"); that tarball's code is identical to
-9b89154 (only a README line and a comment differ). It is fetched with `apt-get source` from the Debian mirror
-the machine already uses, and checked against the sha256 below. A few small edits, made by script at build
-time (FIXES), let it build against Debian 12's libraries and run with numpy 2.
+    env_lines(prefix)                       the shell lines that make a build the one used
+    default_prefix()                        where tools/install_caffe builds (caffe_build.install_caffe)
 """
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import functools
-import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
-import tarfile
-import time
 import warnings
 from pathlib import Path
 
+from convnet_transfer import resources
+
 __all__ = [
-    "CAFFE_COMMIT", "DEFAULT_PREFIX", "APT_PACKAGES", "PYTHON_PACKAGES", "CaffeInstall", "CaffeNotFound",
-    "InstallError", "find_caffe", "caffe_command", "resolve_engine", "install_caffe", "env_lines", "default_prefix",
+    "CAFFE_COMMIT", "PREFIX_ENV", "INFO_FILE", "TOOLS", "CaffeInstall", "CaffeNotFound",
+    "find_caffe", "inspect_caffe", "caffe_command", "resolve_engine", "env_lines", "default_prefix",
 ]
 
+# BVLC Caffe's final master (2020), the one tools/install_caffe builds; the default prefix is named after it.
 CAFFE_COMMIT = "9b891540183ddc834a02b2bd81b31afae71b2153"
-DEBIAN_SOURCE = {
-    "suite": "bullseye",
-    "package": "caffe",
-    "version": "1.0.0+git20180821.99bd997-8",
-    "orig": "caffe_1.0.0+git20180821.99bd997.orig.tar.gz",
-    "sha256": "e0eb3f06794f7402c77b7dec8e8480273ee1a1bb192e9122b621a69d4147ad0c",
-}
 PREFIX_ENV = "CONVNET_TRANSFER_CAFFE_PREFIX"
-INFO_FILE = "BUILD_INFO.json"
-LOG_FILE = "build.log"
-
-# Debian 12 packages Caffe's CMake build needs (CPU only, with pycaffe, OpenCV, LMDB, LevelDB, HDF5, OpenBLAS).
-APT_PACKAGES = [
-    "build-essential", "cmake", "pkg-config", "dpkg-dev", "debian-archive-keyring",
-    "libboost-system-dev", "libboost-thread-dev", "libboost-filesystem-dev", "libboost-python-dev",
-    "libgoogle-glog-dev", "libgflags-dev", "libprotobuf-dev", "protobuf-compiler",
-    "libhdf5-dev", "liblmdb-dev", "libleveldb-dev", "libsnappy-dev", "libopencv-dev", "libopenblas-dev",
-]
-# What `import caffe` imports besides numpy and protobuf (python/caffe/{io,pycaffe,net_spec}.py).
-PYTHON_PACKAGES = {"six": "six", "scipy": "scipy", "skimage": "scikit-image"}
+INFO_FILE = "BUILD_INFO.json"            # written last by tools/install_caffe into its prefix
 
 # Tools Caffe's CMake installs into <prefix>/bin.
 TOOLS = ("caffe", "convert_imageset", "compute_image_mean", "upgrade_net_proto_text",
          "upgrade_net_proto_binary", "upgrade_solver_proto_text", "extract_features")
 
 
-@dataclasses.dataclass(frozen=True)
-class Fix:
-    """One compatibility edit: in each of `files`, `pattern` (a regex) becomes `replacement`."""
-    why: str
-    files: tuple[str, ...]
-    pattern: str
-    replacement: str
-
-
-FIXES = (
-    Fix("protobuf >= 3.6: CodedInputStream::SetTotalBytesLimit takes one argument",
-        ("src/caffe/util/io.cpp",), r"SetTotalBytesLimit\(\s*kProtoReadBytesLimit\s*,\s*\d+\s*\)",
-        "SetTotalBytesLimit(kProtoReadBytesLimit)"),
-    Fix("OpenCV 4: CV_LOAD_IMAGE_COLOR is cv::IMREAD_COLOR",
-        ("src/caffe/util/io.cpp", "src/caffe/layers/window_data_layer.cpp", "src/caffe/test/test_io.cpp"),
-        r"\bCV_LOAD_IMAGE_COLOR\b", "cv::IMREAD_COLOR"),
-    Fix("OpenCV 4: CV_LOAD_IMAGE_GRAYSCALE is cv::IMREAD_GRAYSCALE",
-        ("src/caffe/util/io.cpp", "src/caffe/test/test_io.cpp"),
-        r"\bCV_LOAD_IMAGE_GRAYSCALE\b", "cv::IMREAD_GRAYSCALE"),
-    Fix("Debian names Boost.Python for Python 3.11 `boost_python311`, not `boost_python-py311`",
-        ("cmake/Dependencies.cmake",), r'COMPONENTS "python-py\$\{boost_py_version\}"',
-        'COMPONENTS "python${boost_py_version}"'),
-    Fix("numpy 2 removed ndarray.tostring(): tobytes() returns the same bytes",
-        ("python/caffe/io.py",), r"\.tostring\(\)", ".tobytes()"),
-    Fix("numpy 2 refuses np.fromstring on binary data: np.frombuffer reads the same bytes",
-        ("python/caffe/io.py",), r"np\.fromstring\(datum\.data, dtype=np\.uint8\)",
-        "np.frombuffer(datum.data, dtype=np.uint8).copy()"),
-)
-
-
 class CaffeNotFound(RuntimeError):
     """Real Caffe was asked for and there is none (the message says how to build one)."""
-
-
-class InstallError(RuntimeError):
-    """The build failed; the message names the step, and the log file to read."""
 
 
 def default_prefix() -> Path:
@@ -108,11 +49,6 @@ def default_prefix() -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "convnet_transfer" / f"caffe-{CAFFE_COMMIT[:7]}"
 
-
-DEFAULT_PREFIX = default_prefix()
-
-
-# ---------------------------------------------------------------------------------------------- finding
 
 @dataclasses.dataclass
 class CaffeInstall:
@@ -215,7 +151,8 @@ def _binary_in(root: Path) -> Path | None:
     return None
 
 
-def _inspect(root: Path, binary: Path | None, how: str) -> CaffeInstall:
+def inspect_caffe(root: Path, binary: Path | None = None, how: str = "prefix") -> CaffeInstall:
+    """The build at `root` (its `binary`, else the one found under it), `.ok` when `caffe --version` runs."""
     root = root.resolve()
     binary = binary or _binary_in(root)
     found = CaffeInstall(root=root, caffe=binary or root / "bin" / "caffe", how=how, python_dir=_python_dir(root))
@@ -260,19 +197,19 @@ def find_caffe() -> CaffeInstall | None:
     """
     if os.environ.get("CAFFE_ROOT"):
         root = Path(os.environ["CAFFE_ROOT"]).expanduser()
-        return _inspect(root, None, "CAFFE_ROOT")
+        return inspect_caffe(root, None, "CAFFE_ROOT")
     if os.environ.get("CAFFE"):
         named = os.environ["CAFFE"]
         path = Path(named).expanduser() if os.sep in named else Path(shutil.which(named) or named)
         if path.is_file() and _is_elf(path.resolve()):
-            return _inspect(_root_of(path.resolve()), path.resolve(), "CAFFE")
+            return inspect_caffe(_root_of(path.resolve()), path.resolve(), "CAFFE")
     on_path = shutil.which("caffe")
     if on_path and _is_elf(Path(on_path).resolve()):
         binary = Path(on_path).resolve()
-        return _inspect(_root_of(binary), binary, "PATH")
+        return inspect_caffe(_root_of(binary), binary, "PATH")
     prefix = default_prefix()
     if _binary_in(prefix):
-        return _inspect(prefix, None, "default prefix")
+        return inspect_caffe(prefix, None, "default prefix")
     return None
 
 
@@ -302,7 +239,7 @@ def resolve_engine(engine: str = "auto") -> tuple[list[str], CaffeInstall | None
 
 
 def _torch_command() -> list[str]:
-    tool = Path(__file__).resolve().parent.parent / "tools" / "caffe_torch"
+    tool = resources.REPO_ROOT / "tools" / "caffe_torch"
     if tool.is_file():
         return [sys.executable, str(tool)]
     script = shutil.which("caffe_torch")
@@ -320,368 +257,3 @@ def env_lines(prefix: Path) -> list[str]:
             f"export PATH={shell_word(prefix / 'bin')}:$PATH "
             f"PYTHONPATH={shell_word(prefix / 'python')}${{PYTHONPATH:+:$PYTHONPATH}}"]
 
-
-# ---------------------------------------------------------------------------------------------- building
-
-def _say(msg: str) -> None:
-    print(f"install_caffe: {msg}", flush=True)
-
-
-def _python_facts(python: str) -> dict:
-    code = ("import json, sys, sysconfig, numpy, google.protobuf as p; v = sysconfig.get_config_var; "
-            "print(json.dumps(dict(executable=sys.executable, version='%d.%d.%d' % sys.version_info[:3], "
-            "tag='%d%d' % sys.version_info[:2], include=sysconfig.get_paths()['include'], libdir=v('LIBDIR'), "
-            "ldlibrary=v('LDLIBRARY'), shared=bool(v('Py_ENABLE_SHARED')), numpy=numpy.__version__, "
-            "numpy_include=numpy.get_include(), protobuf=p.__version__)))")
-    proc = subprocess.run([python, "-c", code], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise InstallError(f"{python} cannot report its build facts (it needs numpy and protobuf installed):\n"
-                           f"{proc.stderr.strip()[-800:]}")
-    return json.loads(proc.stdout)
-
-
-def missing_apt_packages() -> list[str]:
-    missing = []
-    for name in APT_PACKAGES:
-        proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True)
-        if proc.returncode != 0 or "install ok installed" not in proc.stdout:
-            missing.append(name)
-    return missing
-
-
-def apt_command(packages: list[str]) -> str:
-    return "sudo apt-get update && sudo apt-get install -y --no-install-recommends " + " ".join(packages)
-
-
-def ensure_apt_packages(install: bool = True) -> None:
-    if not shutil.which("dpkg-query"):
-        raise InstallError("this is not a Debian/Ubuntu system (no dpkg-query); install Caffe's build "
-                           "dependencies yourself (see APT_PACKAGES in convnet_transfer/training/realcaffe.py) and "
-                           "pass --source with Caffe's source")
-    missing = missing_apt_packages()
-    if not missing:
-        return
-    if not install or os.geteuid() != 0:
-        raise InstallError(f"missing Debian packages: {' '.join(missing)}. Install them with:\n  "
-                           f"{apt_command(missing)}\nthen run tools/install_caffe again.")
-    _say(f"installing Debian packages: {' '.join(missing)}")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"],
-                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise InstallError(f"`{' '.join(cmd)}` failed:\n{(proc.stdout + proc.stderr)[-1500:]}")
-
-
-def _debian_mirror() -> str:
-    """The Debian mirror this machine's apt already uses (its main archive, not the security one)."""
-    entries: list[tuple[str, str]] = []        # (type, uri)
-    etc = Path("/etc/apt")
-    for path in [etc / "sources.list", *sorted((etc / "sources.list.d").glob("*.list"))]:
-        if path.is_file():
-            for line in path.read_text(errors="replace").splitlines():
-                line = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
-                if len(line) >= 3 and line[0] in ("deb", "deb-src"):
-                    entries.append((line[0], line[1]))
-    for path in sorted((etc / "sources.list.d").glob("*.sources")):
-        for stanza in re.split(r"\n\s*\n", path.read_text(errors="replace")):
-            fields = dict(re.findall(r"^([A-Za-z-]+):\s*(.*)$", stanza, re.M))
-            for uri in fields.get("URIs", "").split():
-                for kind in fields.get("Types", "deb").split():
-                    entries.append((kind, uri))
-    for _, uri in entries:
-        if re.search(r"/debian/?$", uri):
-            return uri.rstrip("/")
-    raise InstallError("found no Debian archive mirror in /etc/apt (sources.list, sources.list.d); pass "
-                       "--debian-mirror URL (a Debian archive with the bullseye suite) or --source with "
-                       f"Caffe's source ({DEBIAN_SOURCE['orig']}, or a BVLC Caffe checkout)")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def download_source(dest: Path, mirror: str | None = None) -> Path:
-    """Fetch Caffe's source tarball with `apt-get source --download-only` (Debian 11's `caffe` source
-    package, signature-checked by apt) into `dest`; returns the checked .orig.tar.gz."""
-    dest.mkdir(parents=True, exist_ok=True)
-    tarball = dest / DEBIAN_SOURCE["orig"]
-    if tarball.is_file() and _sha256(tarball) == DEBIAN_SOURCE["sha256"]:
-        return tarball
-    mirror = mirror or _debian_mirror()
-    apt = dest / "apt"
-    (apt / "lists" / "partial").mkdir(parents=True, exist_ok=True)
-    (apt / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
-    (apt / "sources.list").write_text(f"deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-                                      f"{mirror} {DEBIAN_SOURCE['suite']} main\n")
-    opts = [f"-o=Dir::Etc::SourceList={apt / 'sources.list'}", f"-o=Dir::Etc::SourceParts={apt / 'none'}",
-            f"-o=Dir::State::Lists={apt / 'lists'}", f"-o=Dir::Cache={apt / 'cache'}",
-            "-o=Debug::NoLocking=1", "-o=APT::Sandbox::User=root" if os.geteuid() == 0 else "-o=Quiet=1"]
-    spec = f"{DEBIAN_SOURCE['package']}={DEBIAN_SOURCE['version']}"
-    _say(f"downloading Caffe's source ({spec}, Debian {DEBIAN_SOURCE['suite']}) with apt-get source")
-    for cmd in (["apt-get", *opts, "update"], ["apt-get", *opts, "source", "--download-only", spec]):
-        proc = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise InstallError(f"`{' '.join(cmd)}` failed:\n{(proc.stdout + proc.stderr)[-1500:]}\n"
-                               f"Without network access, pass --source PATH ({DEBIAN_SOURCE['orig']}).")
-    shutil.rmtree(apt, ignore_errors=True)
-    if not tarball.is_file():
-        raise InstallError(f"apt-get source did not leave {tarball}")
-    digest = _sha256(tarball)
-    if digest != DEBIAN_SOURCE["sha256"]:
-        raise InstallError(f"{tarball}: sha256 {digest} is not the expected {DEBIAN_SOURCE['sha256']}; "
-                           f"delete it and run again")
-    return tarball
-
-
-def unpack_source(source: Path, dest: Path) -> Path:
-    """Caffe's source tree from a tarball or a directory, copied into `dest` (never edited in place)."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    if source.is_dir():
-        shutil.copytree(source, dest, symlinks=True, ignore=shutil.ignore_patterns(".git", "build"))
-    else:
-        with tarfile.open(source) as tar:
-            tar.extractall(dest, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(dest)
-    tops = [p for p in dest.iterdir()]
-    if len(tops) == 1 and tops[0].is_dir() and not (dest / "CMakeLists.txt").exists():
-        return tops[0]
-    if not (dest / "CMakeLists.txt").is_file():
-        raise InstallError(f"{source} does not look like Caffe's source (no CMakeLists.txt)")
-    return dest
-
-
-def apply_fixes(tree: Path) -> list[str]:
-    """Make the compatibility edits (FIXES); each must match (else Caffe's source is not the expected one)."""
-    done = []
-    for fix in FIXES:
-        hits = 0
-        for rel in fix.files:
-            path = tree / rel
-            if not path.is_file():
-                continue
-            text = path.read_text()
-            new, n = re.subn(fix.pattern, fix.replacement, text)
-            if n:
-                path.write_text(new)
-                hits += n
-        if hits == 0:
-            raise InstallError(f"compatibility fix not applicable ({fix.why}): {fix.pattern!r} matches nothing "
-                               f"in {', '.join(fix.files)} under {tree}. Is this BVLC Caffe {CAFFE_COMMIT[:7]}?")
-        done.append(f"{fix.why} ({hits} edit{'s' * (hits > 1)})")
-    return done
-
-
-def _run_logged(cmd: list[str], cwd: Path, log, what: str, progress=None) -> None:
-    log.write(f"\n$ {' '.join(cmd)}\n")
-    log.flush()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1)
-    for line in proc.stdout:
-        log.write(line)
-        if progress is not None:
-            m = re.match(r"\[\s*(\d+)%\]", line)
-            if m:
-                progress(int(m.group(1)), line.split("]", 1)[1].strip())
-    if proc.wait() != 0:
-        log.flush()
-        raise InstallError(f"{what} failed (exit {proc.returncode})")
-
-
-def _tail(path: Path, n: int = 40) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    errors = [i for i, line in enumerate(lines) if re.search(r"error[: ]|Error \d|CMake Error", line)]
-    start = max(0, (errors[0] - 5) if errors else len(lines) - n)
-    return "\n".join(lines[start:start + n])
-
-
-def is_built(prefix: Path, python: str | None = None) -> bool:
-    """True when `prefix` holds a finished install_caffe build (for this Python, when given)."""
-    info_path = Path(prefix) / INFO_FILE
-    if not info_path.is_file() or not (Path(prefix) / "bin" / "caffe").is_file():
-        return False
-    try:
-        info = json.loads(info_path.read_text())
-    except ValueError:
-        return False
-    if python is None:
-        return True
-    py = info.get("python", {})
-    return Path(py.get("executable", "")).resolve() == Path(python).resolve() or \
-        py.get("include") == _python_facts(python)["include"]
-
-
-def install_caffe(prefix: Path | str | None = None, *, python: str | None = None, source: Path | None = None,
-                  jobs: int | None = None, force: bool = False, install_deps: bool = True,
-                  keep_build: bool = False, debian_mirror: str | None = None, progress: bool = True) -> Path:
-    """Build CPU-only BVLC Caffe with pycaffe for `python` into `prefix` (a no-op when already built).
-
-    Steps: Debian build packages (apt-get when root, else the exact command to run), the source (apt-get
-    source, or `source`: a tarball or directory), the compatibility FIXES, CMake + make -j, make install,
-    pycaffe's Python needs (six, scipy, scikit-image) into `python`, checks. Writes <prefix>/build.log and,
-    last, <prefix>/BUILD_INFO.json. Returns the prefix.
-    """
-    prefix = Path(prefix or default_prefix()).expanduser().resolve()
-    python = python or sys.executable
-    if not force and is_built(prefix, python):
-        _say(f"Caffe is already built in {prefix} (use --force to build again)")
-        ensure_python_packages(python, install=install_deps)
-        return prefix
-    prefix.mkdir(parents=True, exist_ok=True)
-    with open(prefix / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            _say(f"another install_caffe is building in {prefix}; waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not force and is_built(prefix, python):
-                _say(f"Caffe is built in {prefix}")
-                return prefix
-        return _build(prefix, python, source, jobs, install_deps, keep_build, debian_mirror, progress)
-
-
-def _build(prefix, python, source, jobs, install_deps, keep_build, debian_mirror, progress) -> Path:
-    started = time.time()
-    ensure_apt_packages(install=install_deps)
-    facts = _python_facts(python)
-    _say(f"building for Python {facts['version']} ({facts['executable']}), numpy {facts['numpy']}, "
-         f"protobuf {facts['protobuf']}")
-    (prefix / INFO_FILE).unlink(missing_ok=True)     # written again only when this build has succeeded
-    work = prefix / ".build"
-    work.mkdir(exist_ok=True)
-    log_path = prefix / LOG_FILE
-    with open(log_path, "w", buffering=1) as log:   # line-buffered: the log is readable while building
-        try:
-            tarball = Path(source).expanduser() if source else download_source(work / "download", debian_mirror)
-            _say(f"unpacking {tarball}")
-            tree = unpack_source(tarball, work / "src")
-            for line in apply_fixes(tree):
-                _say(f"  fixed: {line}")
-                log.write(f"fix: {line}\n")
-            build = work / "build"
-            shutil.rmtree(build, ignore_errors=True)
-            build.mkdir()
-            cmake = ["cmake", str(tree), "-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_INSTALL_PREFIX={prefix}",
-                     "-DCPU_ONLY=ON", "-DUSE_CUDNN=OFF", "-DUSE_NCCL=OFF", "-DBLAS=Open", "-DBUILD_docs=OFF",
-                     "-DBUILD_matlab=OFF", "-DBUILD_python=ON", "-DBUILD_python_layer=ON", "-Dpython_version=3",
-                     f"-DPYTHON_EXECUTABLE={facts['executable']}", f"-DPYTHON_INCLUDE_DIR={facts['include']}",
-                     f"-DNUMPY_INCLUDE_DIR={facts['numpy_include']}", "-Wno-dev"]
-            if facts["shared"] and facts["libdir"] and facts["ldlibrary"]:
-                cmake.append(f"-DPYTHON_LIBRARY={Path(facts['libdir']) / facts['ldlibrary']}")
-            _say("configuring with CMake (CPU_ONLY, OpenBLAS, pycaffe)")
-            _run_logged(cmake, build, log, "CMake configuration")
-            jobs = jobs or os.cpu_count() or 1
-            _say(f"compiling with make -j{jobs} (a few minutes; log: {log_path})")
-            _run_logged(["make", f"-j{jobs}"], build, log, "compilation (make)", _progress_bar(progress))
-            _say("installing into the prefix")
-            _run_logged(["make", "install"], build, log, "make install")
-            # the schema beside pycaffe's generated code: to read, and to regenerate caffe_pb2.py from
-            shutil.copy2(tree / "src" / "caffe" / "proto" / "caffe.proto", prefix / "python" / "caffe" / "proto")
-            # Caffe's own log parser (tools/extra), which `make install` leaves out: tests read our logs with it
-            (prefix / "tools" / "extra").mkdir(parents=True, exist_ok=True)
-            for name in ("parse_log.py", "extract_seconds.py"):
-                shutil.copy2(tree / "tools" / "extra" / name, prefix / "tools" / "extra" / name)
-        except InstallError as err:
-            log.flush()
-            raise InstallError(f"{err}. Last lines of {log_path}:\n{_tail(log_path)}\n\nRead the whole log: "
-                               f"{log_path}") from None
-    ensure_python_packages(python, install=install_deps)
-    proto = check_pycaffe_proto(prefix, python)
-    found = _inspect(prefix, None, "prefix")
-    if not found.ok:
-        raise InstallError(f"the build finished but caffe does not run: {found.problem}")
-    check_pycaffe(prefix, python)
-    info = {"commit": CAFFE_COMMIT, "source": dict(DEBIAN_SOURCE) if not source else {"path": str(source)},
-            "fixes": [f.why for f in FIXES], "python": facts, "caffe_pb2": proto, "version": found.version,
-            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "build_seconds": round(time.time() - started)}
-    (prefix / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    if not keep_build:
-        shutil.rmtree(work, ignore_errors=True)
-    _say(f"done in {time.time() - started:.0f} s: {found.version}, pycaffe imports")
-    return prefix
-
-
-def _progress_bar(enabled: bool):
-    """make's "[ NN%]" lines -> a tqdm bar on a terminal, or a line every 10% in a log (CI)."""
-    if not enabled:
-        return None
-    state = {"last": 0}
-    if not sys.stdout.isatty():
-        def update(percent: int, what: str) -> None:
-            if percent // 10 > state["last"] // 10:
-                _say(f"  make {percent:3d}%  {what}")
-            state["last"] = max(state["last"], percent)
-        return update
-    from tqdm import tqdm
-    bar = tqdm(total=100, unit="%", desc="make", file=sys.stdout,
-               bar_format="{desc}: {percentage:3.0f}%|{bar:30}| {elapsed} {postfix}")
-
-    def update(percent: int, what: str) -> None:
-        if percent > state["last"]:
-            bar.set_postfix_str(re.sub(r".*/", "", what)[-40:], refresh=False)
-            bar.update(percent - state["last"])
-            state["last"] = percent
-        if percent >= 100:
-            bar.close()
-    return update
-
-
-def ensure_python_packages(python: str, install: bool = True) -> None:
-    """pycaffe's own imports (six, scipy, scikit-image) in `python`: pip-installed when missing."""
-    code = ("import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] "
-            "if importlib.util.find_spec(m) is None))")
-    proc = subprocess.run([python, "-c", code, *PYTHON_PACKAGES], capture_output=True, text=True)
-    missing = [PYTHON_PACKAGES[m] for m in proc.stdout.split()]
-    if not missing:
-        return
-    command = [python, "-m", "pip", "install", "-q", *missing]
-    if not install:
-        raise InstallError(f"pycaffe needs {' '.join(missing)}: {' '.join(command)}")
-    _say(f"installing pycaffe's Python needs into {python}: {' '.join(missing)}")
-    proc = subprocess.run(command, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise InstallError(f"`{' '.join(command)}` failed:\n{(proc.stdout + proc.stderr)[-1500:]}")
-
-
-def check_pycaffe_proto(prefix: Path, python: str) -> str:
-    """pycaffe's caffe_pb2.py (made by Debian's protoc 3.21) must load in `python`'s protobuf runtime;
-    when the runtime refuses that old generated code, regenerate it with grpc_tools' newer protoc."""
-    proto_dir = prefix / "python" / "caffe" / "proto"
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import caffe_pb2; "
-            "from google.protobuf import text_format; "
-            "s = text_format.Parse('base_lr: 0.01 solver_mode: CPU', caffe_pb2.SolverParameter()); "
-            "assert s.solver_mode == caffe_pb2.SolverParameter.CPU")
-    if subprocess.run([python, "-c", code, str(proto_dir)], capture_output=True).returncode == 0:
-        return "protoc " + subprocess.run(["protoc", "--version"], capture_output=True, text=True).stdout.strip()
-    spec = proto_dir / "caffe.proto"
-    _say("pycaffe's caffe_pb2.py does not load with this protobuf; regenerating it with grpc_tools.protoc")
-    if not spec.is_file():
-        raise InstallError(f"cannot regenerate {proto_dir}/caffe_pb2.py: caffe.proto not found in {prefix}")
-    gen = subprocess.run([python, "-m", "grpc_tools.protoc", f"--proto_path={spec.parent}",
-                          f"--python_out={proto_dir}", str(spec)], capture_output=True, text=True)
-    if gen.returncode != 0:
-        raise InstallError(f"regenerating caffe_pb2.py needs grpcio-tools in {python} "
-                           f"(`{python} -m pip install grpcio-tools`):\n{gen.stderr[-800:]}")
-    check = subprocess.run([python, "-c", code, str(proto_dir)], capture_output=True, text=True)
-    if check.returncode != 0:
-        raise InstallError(f"{proto_dir}/caffe_pb2.py still does not load:\n{check.stderr[-800:]}")
-    return "grpc_tools.protoc"
-
-
-def check_pycaffe(prefix: Path, python: str) -> None:
-    """`import caffe` from the prefix in a fresh `python`, next to our own caffe_pb2."""
-    code = ("import os, sys; os.environ['GLOG_minloglevel'] = '2'; sys.path.insert(0, sys.argv[1]); "
-            "import caffe; from caffe.proto import caffe_pb2; caffe.set_mode_cpu(); "
-            "d = caffe.io.array_to_datum(__import__('numpy').zeros((1, 2, 2), 'uint8'), 3); "
-            "assert caffe.io.datum_to_array(d).shape == (1, 2, 2); print(caffe.__file__)")
-    proc = subprocess.run([python, "-c", code, str(prefix / "python")], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise InstallError(f"`import caffe` fails with {python}:\n{(proc.stdout + proc.stderr)[-1500:]}")
