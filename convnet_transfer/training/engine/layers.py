@@ -26,7 +26,7 @@ from .errors import EngineError
 from .fillers import fill
 
 __all__ = ["LAYERS", "CAFFE_DATA_LAYER_TYPES", "LOSS_LAYER_TYPES", "Layer", "BuildContext", "check_fields",
-           "caffe_pool_output_size", "register"]
+           "caffe_pool_output_size", "register", "CrossChannelLRN"]
 
 # Every data layer type of Caffe: the Net takes their tops as inputs (data.ENGINE_DATA_LAYER_TYPES: those it reads).
 CAFFE_DATA_LAYER_TYPES = {"Data", "ImageData", "WindowData", "MemoryData", "HDF5Data", "DummyData"}
@@ -378,7 +378,7 @@ class LRNLayer(_Elementwise):
 
     def forward(self, x):
         if self.across:
-            return [_CrossChannelLRN.apply(x, self.size, self.alpha, self.beta, self.k)]
+            return [CrossChannelLRN.apply(x, self.size, self.alpha, self.beta, self.k)]
         n = self.size
         mean = F.avg_pool2d(x * x, n, 1, (n - 1) // 2, count_include_pad=True)
         return [x * (1.0 + self.alpha * mean).pow(-self.beta)]
@@ -395,7 +395,7 @@ def _channel_window_sum(t: torch.Tensor, size: int) -> torch.Tensor:
     return total
 
 
-class _CrossChannelLRN(torch.autograd.Function):
+class CrossChannelLRN(torch.autograd.Function):
     """LRN across channels with Caffe's analytic backward (CrossChannelBackward_cpu):
     scale = k + alpha/n * window_sum(x^2);  top = x * scale^-beta;
     dx = dtop * scale^-beta - 2 alpha beta / n * x * window_sum(dtop * top / scale)."""

@@ -59,6 +59,7 @@ class Param(NamedTuple):
 
     @property
     def frozen(self) -> bool:
+        """lr_mult 0: no gradient (Caffe computes no diff for it); the solver updates it by its momentum alone."""
         return self.lr_mult == 0
 
 
@@ -219,8 +220,8 @@ class Net(nn.Module):
                 continue
             for i, tensor in enumerate(self.layers[index].blobs):
                 spec = lp.param[i] if i < len(lp.param) else pb.ParamSpec()
-                tensor.requires_grad_(spec.lr_mult != 0)
                 params.append(Param(lp.name, i, tensor, float(spec.lr_mult), float(spec.decay_mult)))
+                tensor.requires_grad_(not params[-1].frozen)
         return params
 
     def _log_init(self) -> None:
