@@ -256,7 +256,7 @@ def test_the_command_keeps_freed_memory_for_the_next_iteration():
     touched instead of faulting fresh ones in (page faults counted in a fresh process, with and without)."""
     import inspect
     from convnet_transfer.cli import caffe_torch as command
-    assert "keep_freed_memory()" in inspect.getsource(command.run)
+    assert "keep_freed_memory()" in inspect.getsource(command.run_command)
     counts = {}
     for mode in ("default", "keep"):
         proc = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, cwd=ROOT,

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from test_engine_fidelity import GOLDEN, NETS, WEIGHTS, compare_with_golden
-from test_engine_solver import _data_layer, make_case, weights_of
+from test_engine_solver import data_layer, make_case, weights_of
 import test_engine_train_fidelity as train_fidelity
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -73,7 +73,7 @@ def test_data_layer_feeds_the_gpu_with_the_cpu_transform_bit_for_bit(tmp_path, m
     """Pinned uint8 batches, transformed on the GPU, equal the CPU source's numpy transform with the same seed."""
     make_case(tmp_path)
     monkeypatch.chdir(tmp_path)
-    layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { mean_file: '
+    layer = data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { mean_file: '
                         '"mean.binaryproto" crop_size: 5 mirror: true scale: 0.25 } '
                         'data_param { source: "train_lmdb" batch_size: 16 backend: LMDB }')
     # 80 records from 40: wraps around; raw Datums: copied by the reading thread, no worker processes
@@ -84,14 +84,14 @@ def test_encoded_records_decoded_by_workers_feed_the_gpu_as_the_cpu(tmp_path, mo
     """PNG Datums: the default worker processes under CUDA decode into shared memory, the batch goes to the GPU
     pinned; equal to the CPU source decoding in its thread."""
     from convnet_transfer.data.images import encode_image
-    from test_engine_solver import _write_values
+    from test_engine_solver import write_values
     from convnet_transfer.formats import caffe_pb2 as pb
     monkeypatch.chdir(tmp_path)
     rng = np.random.RandomState(3)
-    _write_values(tmp_path / "png_lmdb", [pb.Datum(data=encode_image(rng.randint(0, 256, (9, 9, 3)).astype(np.uint8),
+    write_values(tmp_path / "png_lmdb", [pb.Datum(data=encode_image(rng.randint(0, 256, (9, 9, 3)).astype(np.uint8),
                                                                      "png"), label=i % 4, encoded=True)
                                           .SerializeToString() for i in range(40)])
-    layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { crop_size: 7 '
+    layer = data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { crop_size: 7 '
                         'mirror: true mean_value: 100 } data_param { source: "png_lmdb" batch_size: 16 backend: LMDB }')
     assert assert_gpu_batches_equal_cpu(layer, "TRAIN", seed=1, batches=4) > 0
 

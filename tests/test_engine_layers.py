@@ -628,9 +628,9 @@ def test_v0_caffemodel_with_padding_layers_loads(tmp_path):
 
 
 def test_lrn_backward_is_the_derivative_of_its_forward():
-    from convnet_transfer.training.engine.layers import _CrossChannelLRN
+    from convnet_transfer.training.engine.layers import CrossChannelLRN
     x = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: _CrossChannelLRN.apply(t, 5, 0.3, 0.75, 1.5), (x,))
+    assert torch.autograd.gradcheck(lambda t: CrossChannelLRN.apply(t, 5, 0.3, 0.75, 1.5), (x,))
 
 
 def test_channels_last_gives_the_same_numbers():

@@ -71,12 +71,12 @@ random_seed: 3
 
 
 def write_lmdb(path: Path, data: np.ndarray, labels: np.ndarray) -> None:
-    _write_values(path, [pb.Datum(channels=image.shape[0], height=image.shape[1], width=image.shape[2],
+    write_values(path, [pb.Datum(channels=image.shape[0], height=image.shape[1], width=image.shape[2],
                                   data=image.tobytes(), label=int(label)).SerializeToString()
                          for image, label in zip(data, labels)])
 
 
-def _write_values(path: Path, values: list[bytes]) -> None:
+def write_values(path: Path, values: list[bytes]) -> None:
     """An LMDB of `values` under the keys 00000000, 00000001, ..."""
     import lmdb
     env = lmdb.open(str(path), map_size=32 << 20)
@@ -160,7 +160,7 @@ def test_signal_effects_validated():
     assert actions.stop and actions.stopped_by == "SIGTERM"
 
 
-def _data_layer(text: str) -> pb.LayerParameter:
+def data_layer(text: str) -> pb.LayerParameter:
     return protoio.parse_text(text, pb.LayerParameter())
 
 
@@ -173,7 +173,7 @@ def test_data_layer_transform_crop_mirror_mean_scale_and_rewind(tmp_path, monkey
     data[np.arange(N), labels % C] += 90
     mean = data.mean(axis=0).astype(np.float32)
 
-    test_layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { '
+    test_layer = data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { '
                              'mean_file: "mean.binaryproto" crop_size: 6 scale: 0.5 } '
                              'data_param { source: "train_lmdb" batch_size: 16 backend: LMDB }')
     source = DataLayerSource(test_layer, "TEST", seed=0)
@@ -190,7 +190,7 @@ def test_data_layer_transform_crop_mirror_mean_scale_and_rewind(tmp_path, monkey
     assert seen == [float(labels[k % N]) for k in range(48)]
     source.close()
 
-    train_layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { '
+    train_layer = data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { '
                               'mean_value: 100 crop_size: 5 mirror: true } '
                               'data_param { source: "train_lmdb" batch_size: 40 backend: LMDB }')
     source = DataLayerSource(train_layer, "TRAIN", seed=1)
@@ -206,10 +206,10 @@ def test_data_layer_transform_crop_mirror_mean_scale_and_rewind(tmp_path, monkey
     assert 5 < mirrored < 35   # random mirror: about half
     source.close()
 
-    bad = _data_layer('name: "d" type: "Data" top: "data" data_param { source: "train_lmdb" batch_size: 4 }')
+    bad = data_layer('name: "d" type: "Data" top: "data" data_param { source: "train_lmdb" batch_size: 4 }')
     with pytest.raises(DataError, match="LMDB database but data_param.backend is LEVELDB"):
         DataLayerSource(bad, "TRAIN")
-    missing = _data_layer('name: "d" type: "Data" top: "data" data_param { source: "nowhere" batch_size: 4 }')
+    missing = data_layer('name: "d" type: "Data" top: "data" data_param { source: "nowhere" batch_size: 4 }')
     with pytest.raises(DataError, match="nowhere not found"):
         DataLayerSource(missing, "TRAIN")
 
@@ -227,7 +227,7 @@ def test_the_gpu_transform_equals_the_cpu_transform_bit_for_bit(tmp_path, monkey
     numpy in the reading thread: with the same draws both give the same float32 bits (run here on the CPU)."""
     make_case(tmp_path)
     monkeypatch.chdir(tmp_path)
-    layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { %s } '
+    layer = data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { %s } '
                         'data_param { source: "train_lmdb" batch_size: 40 backend: LMDB }' % transform)
     source = DataLayerSource(layer, phase, seed=4)
     source._stop_thread()   # this test reads and draws itself
@@ -259,8 +259,8 @@ def test_leveldb_source_gives_the_batches_of_the_same_records_in_lmdb(tmp_path, 
         databases.write_arrays(tmp_path / backend, records, backend=backend, progress=False)
     text = ('name: "d" type: "Data" top: "data" top: "label" transform_param { crop_size: 6 mirror: true '
             'mean_value: 7 } data_param { source: "%s" batch_size: 5 backend: %s }')
-    lmdb_source = DataLayerSource(_data_layer(text % ("lmdb", "LMDB")), "TRAIN", seed=3)
-    leveldb_source = DataLayerSource(_data_layer(text % ("leveldb", "LEVELDB")), "TRAIN", seed=3)
+    lmdb_source = DataLayerSource(data_layer(text % ("lmdb", "LMDB")), "TRAIN", seed=3)
+    leveldb_source = DataLayerSource(data_layer(text % ("leveldb", "LEVELDB")), "TRAIN", seed=3)
     try:
         for _ in range(4):   # 20 records from 13: rewinds
             a, b = lmdb_source.next_batch(), leveldb_source.next_batch()
@@ -281,7 +281,7 @@ def test_data_layer_refuses_a_transform_that_does_not_fit_the_data(tmp_path, mon
     make_case(tmp_path)
     monkeypatch.chdir(tmp_path)
     protoio.write_mean(tmp_path / "small_mean.binaryproto", np.zeros((C, 4, 4), np.float32))
-    layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { %s } '
+    layer = data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { %s } '
                         'data_param { source: "train_lmdb" batch_size: 4 backend: LMDB }' % transform)
     with pytest.raises(DataError, match="^" + re.escape(f"layer 'd': {message}")):
         DataLayerSource(layer, "TRAIN")
@@ -290,7 +290,7 @@ def test_data_layer_refuses_a_transform_that_does_not_fit_the_data(tmp_path, mon
 def test_data_layer_state_resumes_exactly(tmp_path, monkeypatch):
     make_case(tmp_path)
     monkeypatch.chdir(tmp_path)
-    layer = _data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { crop_size: 5 '
+    layer = data_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { crop_size: 5 '
                         'mirror: true } data_param { source: "train_lmdb" batch_size: 7 backend: LMDB }')
     a = DataLayerSource(layer, "TRAIN", seed=5)
     for _ in range(4):
@@ -314,20 +314,20 @@ def test_encoded_records_decoded_by_worker_processes_give_the_same_batches(tmp_p
     monkeypatch.chdir(tmp_path)
     rng = np.random.RandomState(3)
     pixels = rng.randint(0, 256, size=(N, C, H, W)).astype(np.uint8)
-    _write_values(tmp_path / "png_lmdb", [pb.Datum(data=encode_image(image.transpose(1, 2, 0), "png"), label=i % 4,
+    write_values(tmp_path / "png_lmdb", [pb.Datum(data=encode_image(image.transpose(1, 2, 0), "png"), label=i % 4,
                                                    encoded=True).SerializeToString() for i, image in enumerate(pixels)])
     text = ('name: "d" type: "Data" top: "data" top: "label" transform_param { crop_size: 5 mirror: true } '
             'data_param { source: "%s" batch_size: 16 backend: LMDB }')
-    encoded = _data_layer(text % "png_lmdb")
+    encoded = data_layer(text % "png_lmdb")
     a, b = DataLayerSource(encoded, "TRAIN", seed=2, workers=0), DataLayerSource(encoded, "TRAIN", seed=2, workers=2)
-    raw = DataLayerSource(_data_layer(text % "train_lmdb"), "TRAIN", seed=2, workers=2)
+    raw = DataLayerSource(data_layer(text % "train_lmdb"), "TRAIN", seed=2, workers=2)
     try:
         assert (a.workers, b.workers, raw.workers) == (0, 2, 0) and b._pool is not None and raw._pool is None
         for _ in range(4):
             x, y = a.next_batch(), b.next_batch()
             assert torch.equal(x["data"], y["data"]) and torch.equal(x["label"], y["label"])
         a.load_state_dict({"position": 0, "next_key": None, "rng": a.rng.bit_generator.state})
-        whole = _data_layer(text.replace("crop_size: 5 mirror: true", "") % "png_lmdb")
+        whole = data_layer(text.replace("crop_size: 5 mirror: true", "") % "png_lmdb")
         plain = DataLayerSource(whole, "TEST", seed=0, workers=2)
         batch = plain.next_batch()
         assert np.array_equal(batch["data"].numpy(), pixels[:16]) and batch["label"].tolist() == [i % 4 for i in range(16)]
@@ -349,18 +349,18 @@ def test_decoding_workers_name_bad_records_stop_cleanly_and_report_a_dead_worker
 
     text = ('name: "d" type: "Data" top: "data" top: "label" '
             'data_param { source: "%s" batch_size: 8 backend: LMDB }')
-    _write_values(tmp_path / "broken", [png(6, 6)] * 5 + [png(6, 6)[:-20]] + [png(6, 6)] * 4)
-    _write_values(tmp_path / "sizes", [png(6, 6)] * 6 + [png(7, 6)] + [png(6, 6)] * 3)
-    _write_values(tmp_path / "good", [png(6, 6)] * 10)
+    write_values(tmp_path / "broken", [png(6, 6)] * 5 + [png(6, 6)[:-20]] + [png(6, 6)] * 4)
+    write_values(tmp_path / "sizes", [png(6, 6)] * 6 + [png(7, 6)] + [png(6, 6)] * 3)
+    write_values(tmp_path / "good", [png(6, 6)] * 10)
     for workers in (2, 0):    # decoded by worker processes, or by the reading thread: the same errors
         for db, message in (("broken", r"record 00000005 in broken is not a readable Datum"),
                             ("sizes", r"record 00000006 in sizes has shape \(3, 7, 6\) among records of shape")):
-            source = DataLayerSource(_data_layer(text % db), "TRAIN", workers=workers)
+            source = DataLayerSource(data_layer(text % db), "TRAIN", workers=workers)
             with pytest.raises(DataError, match=message):
                 source.next_batch()
             source.close()
 
-    source = DataLayerSource(_data_layer(text % "good"), "TRAIN", workers=2, prefetch=1)
+    source = DataLayerSource(data_layer(text % "good"), "TRAIN", workers=2, prefetch=1)
     pids = list(source._pool.pids)
     assert len(pids) == 2 and source.next_batch()["data"].shape == (8, 3, 6, 6)
     start = time.monotonic()
@@ -370,7 +370,7 @@ def test_decoding_workers_name_bad_records_stop_cleanly_and_report_a_dead_worker
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
 
-    source = DataLayerSource(_data_layer(text % "good"), "TRAIN", workers=2, prefetch=1)
+    source = DataLayerSource(data_layer(text % "good"), "TRAIN", workers=2, prefetch=1)
     os.kill(source._pool.pids[0], signal.SIGKILL)            # the OOM killer, say
     with pytest.raises(DataError, match="a data worker process died"):
         for _ in range(4):
@@ -414,8 +414,8 @@ def test_raw_datum_layout_leaves_everything_else_to_the_protobuf_decoder(value):
 def test_a_damaged_record_is_an_error_naming_the_record_and_database(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     good = pb.Datum(channels=1, height=2, width=2, data=bytes(4), label=1).SerializeToString()
-    _write_values(tmp_path / "db", [good, good, good[:-3] + b"\xff\xff\xff", good])
-    source = DataLayerSource(_data_layer('name: "d" type: "Data" top: "data" top: "label" '
+    write_values(tmp_path / "db", [good, good, good[:-3] + b"\xff\xff\xff", good])
+    source = DataLayerSource(data_layer('name: "d" type: "Data" top: "data" top: "label" '
                                          'data_param { source: "db" batch_size: 4 backend: LMDB }'), "TRAIN")
     with pytest.raises(DataError, match=r"record 00000002 in db is not a readable Datum .*re-create it"):
         source.next_batch()
@@ -426,8 +426,8 @@ def test_float_datums_and_batches_not_aliasing_the_reused_buffers(tmp_path, monk
     """float_data Datums go through protobuf; a batch stays valid after the source reuses its memory."""
     monkeypatch.chdir(tmp_path)
     values = [pb.Datum(channels=1, height=1, width=2, float_data=[i, -i], label=i).SerializeToString() for i in range(5)]
-    _write_values(tmp_path / "db", values)
-    source = DataLayerSource(_data_layer('name: "d" type: "Data" top: "data" top: "label" '
+    write_values(tmp_path / "db", values)
+    source = DataLayerSource(data_layer('name: "d" type: "Data" top: "data" top: "label" '
                                          'data_param { source: "db" batch_size: 2 backend: LMDB }'), "TEST")
     batches = [source.next_batch() for _ in range(12)]   # the raw buffer is reused 12 times
     source.close()

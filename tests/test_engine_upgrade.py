@@ -4,9 +4,8 @@ import re
 
 import pytest
 
-from convnet_transfer.training.engine import EngineError, Net, filter_net, read_net_file, read_solver_file, upgrade_net
-from convnet_transfer.training.engine.upgrade import upgrade_solver
-from convnet_transfer.formats.protoio import parse_text, pb
+from convnet_transfer.training.engine import EngineError, Net, filter_net, read_net_file, upgrade_net
+from convnet_transfer.formats.protoio import ProtoFileError, parse_text, pb, read_solver, upgrade_solver
 
 SHAPES = {"data": (2, 3, 227, 227), "label": (2,)}
 
@@ -86,7 +85,7 @@ def test_v0_padding_layers_fold_into_the_next_convolution(reference):
 
 def test_reference_solvers_upgrade(reference):
     for path in sorted((reference / "results").glob("*/imagenet_solver.prototxt")):
-        solver = read_solver_file(path)
+        solver = read_solver(path)
         assert solver.train_net == "imagenet_train.prototxt" and list(solver.test_net) == ["imagenet_val.prototxt"]
         assert solver.solver_mode == pb.SolverParameter.GPU      # written `solver_mode: 1`
         assert solver.type == "SGD" and solver.lr_policy == "step"
@@ -102,7 +101,7 @@ def test_solver_spellings_and_solver_type():
     assert upgraded.solver_mode == pb.SolverParameter.CPU
     assert upgraded.snapshot_prefix == "/some/dir/my_solver"          # defaulted from the file name, as Caffe
     both = parse_text('solver_type: SGD type: "SGD"', pb.SolverParameter())
-    with pytest.raises(EngineError, match="solver_type"):
+    with pytest.raises(ProtoFileError, match="solver_type"):
         upgrade_solver(both)
 
 
@@ -252,7 +251,7 @@ def test_upgrade_equals_caffes_own_upgrade_tools(real_caffe, reference, tmp_path
     for tool, paths, ours, read in (
             ("upgrade_net_proto_text", _distinct(reference_nets(reference)), read_net_file, protoio.read_net),
             ("upgrade_solver_proto_text", _distinct(sorted(results.glob("*/imagenet_solver.prototxt"))),
-             lambda p: upgrade_solver(protoio.read_solver(p)), protoio.read_solver)):
+             protoio.read_solver, lambda p: protoio.read_text(p, pb.SolverParameter))):
         assert paths
         for path in paths:
             out = tmp_path / "upgraded.prototxt"

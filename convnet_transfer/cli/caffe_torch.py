@@ -77,22 +77,9 @@ def parse_args(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def run(argv: list[str]) -> int:
     """Run one `caffe` command line (without the program name); returns the exit code."""
-    from convnet_transfer.formats import protoio
-    from convnet_transfer.cli import os_error_line
-    from convnet_transfer.training.engine import glog
-    from convnet_transfer.training.engine.data import DataError
-    from convnet_transfer.training.engine.errors import EngineError
-    from convnet_transfer.training.engine.solver import Diverged, SolverError
-
     try:
         positional, flags = parse_args(argv)
-        for name in ("iterations", "level"):
-            if not flags[name].lstrip("-").isdigit():
-                raise UsageError(f"ERROR: illegal value '{flags[name]}' specified for int32 flag '{name}'")
-        if int(flags["iterations"]) < 1:   # Caffe divides by it: nan scores, or nothing timed
-            raise UsageError(f"ERROR: -iterations {flags['iterations']}: test and time need at least 1 batch")
-        if flags["workers"] and not flags["workers"].isdigit():
-            raise UsageError(f"ERROR: illegal value '{flags['workers']}' specified for flag 'workers'")
+        check_flags(flags)
     except UsageError as err:
         print(err, file=sys.stderr)
         return EXIT_ERROR
@@ -105,33 +92,43 @@ def run(argv: list[str]) -> int:
     if len(positional) != 1:
         print(USAGE, file=sys.stderr)
         return EXIT_ERROR
-    command = positional[0]
-    commands = ("train", "test", "time")
-    if command not in commands:
+    return run_command(positional[0], flags)
+
+
+def check_flags(flags: dict[str, str]) -> None:
+    """Refuse (UsageError) the flag values gflags would refuse, and -iterations below 1."""
+    for name in ("iterations", "level"):
+        if not flags[name].lstrip("-").isdigit():
+            raise UsageError(f"ERROR: illegal value '{flags[name]}' specified for int32 flag '{name}'")
+    if int(flags["iterations"]) < 1:   # Caffe divides by it: nan scores, or nothing timed
+        raise UsageError(f"ERROR: -iterations {flags['iterations']}: test and time need at least 1 batch")
+    if flags["workers"] and not flags["workers"].isdigit():
+        raise UsageError(f"ERROR: illegal value '{flags['workers']}' specified for flag 'workers'")
+
+
+COMMANDS = ("train", "test", "time")
+
+
+def run_command(command: str, flags: dict[str, str]) -> int:
+    """Run `command` (train, test or time) with checked flags on the engine; returns the exit code, an error
+    logged as Caffe's glog line."""
+    from convnet_transfer.formats import protoio
+    from convnet_transfer.cli import os_error_line
+    from convnet_transfer.training.engine import glog
+    from convnet_transfer.training.engine.data import DataError
+    from convnet_transfer.training.engine.errors import EngineError
+    from convnet_transfer.training.engine.solver import Diverged, SolverError
+
+    if command not in COMMANDS:
         glog.error("caffe.cpp:77", "Available caffe actions:")
-        for name in commands:
+        for name in COMMANDS:
             glog.error("caffe.cpp:80", f"\t{name}")
         glog.error("caffe.cpp:82", f"Unknown action: {command}")
         return EXIT_ERROR
-
     from convnet_transfer.training.engine import train as engine
     engine.keep_freed_memory()
-    workers = int(flags["workers"]) if flags["workers"] else None
-    precision = flags["precision"] or None
     try:
-        if command == "train":
-            outcome = engine.train(flags["solver"], weights=flags["weights"], snapshot=flags["snapshot"],
-                                   gpu=flags["gpu"], sigint_effect=flags["sigint_effect"],
-                                   sighup_effect=flags["sighup_effect"], level=int(flags["level"]),
-                                   stage=flags["stage"], precision=precision, workers=workers)
-            return EXIT_STOPPED if outcome == "stopped" else EXIT_OK
-        if command == "test":
-            engine.test(flags["model"], flags["weights"], int(flags["iterations"]), gpu=flags["gpu"],
-                        level=int(flags["level"]), stage=flags["stage"], precision=precision)
-            return EXIT_OK
-        engine.time_net(flags["model"], int(flags["iterations"]), gpu=flags["gpu"], phase=flags["phase"] or "TRAIN",
-                        level=int(flags["level"]), stage=flags["stage"], precision=precision)
-        return EXIT_OK
+        return _engine_command(engine, command, flags)
     except Diverged as err:
         glog.error("solver.cpp:230", str(err))
         return EXIT_DIVERGED
@@ -141,6 +138,24 @@ def run(argv: list[str]) -> int:
     except OSError as err:
         glog.error(_raised_at(err), os_error_line(err))
         return EXIT_ERROR
+
+
+def _engine_command(engine, command: str, flags: dict[str, str]) -> int:
+    workers = int(flags["workers"]) if flags["workers"] else None
+    precision = flags["precision"] or None
+    if command == "train":
+        outcome = engine.train(flags["solver"], weights=flags["weights"], snapshot=flags["snapshot"],
+                               gpu=flags["gpu"], sigint_effect=flags["sigint_effect"],
+                               sighup_effect=flags["sighup_effect"], level=int(flags["level"]),
+                               stage=flags["stage"], precision=precision, workers=workers)
+        return EXIT_STOPPED if outcome == "stopped" else EXIT_OK
+    if command == "test":
+        engine.test(flags["model"], flags["weights"], int(flags["iterations"]), gpu=flags["gpu"],
+                    level=int(flags["level"]), stage=flags["stage"], precision=precision)
+        return EXIT_OK
+    engine.time_net(flags["model"], int(flags["iterations"]), gpu=flags["gpu"], phase=flags["phase"] or "TRAIN",
+                    level=int(flags["level"]), stage=flags["stage"], precision=precision)
+    return EXIT_OK
 
 
 def _raised_at(err: BaseException) -> str:

@@ -18,7 +18,7 @@ from . import caffe_pb2 as pb
 __all__ = [
     "pb", "ProtoFileError", "CAFFE_LAYER_TYPES", "parse_text", "read_text", "write_text", "to_text",
     "read_binary", "write_binary", "atomic_write_bytes", "file_mode",
-    "read_net", "read_solver", "blob_to_array", "array_to_blob", "read_mean", "write_mean",
+    "read_net", "read_solver", "upgrade_solver", "blob_to_array", "array_to_blob", "read_mean", "write_mean",
 ]
 
 
@@ -133,7 +133,33 @@ def read_net(path: str | os.PathLike) -> pb.NetParameter:
 
 
 def read_solver(path: str | os.PathLike) -> pb.SolverParameter:
-    return read_text(path, pb.SolverParameter)
+    """Read a solver prototxt (either spelling of its type) and upgrade it: Caffe's
+    ReadSolverParamsFromTextFileOrDie (upgrade_solver, with snapshot_prefix defaulted or expanded from `path`)."""
+    return upgrade_solver(read_text(path, pb.SolverParameter), path)
+
+
+_SOLVER_TYPES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad", "RMSPROP": "RMSProp",
+                 "ADADELTA": "AdaDelta", "ADAM": "Adam"}
+
+
+def upgrade_solver(solver: pb.SolverParameter, path: str | os.PathLike | None = None) -> pb.SolverParameter:
+    """A copy of `solver` with `solver_type` (enum) turned into `type` (string) (UpgradeSolverAsNeeded) and,
+    when `path` is given, snapshot_prefix defaulted/expanded as UpgradeSnapshotPrefixProperty does."""
+    out = pb.SolverParameter()
+    out.CopyFrom(solver)
+    if out.HasField("solver_type"):
+        if out.HasField("type"):
+            raise ProtoFileError(f"{path or 'solver'}: both `solver_type` (old enum) and `type` (string) are set; "
+                                 f"keep only `type`")
+        out.type = _SOLVER_TYPES[pb.SolverParameter.SolverType.Name(out.solver_type)]
+        out.ClearField("solver_type")
+    if path is not None:
+        path = Path(path)
+        if not out.HasField("snapshot_prefix"):
+            out.snapshot_prefix = str(path.with_suffix(""))
+        elif os.path.isdir(out.snapshot_prefix):
+            out.snapshot_prefix = str(Path(out.snapshot_prefix) / path.stem)
+    return out
 
 
 # ---------------------------------------------------------------- blobs

@@ -35,7 +35,7 @@ import jinja2
 from google.protobuf import text_encoding
 
 from . import architectures, catalog as catalog_mod
-from convnet_transfer.formats import protoio
+from convnet_transfer.formats import legacy, protoio
 from convnet_transfer import resources
 from convnet_transfer.training import slurm
 from .architectures.spec import Architecture, Enum, Layer
@@ -356,9 +356,10 @@ def _render_net(net: NetSpec, catalog: Catalog, arch: Architecture, options: Ren
         data = dict(source=files.train_db if phase == "train" else files.val_db, backend=options.backend,
                     batch_size=batch, mean_file=files.mean, crop_size=arch.crop_size,
                     mirror=arch.mirror if phase == "train" else False, scale=arch.scale)
+        v0_names = {"v0": legacy.v0_writing_tables()} if options.format == "2014" else {}
         text = _render(env, f"{options.format}/net.prototxt.j2", net_name=arch.net_name, phase=phase, data=data,
                        layers=net_layers(net, arch, phase, options.n_classes), header=header,
-                       padding_layers=net.padding_layers)
+                       padding_layers=net.padding_layers, **v0_names)
         texts[name] = (text, 0o644)
     solver = solver_fields(net, arch, options)
     text = _render(env, f"{options.format}/solver.prototxt.j2", solver=solver, train_net=files.train,

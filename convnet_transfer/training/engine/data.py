@@ -40,9 +40,9 @@ from . import glog
 from .errors import EngineError
 from .net import channels_last_on
 
-__all__ = ["DataLayerSource", "DATA_LAYER_TYPES", "DataError", "decode_record"]
+__all__ = ["DataLayerSource", "ENGINE_DATA_LAYER_TYPES", "DataError", "decode_record"]
 
-DATA_LAYER_TYPES = ("Data",)
+ENGINE_DATA_LAYER_TYPES = ("Data",)   # the data layer types the engine reads (of layers.CAFFE_DATA_LAYER_TYPES)
 
 
 class DataError(EngineError):
@@ -305,9 +305,9 @@ class DataLayerSource:
     def __init__(self, layer: pb.LayerParameter, phase: str, device: torch.device | str = "cpu", *,
                  seed: int = 0, workers: int | None = None, prefetch: int | None = None,
                  channels_last: bool | None = None):
-        if layer.type not in DATA_LAYER_TYPES:
+        if layer.type not in ENGINE_DATA_LAYER_TYPES:
             raise DataError(f"layer '{layer.name}': data layer type '{layer.type}' is not supported by the engine "
-                            f"(supported: {', '.join(DATA_LAYER_TYPES)}); convert the data to a Datum LMDB.")
+                            f"(supported: {', '.join(ENGINE_DATA_LAYER_TYPES)}); convert the data to a Datum LMDB.")
         self.name = layer.name
         self.tops = list(layer.top)
         self.phase = phase

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-__all__ = ["fmt", "info", "warning", "error", "line", "here"]
+__all__ = ["fmt", "info", "warning", "error", "line", "here", "output", "net_outputs"]
 
 
 def fmt(value: float) -> str:
@@ -21,6 +21,21 @@ def fmt(value: float) -> str:
     if value != value:
         return "nan" if str(value)[0] != "-" else "-nan"
     return "%g" % value
+
+
+def output(name: str, value: float, loss_weight: float = 0.0) -> str:
+    """A net output as Caffe logs it: `name = v`, and ` (* w = w*v loss)` after a loss output's."""
+    extra = f" (* {fmt(loss_weight)} = {fmt(loss_weight * value)} loss)" if loss_weight else ""
+    return f"{name} = {fmt(value)}{extra}"
+
+
+def net_outputs(where: str, prefix: str, values: dict[str, list[float]], loss_weights: dict[str, float]) -> None:
+    """Log every value of the net outputs, numbered as Caffe does: `<prefix> #k: name = v (* w = x loss)`."""
+    k = 0
+    for name, output_values in values.items():
+        for value in output_values:
+            info(where, f"{prefix} #{k}: {output(name, value, loss_weights.get(name, 0.0))}")
+            k += 1
 
 
 def line(severity: str, where: str, message: str, now: float | None = None) -> str:

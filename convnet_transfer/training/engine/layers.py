@@ -25,11 +25,11 @@ from convnet_transfer.formats.protoio import pb
 from .errors import EngineError
 from .fillers import fill
 
-__all__ = ["LAYERS", "DATA_LAYER_TYPES", "LOSS_LAYER_TYPES", "Layer", "BuildContext", "check_fields",
-           "caffe_pool_output_size", "register"]
+__all__ = ["LAYERS", "CAFFE_DATA_LAYER_TYPES", "LOSS_LAYER_TYPES", "Layer", "BuildContext", "check_fields",
+           "caffe_pool_output_size", "register", "CrossChannelLRN"]
 
-# Layer types whose tops come from the data pipeline (the solver side builds them).
-DATA_LAYER_TYPES = {"Data", "ImageData", "WindowData", "MemoryData", "HDF5Data", "DummyData"}
+# Every data layer type of Caffe: the Net takes their tops as inputs (data.ENGINE_DATA_LAYER_TYPES: those it reads).
+CAFFE_DATA_LAYER_TYPES = {"Data", "ImageData", "WindowData", "MemoryData", "HDF5Data", "DummyData"}
 # Caffe's loss layers: top 0 has loss_weight 1 unless the layer says otherwise.
 LOSS_LAYER_TYPES = {"SoftmaxWithLoss", "EuclideanLoss", "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss",
                     "SigmoidCrossEntropyLoss", "ContrastiveLoss"}
@@ -108,6 +108,12 @@ class Layer(nn.Module):
         self.blobs = nn.ParameterList()
         self.top_shapes: list[tuple[int, ...]] = []
 
+    def image_bottom(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """`shape`, which must be 4-D (N, C, H, W): else an EngineError naming the layer."""
+        if len(shape) != 4:
+            raise EngineError(f"{self.where}: needs a 4-D bottom (N, C, H, W), got shape {shape}")
+        return shape
+
     def add_blob(self, shape: tuple[int, ...], filler: pb.FillerParameter) -> None:
         """Parameter blob number len(self.blobs): from the layer's `blobs` when the prototxt gives them, else
         from `filler` (Caffe: Layer() copies layer_param.blobs; LayerSetUp fills only when there are none)."""
@@ -161,9 +167,7 @@ class ConvolutionLayer(Layer):
     def __init__(self, lp, bottom_shapes, ctx):
         super().__init__(lp, bottom_shapes, ctx)
         p = lp.convolution_param
-        shape = bottom_shapes[0]
-        if len(shape) != 4:
-            raise EngineError(f"{self.where}: needs a 4-D bottom (N, C, H, W), got shape {shape}")
+        n, c, h, w = self.image_bottom(bottom_shapes[0])
         if p.axis != 1:
             raise EngineError(f"{self.where}: convolution_param.axis {p.axis} is not supported (only 1)")
         if not p.HasField("num_output") or p.num_output == 0:
@@ -174,7 +178,6 @@ class ConvolutionLayer(Layer):
         dh, dw = _two(p.dilation, 0, 0, False, 1, self.where, "dilation")
         if kh <= 0 or kw <= 0 or sh <= 0 or sw <= 0:
             raise EngineError(f"{self.where}: kernel size and stride must be positive")
-        n, c, h, w = shape
         group = int(p.group)
         if c % group or p.num_output % group:
             raise EngineError(f"{self.where}: {c} input channels and num_output {p.num_output} must both be "
@@ -242,30 +245,16 @@ class ReLULayer(_Elementwise):
         return [F.leaky_relu(x, slope) if slope else F.relu(x)]
 
 
-@register
-class SigmoidLayer(_Elementwise):
-    type_name = "Sigmoid"
-    allowed = {"sigmoid_param": {"engine"}}
-
-    def forward(self, x):
-        return [torch.sigmoid(x)]
+def _neuron(type_name: str, function, param: str | None = None) -> type[Layer]:
+    """Register a neuron layer without parameters of its own: top = function(bottom)."""
+    return register(type(f"{type_name}Layer", (_Elementwise,), {
+        "type_name": type_name, "allowed": {param: {"engine"}} if param else {},
+        "forward": lambda self, x: [function(x)]}))
 
 
-@register
-class TanHLayer(_Elementwise):
-    type_name = "TanH"
-    allowed = {"tanh_param": {"engine"}}
-
-    def forward(self, x):
-        return [torch.tanh(x)]
-
-
-@register
-class AbsValLayer(_Elementwise):
-    type_name = "AbsVal"
-
-    def forward(self, x):
-        return [x.abs()]
+_neuron("Sigmoid", torch.sigmoid, "sigmoid_param")
+_neuron("TanH", torch.tanh, "tanh_param")
+_neuron("AbsVal", torch.abs)
 
 
 @register
@@ -300,12 +289,14 @@ class DropoutLayer(_Elementwise):
         return [x * mask * self.scale]
 
 
-def caffe_pool_output_size(size: int, kernel: int, pad: int, stride: int, ceil: bool = True) -> int:
+def caffe_pool_output_size(size: int, kernel: int, pad: int, stride: int, ceil: bool = True,
+                           torch_rule: bool = False) -> int:
     """PoolingLayer::Reshape: ceil (or floor) of (size + 2 pad - kernel) / stride, + 1; with padding, the last
-    window must start inside the image (else one fewer)."""
+    window must start inside the image (else one fewer). torch_rule: PyTorch's size, which drops such a window
+    in ceil mode with or without padding."""
     span = size + 2 * pad - kernel
     out = (-(-span // stride) if ceil else span // stride) + 1
-    if pad and (out - 1) * stride >= size + pad:
+    if (ceil if torch_rule else pad) and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 
@@ -322,10 +313,7 @@ class PoolingLayer(Layer):
     def __init__(self, lp, bottom_shapes, ctx):
         super().__init__(lp, bottom_shapes, ctx)
         p = lp.pooling_param
-        shape = bottom_shapes[0]
-        if len(shape) != 4:
-            raise EngineError(f"{self.where}: needs a 4-D bottom (N, C, H, W), got shape {shape}")
-        n, c, h, w = shape
+        n, c, h, w = self.image_bottom(bottom_shapes[0])
         if p.pool not in (pb.PoolingParameter.MAX, pb.PoolingParameter.AVE):
             raise EngineError(f"{self.where}: pooling_param.pool {pb.PoolingParameter.PoolMethod.Name(p.pool)} "
                               f"is not supported (MAX and AVE are)")
@@ -355,8 +343,8 @@ class PoolingLayer(Layer):
         if self.pool == pb.PoolingParameter.MAX and (2 * ph > kh or 2 * pw > kw):
             raise EngineError(f"{self.where}: MAX pooling with pad > kernel/2 is not supported")
         self.ceil_mode = ceil
-        th = _torch_pool_size(h, kh, ph, sh, ceil)
-        tw = _torch_pool_size(w, kw, pw, sw, ceil)
+        th = caffe_pool_output_size(h, kh, ph, sh, ceil, torch_rule=True)
+        tw = caffe_pool_output_size(w, kw, pw, sw, ceil, torch_rule=True)
         if (th, tw) != (oh, ow):
             raise EngineError(f"{self.where}: this geometry (input {h}x{w}, kernel {kh}x{kw}, stride {sh}x{sw}, "
                               f"pad {ph}x{pw}) makes Caffe pool windows that start outside the input; not supported")
@@ -367,14 +355,6 @@ class PoolingLayer(Layer):
             return [F.max_pool2d(x, self.kernel, self.stride, self.padding, ceil_mode=self.ceil_mode)]
         return [F.avg_pool2d(x, self.kernel, self.stride, self.padding, ceil_mode=self.ceil_mode,
                              count_include_pad=True)]
-
-
-def _torch_pool_size(size, kernel, pad, stride, ceil):
-    span = size + 2 * pad - kernel
-    out = (-(-span // stride) if ceil else span // stride) + 1
-    if ceil and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
 
 
 @register
@@ -398,7 +378,7 @@ class LRNLayer(_Elementwise):
 
     def forward(self, x):
         if self.across:
-            return [_CrossChannelLRN.apply(x, self.size, self.alpha, self.beta, self.k)]
+            return [CrossChannelLRN.apply(x, self.size, self.alpha, self.beta, self.k)]
         n = self.size
         mean = F.avg_pool2d(x * x, n, 1, (n - 1) // 2, count_include_pad=True)
         return [x * (1.0 + self.alpha * mean).pow(-self.beta)]
@@ -415,7 +395,7 @@ def _channel_window_sum(t: torch.Tensor, size: int) -> torch.Tensor:
     return total
 
 
-class _CrossChannelLRN(torch.autograd.Function):
+class CrossChannelLRN(torch.autograd.Function):
     """LRN across channels with Caffe's analytic backward (CrossChannelBackward_cpu):
     scale = k + alpha/n * window_sum(x^2);  top = x * scale^-beta;
     dx = dtop * scale^-beta - 2 alpha beta / n * x * window_sum(dtop * top / scale)."""

@@ -30,7 +30,7 @@ from torch import nn
 from convnet_transfer.formats.protoio import pb
 from . import glog
 from .errors import EngineError
-from .layers import DATA_LAYER_TYPES, LAYERS, LOSS_LAYER_TYPES, BuildContext, layer_where
+from .layers import CAFFE_DATA_LAYER_TYPES, LAYERS, LOSS_LAYER_TYPES, BuildContext, layer_where
 from .upgrade import filter_net, insert_splits, net_needs_upgrade, upgrade_net
 from .weights import array_to_blob_fast, blob_shape_equals, blob_values, proto_shape_string, read_caffemodel
 
@@ -59,6 +59,7 @@ class Param(NamedTuple):
 
     @property
     def frozen(self) -> bool:
+        """lr_mult 0: no gradient (Caffe computes no diff for it); the solver updates it by its momentum alone."""
         return self.lr_mult == 0
 
 
@@ -114,7 +115,7 @@ class Net(nn.Module):
         for lp in self.net_param.layer:
             self._check_blobs(lp, produced)
             self.layer_params.append(lp)
-            if lp.type in DATA_LAYER_TYPES or lp.type == "Input":
+            if lp.type in CAFFE_DATA_LAYER_TYPES or lp.type == "Input":
                 tops = self._add_input_layer(lp, input_shapes, ctx)
             else:
                 tops = self._add_computing_layer(lp, ctx)
@@ -123,7 +124,7 @@ class Net(nn.Module):
             produced.update(lp.top)
         self.outputs: list[str] = sorted(available)
         self.params: list[Param] = self._learnable_params()
-        self._dropout_generators: dict[str, torch.Generator] = {}
+        self.dropout_generators: dict[str, torch.Generator] = {}   # device -> generator (dropout_generator)
         self.channels_last = False
         if log:
             self._log_init()
@@ -176,7 +177,7 @@ class Net(nn.Module):
         if cls is None:
             raise EngineError(f"{where}: layer type '{lp.type}' is not supported by this engine "
                               f"(supported: {', '.join(sorted(LAYERS))}, and the data layers "
-                              f"{', '.join(sorted(DATA_LAYER_TYPES))})")
+                              f"{', '.join(sorted(CAFFE_DATA_LAYER_TYPES))})")
         anonymous = []
         if len(lp.top) == 0 and lp.type in LOSS_LAYER_TYPES:
             # Caffe's AutoTopBlobs: a loss layer without a top (2014 nets) gets an anonymous one, which counts
@@ -219,8 +220,8 @@ class Net(nn.Module):
                 continue
             for i, tensor in enumerate(self.layers[index].blobs):
                 spec = lp.param[i] if i < len(lp.param) else pb.ParamSpec()
-                tensor.requires_grad_(spec.lr_mult != 0)
                 params.append(Param(lp.name, i, tensor, float(spec.lr_mult), float(spec.decay_mult)))
+                tensor.requires_grad_(not params[-1].frozen)
         return params
 
     def _log_init(self) -> None:
@@ -268,13 +269,15 @@ class Net(nn.Module):
 
     # ------------------------------------------------------------ running
 
-    def _dropout_generator(self, device: torch.device) -> torch.Generator:
+    def dropout_generator(self, device: torch.device) -> torch.Generator:
+        """The generator of the dropout masks on `device` (seeded seed + 1 when first used); the solver saves and
+        restores its state with a snapshot."""
         key = str(device)
-        if key not in self._dropout_generators:
+        if key not in self.dropout_generators:
             generator = torch.Generator(device=device)
             generator.manual_seed((self.seed if self.seed is not None else torch.seed()) + 1)
-            self._dropout_generators[key] = generator
-        return self._dropout_generators[key]
+            self.dropout_generators[key] = generator
+        return self.dropout_generators[key]
 
     def set_channels_last(self, enabled: bool = True) -> "Net":
         """Keep 4-D parameters and inputs in channels-last (NHWC) memory: oneDNN and cuDNN convolutions are often
@@ -287,11 +290,6 @@ class Net(nn.Module):
         """Move the net to `device`, in the memory format `channels_last_on(device)` chooses. Returns the net."""
         self.to(device)
         return self.set_channels_last(channels_last_on(device))
-
-    def set_seed(self, seed: int) -> None:
-        """Reseed dropout (the solver calls this with random_seed; fillers were seeded at construction)."""
-        self.seed = seed
-        self._dropout_generators.clear()
 
     def forward(self, blobs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run every computing layer in order on `blobs` (the data and Input tops); return all blobs by name."""
@@ -369,7 +367,7 @@ class Net(nn.Module):
     def _layer_to_run(self, index: int, first_bottom: torch.Tensor | None):
         layer = self.layers[index]
         if getattr(layer, "train_phase", False):
-            layer.generator = self._dropout_generator(first_bottom.device)
+            layer.generator = self.dropout_generator(first_bottom.device)
         return layer
 
     def loss(self, blobs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -475,9 +473,3 @@ class Net(nn.Module):
                     diff = grad.detach().float().cpu().numpy()
                 layer.blobs.add().CopyFrom(array_to_blob_fast(tensor.detach().float().cpu().numpy(), diff))
         return out
-
-    def blobs_dict(self) -> dict[str, list[np.ndarray]]:
-        """{layer name: [param arrays]} (like pycaffe's net.params), as float32 numpy arrays on the CPU."""
-        return {lp.name: [t.detach().cpu().numpy().copy() for t in self.layers[self._layer_index[lp.name]].blobs]
-                for lp in self.layer_params if self._layer_index[lp.name] >= 0 and
-                len(self.layers[self._layer_index[lp.name]].blobs)}

@@ -28,7 +28,6 @@ import base64
 import contextlib
 import json
 import math
-import os
 import signal
 import time
 from pathlib import Path
@@ -41,10 +40,12 @@ from convnet_transfer.formats import caffe_pb2 as pb
 from convnet_transfer.formats import protoio
 from . import glog
 from .errors import EngineError
-from .data import DATA_LAYER_TYPES, DataLayerSource
+from .data import ENGINE_DATA_LAYER_TYPES, DataLayerSource
+from .layers import CAFFE_DATA_LAYER_TYPES
+from .net import Net
+from .upgrade import filter_net, read_net_file, upgrade_net
 
-__all__ = ["SGDSolver", "SolverError", "Diverged", "SignalActions", "learning_rate", "read_solver",
-           "report_copied"]
+__all__ = ["SGDSolver", "SolverError", "Diverged", "SignalActions", "NetWithData", "learning_rate", "report_copied"]
 
 
 class SolverError(EngineError):
@@ -136,11 +137,6 @@ class SignalActions:
 
 # ---------------------------------------------------------------- reading the solver and nets
 
-def read_solver(path: str | os.PathLike) -> pb.SolverParameter:
-    from .upgrade import read_solver_file
-    return read_solver_file(path)
-
-
 def _net_state(phase: str, net_param: pb.NetParameter, override: pb.NetState | None) -> pb.NetState:
     state = pb.NetState()
     state.phase = pb.TRAIN if phase == "TRAIN" else pb.TEST
@@ -150,30 +146,33 @@ def _net_state(phase: str, net_param: pb.NetParameter, override: pb.NetState | N
     return state
 
 
-class _NetWithData:
-    """A Net and the sources that feed its data layers."""
+class NetWithData:
+    """A Net and the sources that feed its Data layers: the solver's train and test nets, and the net that
+    `caffe test` and `caffe time` run. The net is filtered by phase, level and stages.
 
-    def __init__(self, net_param: pb.NetParameter, phase: str, state: pb.NetState, device: torch.device,
-                 seed_seq: np.random.SeedSequence, workers: int | None, seed: int | None):
-        from .net import Net
-        from .upgrade import filter_net
-        level, stages = state.level, tuple(state.stage)
+    seed_seq: where the data sources' seeds come from (one spawned per layer); None: layer i's source gets seed i.
+    seed: the net's filler and dropout seed (None: a random one)."""
+
+    def __init__(self, net_param: pb.NetParameter, phase: str, device: torch.device, *, level: int = 0,
+                 stages: tuple[str, ...] = (), seed_seq: np.random.SeedSequence | None = None,
+                 workers: int | None = None, seed: int | None = None, log: bool = True):
         filtered = filter_net(net_param, phase, level=level, stages=stages)
+        if seed_seq is None:
+            layer_seeds = list(range(len(filtered.layer)))
+        else:
+            layer_seeds = [int(s.generate_state(1)[0]) for s in seed_seq.spawn(len(filtered.layer))]
         self.sources: list[DataLayerSource] = []
-        seeds = seed_seq.spawn(len(filtered.layer))
         try:
-            for layer, layer_seed in zip(filtered.layer, seeds):
-                if layer.type in DATA_LAYER_TYPES:
-                    self.sources.append(DataLayerSource(layer, phase, device,
-                                                        seed=int(layer_seed.generate_state(1)[0]),
-                                                        workers=workers))
-                elif layer.type.endswith("Data") and layer.type not in ("Input",):
+            for layer, layer_seed in zip(filtered.layer, layer_seeds):
+                if layer.type in ENGINE_DATA_LAYER_TYPES:
+                    self.sources.append(DataLayerSource(layer, phase, device, seed=layer_seed, workers=workers))
+                elif layer.type in CAFFE_DATA_LAYER_TYPES:
                     raise SolverError(f"layer '{layer.name}': data layer type '{layer.type}' is not supported by "
                                       f"the engine; use a Data layer over an LMDB or LevelDB of Datum records.")
             shapes = {}
             for source in self.sources:
                 shapes.update(source.shapes)
-            self.net = Net(filtered, phase, shapes, level=level, stages=stages, seed=seed, log=phase == "TRAIN")
+            self.net = Net(filtered, phase, shapes, level=level, stages=stages, seed=seed, log=log)
             self.net.place(device)
             self.name = filtered.name
         except BaseException:
@@ -227,7 +226,7 @@ class SGDSolver:
         seed_seq = np.random.SeedSequence(seed if seed >= 0 else None)
         train_seq, *test_seqs = seed_seq.spawn(1 + 64)
 
-        self.test_nets: list[_NetWithData] = []
+        self.test_nets: list[NetWithData] = []
         self.train = None
         try:
             train_param, train_source = self._train_net_param()
@@ -238,7 +237,8 @@ class SGDSolver:
             train_state.stage.extend(s for s in stages if s)
             state = _net_state("TRAIN", train_param, train_state)
             net_seed = seed if seed >= 0 else None
-            self.train = _NetWithData(train_param, "TRAIN", state, self.device, train_seq, workers, net_seed)
+            self.train = NetWithData(train_param, "TRAIN", self.device, level=state.level, stages=tuple(state.stage),
+                                     seed_seq=train_seq, workers=workers, seed=net_seed)
             self.net = self.train.net
             for path in weights:
                 self._load_weights(self.net, path, report=True)
@@ -246,8 +246,9 @@ class SGDSolver:
                 glog.info("solver.cpp:191", f"Creating test net (#{i}) specified by {source}")
                 override = param.test_state[i] if param.test_state else None
                 state = _net_state("TEST", test_param, override)
-                self.test_nets.append(_NetWithData(test_param, "TEST", state, self.device, test_seqs[i], workers,
-                                                   net_seed))
+                self.test_nets.append(NetWithData(test_param, "TEST", self.device, level=state.level,
+                                                  stages=tuple(state.stage), seed_seq=test_seqs[i], workers=workers,
+                                                  seed=net_seed, log=False))
                 for path in weights:
                     self._load_weights(self.test_nets[-1].net, path)
         except BaseException:
@@ -298,7 +299,6 @@ class SGDSolver:
                                   f"directory exists and is writable.") from None
 
     def _train_net_param(self) -> tuple[pb.NetParameter, str]:
-        from .upgrade import read_net_file
         p = self.param
         fields = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
         if len(fields) != 1:
@@ -307,20 +307,19 @@ class SGDSolver:
         field = fields[0]
         if field in ("net", "train_net"):
             return read_net_file(getattr(p, field)), f"from {field} file: {getattr(p, field)}"
-        return _upgrade(getattr(p, field)), f"specified in {field}"
+        return upgrade_net(getattr(p, field)), f"specified in {field}"
 
     def _test_net_params(self) -> list[tuple[pb.NetParameter, str]]:
-        from .upgrade import read_net_file
         p = self.param
         generic = p.HasField("net") + p.HasField("net_param")
-        explicit = [(_upgrade(n), "test_net_param") for n in p.test_net_param]
+        explicit = [(upgrade_net(n), "test_net_param") for n in p.test_net_param]
         explicit += [(read_net_file(f), f"test_net file: {f}") for f in p.test_net]
         if (generic and len(p.test_iter) < len(explicit)) or (not generic and len(p.test_iter) != len(explicit)):
             raise SolverError("test_iter must be specified for each test network.")
         remaining = len(p.test_iter) - len(explicit)
         nets = list(explicit)
         if p.HasField("net_param"):
-            nets += [(_upgrade(p.net_param), "net_param")] * remaining
+            nets += [(upgrade_net(p.net_param), "net_param")] * remaining
         elif p.HasField("net"):
             nets += [(read_net_file(p.net), f"net file: {p.net}") for _ in range(remaining)]
         if p.test_state and len(p.test_state) != len(nets):
@@ -399,7 +398,8 @@ class SGDSolver:
                 glog.info("solver.cpp:239", f"Iteration {self.iter} ({glog.fmt(per_s)} iter/s, {glog.fmt(lapse)}s/"
                           f"{p.display} iters), loss = {glog.fmt(self.smoothed_loss)}")
                 timer, iterations_last = time.time(), self.iter
-                self._log_outputs(self.net, blobs, "    Train net output", "solver.cpp:258")
+                values = {name: blobs[name].detach().float().reshape(-1).tolist() for name in self.net.outputs}
+                glog.net_outputs("solver.cpp:258", "    Train net output", values, self.net.loss_weights)
             self.apply_update()
             snapshot_requested = self.actions.take_snapshot_request()
             if (p.snapshot and self.iter % p.snapshot == 0) or snapshot_requested:
@@ -455,7 +455,7 @@ class SGDSolver:
         momentum = float(np.float32(p.momentum))
         for param, g, v in zip(self.params, grads, self.history):
             w = param.tensor
-            if g is None and param.lr_mult == 0:
+            if g is None and param.frozen:
                 v.mul_(momentum)
                 w.sub_(v)
                 continue
@@ -505,13 +505,8 @@ class SGDSolver:
         n = self.param.test_iter[index]
         if self.param.test_compute_loss:
             glog.info("solver.cpp:401", f"Test loss: {glog.fmt(loss / n)}")
-        k = 0
-        for name, total in zip(test.net.outputs, scores or []):
-            weight = test.net.loss_weights.get(name, 0.0)
-            for value in (total / n).tolist():
-                extra = f" (* {glog.fmt(weight)} = {glog.fmt(weight * value)} loss)" if weight else ""
-                glog.info("solver.cpp:414", f"    Test net output #{k}: {name} = {glog.fmt(value)}{extra}")
-                k += 1
+        means = {name: (total / n).tolist() for name, total in zip(test.net.outputs, scores or [])}
+        glog.net_outputs("solver.cpp:414", "    Test net output", means, test.net.loss_weights)
 
     def _share_weights(self, test_net) -> None:
         """Net::ShareTrainedLayersWith: the test net uses the train net's parameters of same-named layers."""
@@ -520,16 +515,6 @@ class SGDSolver:
             source = trained.get((p.layer_name, p.index))
             if source is not None and source.shape == p.tensor.shape:
                 p.tensor.data = source.data
-
-    @staticmethod
-    def _log_outputs(net, blobs, prefix: str, where: str) -> None:
-        k = 0
-        for name in net.outputs:
-            weight = net.loss_weights.get(name, 0.0)
-            for value in blobs[name].detach().float().reshape(-1).tolist():
-                extra = f" (* {glog.fmt(weight)} = {glog.fmt(weight * value)} loss)" if weight else ""
-                glog.info(where, f"{prefix} #{k}: {name} = {glog.fmt(value)}{extra}")
-                k += 1
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -587,7 +572,7 @@ class SGDSolver:
     def _rng_state(self) -> dict:
         def encode(t: torch.Tensor) -> str:
             return base64.b64encode(t.cpu().numpy().tobytes()).decode()
-        dropout = {key: encode(g.get_state()) for key, g in getattr(self.net, "_dropout_generators", {}).items()}
+        dropout = {key: encode(g.get_state()) for key, g in self.net.dropout_generators.items()}
         state = {"iter": self.iter, "torch": encode(torch.get_rng_state()), "dropout": dropout,
                  "train": [s.state_dict() for s in self.train.sources],
                  "test": [[s.state_dict() for s in t.sources] for t in self.test_nets]}
@@ -600,7 +585,7 @@ class SGDSolver:
             return torch.from_numpy(np.frombuffer(base64.b64decode(text), dtype=np.uint8).copy())
         torch.set_rng_state(decode(state["torch"]))
         for key, value in state.get("dropout", {}).items():
-            self.net._dropout_generator(torch.device(key)).set_state(decode(value))
+            self.net.dropout_generator(torch.device(key)).set_state(decode(value))
         if self.device.type == "cuda" and "cuda" in state:
             torch.cuda.set_rng_state(decode(state["cuda"]), self.device)
         for source, s in zip(self.train.sources, state["train"]):
@@ -671,8 +656,3 @@ def report_copied(net, path: str, copied: list[str]) -> None:
         glog.warning(glog.here(), f"NONE of the {len(weighted)} layers with weights of net {net.name} was copied "
                                   f"from {path}: no layer there has the name of one here, so the net starts from "
                                   f"scratch (as in Caffe). Check -weights: is it this net's own or base net's?")
-
-
-def _upgrade(net_param: pb.NetParameter) -> pb.NetParameter:
-    from .upgrade import upgrade_net
-    return upgrade_net(net_param)

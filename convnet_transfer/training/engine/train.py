@@ -19,9 +19,10 @@ import time as _time
 import torch
 
 from convnet_transfer.formats import caffe_pb2 as pb
+from convnet_transfer.formats.protoio import read_solver
 from . import glog
-from .data import DATA_LAYER_TYPES, DataLayerSource
-from .solver import SGDSolver, SignalActions, SolverError, read_solver, report_copied
+from .solver import NetWithData, SGDSolver, SignalActions, SolverError, report_copied
+from .upgrade import read_net_file
 
 __all__ = ["train", "test", "time_net", "select_device", "set_precision", "keep_freed_memory", "PRECISIONS"]
 
@@ -131,28 +132,10 @@ def train(solver: str, *, weights: str = "", snapshot: str = "", gpu: str = "", 
     return outcome
 
 
-def _build(model: str, phase: str, device: torch.device, level: int = 0, stage: str = "",
-           workers: int | None = None):
-    from .net import Net
-    from .upgrade import filter_net, read_net_file
-    net_param = read_net_file(model)
+def _net_with_data(model: str, phase: str, device: torch.device, level: int, stage: str) -> NetWithData:
+    """The net of `caffe test` and `caffe time`: `model` filtered by phase, level and stages, with its data."""
     stages = tuple(s for s in stage.split(",") if s)
-    filtered = filter_net(net_param, phase, level=level, stages=stages)
-    sources = [DataLayerSource(layer, phase, device, seed=i, workers=workers)
-               for i, layer in enumerate(filtered.layer) if layer.type in DATA_LAYER_TYPES]
-    shapes = {}
-    for source in sources:
-        shapes.update(source.shapes)
-    net = Net(filtered, phase, shapes, level=level, stages=stages, log=True)
-    net.place(device)
-    return net, sources
-
-
-def _next_batch(sources) -> dict:
-    batch = {}
-    for source in sources:
-        batch.update(source.next_batch())
-    return batch
+    return NetWithData(read_net_file(model), phase, device, level=level, stages=stages)
 
 
 def test(model: str, weights: str, iterations: int = 50, *, gpu: str = "", level: int = 0, stage: str = "",
@@ -164,7 +147,8 @@ def test(model: str, weights: str, iterations: int = 50, *, gpu: str = "", level
         raise SolverError("Need model weights to score (-weights FILE).")
     device = select_device(gpu)
     set_precision(precision, device)
-    net, sources = _build(model, "TEST", device, level, stage)
+    fed = _net_with_data(model, "TEST", device, level, stage)
+    net = fed.net
     try:
         for name in weights.split(","):
             report_copied(net, name.strip(), net.load_caffemodel(name.strip()))
@@ -173,7 +157,7 @@ def test(model: str, weights: str, iterations: int = 50, *, gpu: str = "", level
         loss = 0.0
         with torch.no_grad():
             for i in range(iterations):
-                blobs = net.forward(_next_batch(sources))
+                blobs = net.forward(fed.next_batch())
                 loss += float(net.loss(blobs))
                 for name in net.outputs:
                     values = blobs[name].detach().float().reshape(-1).tolist()
@@ -183,15 +167,12 @@ def test(model: str, weights: str, iterations: int = 50, *, gpu: str = "", level
         glog.info("caffe.cpp:318", f"Loss: {glog.fmt(loss / iterations)}")
         means = {}
         for name in net.outputs:
-            weight = net.loss_weights.get(name, 0.0)
             means[name] = [t / iterations for t in totals[name]]
             for value in means[name]:
-                extra = f" (* {glog.fmt(weight)} = {glog.fmt(weight * value)} loss)" if weight else ""
-                glog.info("caffe.cpp:330", f"{name} = {glog.fmt(value)}{extra}")
+                glog.info("caffe.cpp:330", glog.output(name, value, net.loss_weights.get(name, 0.0)))
         return means
     finally:
-        for source in sources:
-            source.close()
+        fed.close()
 
 
 def time_net(model: str, iterations: int = 50, *, gpu: str = "", phase: str = "TRAIN", level: int = 0,
@@ -207,75 +188,94 @@ def time_net(model: str, iterations: int = 50, *, gpu: str = "", phase: str = "T
         raise SolverError('phase must be "TRAIN" or "TEST"')
     device = select_device(gpu)
     precision = set_precision(precision, device)
-    net, sources = _build(model, phase, device, level, stage)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    timer = _LayerTimer(_net_with_data(model, phase, device, level, stage), device, precision, inputs)
+    try:
+        timer.warm_up()
+        return timer.benchmark(iterations)
+    finally:
+        timer.fed.close()
 
-    def clock() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+
+class _LayerTimer:
+    """The steps of `caffe time` on one net and its data: an untimed pass, then the timed iterations."""
+
+    def __init__(self, fed: NetWithData, device: torch.device, precision: str, inputs: dict | None):
+        self.fed, self.net, self.device, self.inputs = fed, fed.net, device, inputs or {}
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                         else contextlib.nullcontext())
+
+    def clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         return _time.perf_counter()
 
-    def batch_by_layer() -> tuple[dict, dict[str, float]]:
+    def batch_by_layer(self) -> tuple[dict, dict[str, float]]:
         """The inputs of one pass, and the seconds each data layer waited for its batch."""
         batch, waited = {}, {}
-        for source in sources:
-            start = clock()
+        for source in self.fed.sources:
+            start = self.clock()
             batch.update(source.next_batch())
-            waited[source.name] = clock() - start
-        batch.update({k: v.to(device) for k, v in (inputs or {}).items()})
-        for name in net.input_blobs:          # Input-layer tops nobody fills: zeros, as Caffe allocates them
+            waited[source.name] = self.clock() - start
+        batch.update({k: v.to(self.device) for k, v in self.inputs.items()})
+        for name in self.net.input_blobs:          # Input-layer tops nobody fills: zeros, as Caffe allocates them
             if name not in batch:
-                batch[name] = torch.zeros(net.blob_shapes[name], device=device)
+                batch[name] = torch.zeros(self.net.blob_shapes[name], device=self.device)
         return batch, waited
 
-    try:
-        # a first pass, untimed, as Caffe's (allocations and kernel choices made before the benchmark)
+    def warm_up(self) -> None:
+        """A first pass, untimed, as Caffe's (allocations and kernel choices made before the benchmark)."""
         glog.info("caffe.cpp:352", "Performing Forward")
-        with autocast:
-            _, tape = net.forward_by_layer(batch_by_layer()[0], clock)
-            glog.info("caffe.cpp:354", f"Initial loss: {glog.fmt(float(net.loss(tape.values).detach()))}")
+        with self.autocast:
+            _, tape = self.net.forward_by_layer(self.batch_by_layer()[0], self.clock)
+            glog.info("caffe.cpp:354", f"Initial loss: {glog.fmt(float(self.net.loss(tape.values).detach()))}")
             glog.info("caffe.cpp:355", "Performing Backward")
-            net.backward_by_layer(tape, clock)
+            self.net.backward_by_layer(tape, self.clock)
         del tape
-        for p in net.params:
+        for p in self.net.params:
             p.tensor.grad = None
-        names = [lp.name for lp in net.layer_params]
+
+    def benchmark(self, iterations: int) -> dict:
+        """Time `iterations` passes layer by layer; log and return the averages (see time_net)."""
+        names = [lp.name for lp in self.net.layer_params]
         glog.info("caffe.cpp:363", "*** Benchmark begins ***")
         glog.info("caffe.cpp:364", f"Testing for {iterations} iterations.")
         forward_layer, backward_layer = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
         per_iteration = []
-        total_start = clock()
+        total_start = self.clock()
         for j in range(iterations):
-            start = clock()
-            batch, waited = batch_by_layer()
-            with autocast:
-                forward, tape = net.forward_by_layer(batch, clock)
-                backward = net.backward_by_layer(tape, clock)
+            start = self.clock()
+            batch, waited = self.batch_by_layer()
+            with self.autocast:
+                forward, tape = self.net.forward_by_layer(batch, self.clock)
+                backward = self.net.backward_by_layer(tape, self.clock)
             del tape
-            for p in net.params:
+            for p in self.net.params:
                 p.tensor.grad = None
             for times, into in ((waited, forward_layer), (forward, forward_layer), (backward, backward_layer)):
                 for name, seconds in times.items():
                     into[name] += seconds
-            per_iteration.append((clock() - start) * 1000)
+            per_iteration.append((self.clock() - start) * 1000)
             glog.info("caffe.cpp:394", f"Iteration: {j + 1} forward-backward time: {glog.fmt(per_iteration[-1])} ms.")
-        total_ms = (clock() - total_start) * 1000
+        total_ms = (self.clock() - total_start) * 1000
         layers_ms = {name: (forward_layer[name] * 1000 / iterations, backward_layer[name] * 1000 / iterations)
                      for name in names}
-        glog.info("caffe.cpp:397", "Average time per layer: ")
-        for name, (forward_ms, backward_ms) in layers_ms.items():
-            glog.info("caffe.cpp:400", f"{name:>10}\tforward: {glog.fmt(forward_ms)} ms.")
-            glog.info("caffe.cpp:403", f"{name:>10}\tbackward: {glog.fmt(backward_ms)} ms.")
-        result = {"forward_ms": sum(f for f, _ in layers_ms.values()),
-                  "backward_ms": sum(b for _, b in layers_ms.values()),
-                  "forward_backward_ms": total_ms / iterations, "total_ms": total_ms,
-                  "per_iteration_ms": per_iteration, "layers_ms": layers_ms}
-        glog.info("caffe.cpp:407", f"Average Forward pass: {glog.fmt(result['forward_ms'])} ms.")
-        glog.info("caffe.cpp:409", f"Average Backward pass: {glog.fmt(result['backward_ms'])} ms.")
-        glog.info("caffe.cpp:411", f"Average Forward-Backward: {glog.fmt(result['forward_backward_ms'])} ms.")
-        glog.info("caffe.cpp:413", f"Total Time: {glog.fmt(total_ms)} ms.")
-        glog.info("caffe.cpp:414", "*** Benchmark ends ***")
-        return result
-    finally:
-        for source in sources:
-            source.close()
+        return _log_times(layers_ms, per_iteration, total_ms, iterations)
+
+
+def _log_times(layers_ms: dict[str, tuple[float, float]], per_iteration: list[float], total_ms: float,
+               iterations: int) -> dict:
+    """Caffe's summary of `caffe time`: each layer's average forward and backward time, then the passes."""
+    glog.info("caffe.cpp:397", "Average time per layer: ")
+    for name, (forward_ms, backward_ms) in layers_ms.items():
+        glog.info("caffe.cpp:400", f"{name:>10}\tforward: {glog.fmt(forward_ms)} ms.")
+        glog.info("caffe.cpp:403", f"{name:>10}\tbackward: {glog.fmt(backward_ms)} ms.")
+    result = {"forward_ms": sum(f for f, _ in layers_ms.values()),
+              "backward_ms": sum(b for _, b in layers_ms.values()),
+              "forward_backward_ms": total_ms / iterations, "total_ms": total_ms,
+              "per_iteration_ms": per_iteration, "layers_ms": layers_ms}
+    glog.info("caffe.cpp:407", f"Average Forward pass: {glog.fmt(result['forward_ms'])} ms.")
+    glog.info("caffe.cpp:409", f"Average Backward pass: {glog.fmt(result['backward_ms'])} ms.")
+    glog.info("caffe.cpp:411", f"Average Forward-Backward: {glog.fmt(result['forward_backward_ms'])} ms.")
+    glog.info("caffe.cpp:413", f"Total Time: {glog.fmt(total_ms)} ms.")
+    glog.info("caffe.cpp:414", "*** Benchmark ends ***")
+    return result

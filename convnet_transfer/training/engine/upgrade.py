@@ -1,4 +1,4 @@
-"""Read net and solver definitions in every format Caffe has used, upgraded in memory as Caffe does.
+"""Read net definitions in every format Caffe has used, upgraded in memory as Caffe does.
 
 Caffe's src/caffe/util/upgrade_proto.cpp, step by step:
 
@@ -8,75 +8,27 @@ Caffe's src/caffe/util/upgrade_proto.cpp, step by step:
       -> current (`layer { type: "Convolution" param { lr_mult } }`)       UpgradeV1Net
       -> `input:`/`input_dim:` fields become an Input layer                UpgradeNetInput
       -> BatchNorm with 3 param specs gets lr_mult/decay_mult 0            UpgradeNetBatchNorm
-    solvers: `solver_type: SGD` (enum) -> `type: "SGD"`; snapshot_prefix defaulted from the file name.
+
+The V0 tables are in convnet_transfer/formats/legacy.py; solvers are read and upgraded by protoio.read_solver.
 
 Where Caffe logs "Unknown parameter ... for layer type ..." and carries on, this module raises EngineError:
 the parameter would be silently lost.
 
-Public: upgrade_net, upgrade_solver, read_net_file, read_solver_file, filter_net, net_needs_upgrade.
+Public: upgrade_net, read_net_file, filter_net, net_needs_upgrade, insert_splits.
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from convnet_transfer.formats import protoio
+from convnet_transfer.formats.legacy import V0_ANY_TYPE, V0_FIELDS, V0_PADDING_TYPE, V0_TYPES, V1_TYPE_NAMES
 from convnet_transfer.formats.protoio import pb
 from .errors import EngineError
 
-__all__ = ["upgrade_net", "upgrade_solver", "read_net_file", "read_solver_file", "filter_net", "net_needs_upgrade",
-           "insert_splits", "V1_TYPE_NAMES"]
+__all__ = ["upgrade_net", "read_net_file", "filter_net", "net_needs_upgrade", "insert_splits", "state_meets_rule"]
 
 # ---------------------------------------------------------------- V0 -> V1
 
-# V0 type string -> V1 enum name (UpgradeV0LayerType)
-V0_TYPES = {
-    "accuracy": "ACCURACY", "bnll": "BNLL", "concat": "CONCAT", "conv": "CONVOLUTION", "data": "DATA",
-    "dropout": "DROPOUT", "euclidean_loss": "EUCLIDEAN_LOSS", "flatten": "FLATTEN", "hdf5_data": "HDF5_DATA",
-    "hdf5_output": "HDF5_OUTPUT", "im2col": "IM2COL", "images": "IMAGE_DATA", "infogain_loss": "INFOGAIN_LOSS",
-    "innerproduct": "INNER_PRODUCT", "lrn": "LRN", "multinomial_logistic_loss": "MULTINOMIAL_LOGISTIC_LOSS",
-    "pool": "POOLING", "relu": "RELU", "sigmoid": "SIGMOID", "softmax": "SOFTMAX", "softmax_loss": "SOFTMAX_LOSS",
-    "split": "SPLIT", "tanh": "TANH", "window_data": "WINDOW_DATA",
-}
-
-# V0 field -> {V0 layer type (or "*" for any): "param_message.field"} (UpgradeV0LayerParameter).
-# A V0 field set on a layer type not listed is an error (Caffe logs it and drops the value).
-_ANY = "*"
-V0_FIELDS = {
-    "num_output": {"conv": "convolution_param.num_output", "innerproduct": "inner_product_param.num_output"},
-    "biasterm": {"conv": "convolution_param.bias_term", "innerproduct": "inner_product_param.bias_term"},
-    "weight_filler": {"conv": "convolution_param.weight_filler", "innerproduct": "inner_product_param.weight_filler"},
-    "bias_filler": {"conv": "convolution_param.bias_filler", "innerproduct": "inner_product_param.bias_filler"},
-    "pad": {"conv": "convolution_param.pad", "pool": "pooling_param.pad"},
-    "kernelsize": {"conv": "convolution_param.kernel_size", "pool": "pooling_param.kernel_size"},
-    "group": {"conv": "convolution_param.group"},
-    "stride": {"conv": "convolution_param.stride", "pool": "pooling_param.stride"},
-    "pool": {"pool": "pooling_param.pool"},
-    "dropout_ratio": {"dropout": "dropout_param.dropout_ratio"},
-    "local_size": {"lrn": "lrn_param.local_size"},
-    "alpha": {"lrn": "lrn_param.alpha"},
-    "beta": {"lrn": "lrn_param.beta"},
-    "k": {"lrn": "lrn_param.k"},
-    "source": {"data": "data_param.source", "images": "image_data_param.source",
-               "window_data": "window_data_param.source"},
-    "scale": {_ANY: "transform_param.scale"},
-    "meanfile": {_ANY: "transform_param.mean_file"},
-    "batchsize": {"data": "data_param.batch_size", "images": "image_data_param.batch_size",
-                  "window_data": "window_data_param.batch_size"},
-    "cropsize": {_ANY: "transform_param.crop_size"},
-    "mirror": {_ANY: "transform_param.mirror"},
-    "rand_skip": {"data": "data_param.rand_skip", "images": "image_data_param.rand_skip"},
-    "shuffle_images": {"images": "image_data_param.shuffle"},
-    "new_height": {"images": "image_data_param.new_height"},
-    "new_width": {"images": "image_data_param.new_width"},
-    "concat_dim": {"concat": "concat_param.concat_dim"},
-    "det_fg_threshold": {"window_data": "window_data_param.fg_threshold"},
-    "det_bg_threshold": {"window_data": "window_data_param.bg_threshold"},
-    "det_fg_fraction": {"window_data": "window_data_param.fg_fraction"},
-    "det_context_pad": {"window_data": "window_data_param.context_pad"},
-    "det_crop_mode": {"window_data": "window_data_param.crop_mode"},
-    "hdf5_output_param": {"hdf5_output": "hdf5_output_param"},
-}
 _V0_STRUCTURAL = {"name", "type", "blobs", "blobs_lr", "weight_decay"}
 
 
@@ -103,7 +55,7 @@ def _upgrade_v0_padding_layers(net: pb.NetParameter) -> pb.NetParameter:
     last_top = {name: -1 for name in net.input}
     for i, connection in enumerate(net.layers):
         v0 = connection.layer
-        if v0.type != "padding":
+        if v0.type != V0_PADDING_TYPE:
             out.layers.add().CopyFrom(connection)
         for j, blob in enumerate(connection.bottom):
             if blob not in last_top:
@@ -112,7 +64,7 @@ def _upgrade_v0_padding_layers(net: pb.NetParameter) -> pb.NetParameter:
             if source_index == -1:
                 continue
             source = net.layers[source_index]
-            if source.layer.type == "padding":
+            if source.layer.type == V0_PADDING_TYPE:
                 if v0.type not in ("conv", "pool"):
                     raise EngineError(f"V0 layer '{v0.name}' (type {v0.type}) reads padding layer "
                                       f"'{source.layer.name}': only conv and pool layers may")
@@ -152,7 +104,7 @@ def _upgrade_v0_layer(connection: pb.V1LayerParameter) -> pb.V1LayerParameter:
         targets = V0_FIELDS.get(field.name)
         if targets is None:
             raise EngineError(f"V0 layer '{v0.name}': parameter '{field.name}' is not supported")
-        path = targets.get(layer_type, targets.get(_ANY))
+        path = targets.get(layer_type, targets.get(V0_ANY_TYPE))
         if path is None:
             raise EngineError(f"V0 layer '{v0.name}': unknown parameter {field.name} for layer type {layer_type} "
                               f"(Caffe would drop it); remove it or fix the type")
@@ -204,18 +156,6 @@ def _upgrade_data_transformation(net: pb.NetParameter) -> None:
 
 # ---------------------------------------------------------------- V1 -> current
 
-V1_TYPE_NAMES = {
-    "NONE": "", "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL", "CONCAT": "Concat",
-    "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution", "DECONVOLUTION": "Deconvolution",
-    "DATA": "Data", "DROPOUT": "Dropout", "DUMMY_DATA": "DummyData", "EUCLIDEAN_LOSS": "EuclideanLoss",
-    "ELTWISE": "Eltwise", "EXP": "Exp", "FLATTEN": "Flatten", "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output",
-    "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col", "IMAGE_DATA": "ImageData", "INFOGAIN_LOSS": "InfogainLoss",
-    "INNER_PRODUCT": "InnerProduct", "LRN": "LRN", "MEMORY_DATA": "MemoryData",
-    "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss", "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power",
-    "RELU": "ReLU", "SIGMOID": "Sigmoid", "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss",
-    "SILENCE": "Silence", "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split",
-    "SLICE": "Slice", "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
-}
 # V1 *_param messages copied as they are into the current layer
 _V1_COPIED = [f.name for f in pb.V1LayerParameter.DESCRIPTOR.fields
               if f.name.endswith("_param") and f.name in pb.LayerParameter.DESCRIPTOR.fields_by_name]
@@ -325,30 +265,6 @@ def upgrade_net(net: pb.NetParameter) -> pb.NetParameter:
     return out
 
 
-_SOLVER_TYPES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad", "RMSPROP": "RMSProp",
-                 "ADADELTA": "AdaDelta", "ADAM": "Adam"}
-
-
-def upgrade_solver(solver: pb.SolverParameter, path: str | os.PathLike | None = None) -> pb.SolverParameter:
-    """A copy of `solver` with `solver_type` (enum) turned into `type` (string) (UpgradeSolverAsNeeded) and,
-    when `path` is given, snapshot_prefix defaulted/expanded as UpgradeSnapshotPrefixProperty does."""
-    out = pb.SolverParameter()
-    out.CopyFrom(solver)
-    if out.HasField("solver_type"):
-        if out.HasField("type"):
-            raise EngineError(f"{path or 'solver'}: both `solver_type` (old enum) and `type` (string) are set; "
-                              f"keep only `type`")
-        out.type = _SOLVER_TYPES[pb.SolverParameter.SolverType.Name(out.solver_type)]
-        out.ClearField("solver_type")
-    if path is not None:
-        path = Path(path)
-        if not out.HasField("snapshot_prefix"):
-            out.snapshot_prefix = str(path.with_suffix(""))
-        elif os.path.isdir(out.snapshot_prefix):
-            out.snapshot_prefix = str(Path(out.snapshot_prefix) / path.stem)
-    return out
-
-
 def read_net_file(path: str | os.PathLike) -> pb.NetParameter:
     """Read a net prototxt (current, V1 or V0 format) and upgrade it (ReadNetParamsFromTextFileOrDie)."""
     net = protoio.read_net(path)
@@ -356,11 +272,6 @@ def read_net_file(path: str | os.PathLike) -> pb.NetParameter:
         return upgrade_net(net)
     except EngineError as err:
         raise EngineError(f"{path}: {err}") from None
-
-
-def read_solver_file(path: str | os.PathLike) -> pb.SolverParameter:
-    """Read a solver prototxt (either spelling) and upgrade it (ReadSolverParamsFromTextFileOrDie)."""
-    return upgrade_solver(protoio.read_solver(path), path)
 
 
 # ---------------------------------------------------------------- FilterNet
