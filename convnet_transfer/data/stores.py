@@ -54,6 +54,118 @@ def _drop_shared_handle(path: Path) -> None:
         handle.close()
 
 
+# ---------------------------------------------------------------- writing (LMDB, LevelDB)
+
+def _disk_error(path: Path, err: Exception, need: int = 0) -> OSError:
+    """A database's write error as an OSError naming the database. LMDB reports a full disk as "Input/output
+    error" (mdb_txn_commit) and names no file, so ask the file system whether it is read-only or has less room
+    than the transaction needed (`need` bytes of records, twice over for the pages, and 1 MiB)."""
+    disk = os.statvfs(path)
+    if disk.f_flag & os.ST_RDONLY:
+        code = errno.EROFS
+    elif disk.f_bavail * disk.f_frsize < 2 * need + (1 << 20):
+        code = errno.ENOSPC
+    else:
+        return OSError(errno.EIO, str(err).removeprefix(f"{path}: "), str(path))
+    return OSError(code, os.strerror(code), str(path))
+
+
+class _Writer:
+    """Write access to one database directory, with Caffe's options; every write is durable when it returns."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        _drop_shared_handle(path)
+        self.errors = self._errors()
+        try:
+            self._open(path)
+        except self.errors as err:
+            raise _disk_error(path, err) from None
+
+    def put_many(self, records: list[tuple[bytes, bytes]], ordered: bool = True) -> None:
+        """Write `records` in one transaction, durable when this returns."""
+        if not records:
+            return
+        try:
+            self._put(records, ordered)
+        except self.errors as err:
+            raise _disk_error(self.path, err, need=sum(len(k) + len(v) for k, v in records)) from None
+
+
+class LmdbWriter(_Writer):
+    @staticmethod
+    def _errors():
+        import lmdb
+        return lmdb.Error
+
+    def _open(self, path: Path) -> None:
+        import lmdb
+        self.env = lmdb.open(str(path), map_size=LMDB_MAP_SIZE, subdir=True, meminit=False, max_dbs=0)
+
+    def _put(self, records, ordered: bool) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.cursor().putmulti(records, append=ordered)
+
+    def keys(self) -> Iterator[bytes]:
+        with self.env.begin() as txn:
+            yield from txn.cursor().iternext(keys=True, values=False)
+
+    def items_after(self, key: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        with self.env.begin() as txn:
+            cursor = txn.cursor()
+            if key is None:
+                found = cursor.first()
+            elif cursor.set_range(key) and cursor.key() == key:
+                found = cursor.next()
+            else:
+                found = cursor.key() != b""
+            while found:
+                yield cursor.key(), cursor.value()
+                found = cursor.next()
+
+    def last_key(self) -> bytes | None:
+        with self.env.begin() as txn:
+            cursor = txn.cursor()
+            return bytes(cursor.key()) if cursor.last() else None
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class LevelDbWriter(_Writer):
+    @staticmethod
+    def _errors():
+        import plyvel
+        return plyvel.Error
+
+    def _open(self, path: Path) -> None:
+        import plyvel
+        self.db = plyvel.DB(str(path), create_if_missing=True, write_buffer_size=256 << 20, block_size=65536,
+                            max_open_files=100)
+
+    def _put(self, records, ordered: bool) -> None:
+        with self.db.write_batch(sync=True) as batch:
+            for key, value in records:
+                batch.put(key, value)
+
+    def keys(self) -> Iterator[bytes]:
+        yield from self.db.iterator(include_value=False)
+
+    def items_after(self, key: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        yield from self.db.iterator() if key is None else self.db.iterator(start=key, include_start=False)
+
+    def last_key(self) -> bytes | None:
+        for key in self.db.iterator(reverse=True, include_value=False):
+            return key
+        return None
+
+    def close(self) -> None:
+        self.db.close()
+
+
+# ---------------------------------------------------------------- reading
+
 class _Shared:
     """A reader of an LMDB or LevelDB directory through the process's shared handle: nothing to carry across a
     fork or a pickle but the path."""
@@ -80,7 +192,7 @@ class _Shared:
 class Lmdb(_Shared):
     """An LMDB directory (data.mdb), opened read-only without a lock file, as Caffe's db_lmdb reads."""
 
-    kind, marker = "lmdb", "data.mdb"
+    kind, marker, writer = "lmdb", "data.mdb", LmdbWriter
 
     @staticmethod
     def open_handle(path: Path, key: str, inherited):
@@ -151,7 +263,7 @@ def _check_lmdb_size(path: Path, env) -> None:
 class LevelDb(_Shared):
     """A LevelDB directory (CURRENT), as Caffe's db_leveldb."""
 
-    kind, marker = "leveldb", "CURRENT"
+    kind, marker, writer = "leveldb", "CURRENT", LevelDbWriter
 
     @staticmethod
     def open_handle(path: Path, key: str, inherited):
@@ -395,120 +507,8 @@ def is_complete(db_path: str | os.PathLike) -> bool:
     return True
 
 
-# ---------------------------------------------------------------- writing
-
-def _disk_error(path: Path, err: Exception, need: int = 0) -> OSError:
-    """A database's write error as an OSError naming the database. LMDB reports a full disk as "Input/output
-    error" (mdb_txn_commit) and names no file, so ask the file system whether it is read-only or has less room
-    than the transaction needed (`need` bytes of records, twice over for the pages, and 1 MiB)."""
-    disk = os.statvfs(path)
-    if disk.f_flag & os.ST_RDONLY:
-        code = errno.EROFS
-    elif disk.f_bavail * disk.f_frsize < 2 * need + (1 << 20):
-        code = errno.ENOSPC
-    else:
-        return OSError(errno.EIO, str(err).removeprefix(f"{path}: "), str(path))
-    return OSError(code, os.strerror(code), str(path))
-
-
-class _Writer:
-    """Write access to one database directory, with Caffe's options; every write is durable when it returns."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.mkdir(parents=True, exist_ok=True)
-        _drop_shared_handle(path)
-
-    def put_many(self, records: list[tuple[bytes, bytes]], ordered: bool = True) -> None:
-        """Write `records` in one transaction, durable when this returns."""
-        if not records:
-            return
-        try:
-            self._put(records, ordered)
-        except self.errors as err:
-            raise _disk_error(self.path, err, need=sum(len(k) + len(v) for k, v in records)) from None
-
-
-class LmdbWriter(_Writer):
-    backend = "lmdb"
-
-    def __init__(self, path: Path):
-        super().__init__(path)
-        import lmdb
-        self.errors = lmdb.Error
-        try:
-            self.env = lmdb.open(str(path), map_size=LMDB_MAP_SIZE, subdir=True, meminit=False, max_dbs=0)
-        except lmdb.Error as err:
-            raise _disk_error(path, err) from None
-
-    def _put(self, records, ordered: bool) -> None:
-        with self.env.begin(write=True) as txn:
-            txn.cursor().putmulti(records, append=ordered)
-
-    def keys(self) -> Iterator[bytes]:
-        with self.env.begin() as txn:
-            yield from txn.cursor().iternext(keys=True, values=False)
-
-    def items_after(self, key: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-        with self.env.begin() as txn:
-            cursor = txn.cursor()
-            if key is None:
-                found = cursor.first()
-            elif cursor.set_range(key) and cursor.key() == key:
-                found = cursor.next()
-            else:
-                found = cursor.key() != b""
-            while found:
-                yield cursor.key(), cursor.value()
-                found = cursor.next()
-
-    def last_key(self) -> bytes | None:
-        with self.env.begin() as txn:
-            cursor = txn.cursor()
-            return bytes(cursor.key()) if cursor.last() else None
-
-    def close(self) -> None:
-        self.env.close()
-
-
-class LevelDbWriter(_Writer):
-    backend = "leveldb"
-
-    def __init__(self, path: Path):
-        super().__init__(path)
-        import plyvel
-        self.errors = plyvel.Error
-        try:
-            self.db = plyvel.DB(str(path), create_if_missing=True, write_buffer_size=256 << 20,
-                                block_size=65536, max_open_files=100)
-        except plyvel.Error as err:
-            raise _disk_error(path, err) from None
-
-    def _put(self, records, ordered: bool) -> None:
-        with self.db.write_batch(sync=True) as batch:
-            for key, value in records:
-                batch.put(key, value)
-
-    def keys(self) -> Iterator[bytes]:
-        yield from self.db.iterator(include_value=False)
-
-    def items_after(self, key: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-        yield from self.db.iterator() if key is None else self.db.iterator(start=key, include_start=False)
-
-    def last_key(self) -> bytes | None:
-        for key in self.db.iterator(reverse=True, include_value=False):
-            return key
-        return None
-
-    def close(self) -> None:
-        self.db.close()
-
-
-_WRITERS = {writer.backend: writer for writer in (LmdbWriter, LevelDbWriter)}
-
-
 def open_writer(path: Path, backend: str) -> LmdbWriter | LevelDbWriter:
     """Write access to the database directory `path` of kind `backend` (one of BACKENDS), created if missing."""
-    if backend not in _WRITERS:
+    if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: use one of {BACKENDS}")
-    return _WRITERS[backend](path)
+    return KINDS[backend].writer(path)
