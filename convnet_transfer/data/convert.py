@@ -49,6 +49,7 @@ SLOW_ENV = "CONVNET_TRANSFER_TEST_SLOW_COMMIT"  # tests only: seconds to sleep a
 
 @dataclasses.dataclass
 class DbInfo:
+    """A finished database (or view): where, its kind, its records, and what was skipped."""
     path: Path
     backend: str
     count: int
@@ -76,7 +77,9 @@ def compute_mean(db_path: str | os.PathLike, progress: bool = False) -> np.ndarr
     The sum is exact (int64), so for large databases it is more precise than Caffe's float32 running sum."""
     reader = open_reader(db_path)
     total, shape, count = None, None, 0
-    records = _bar(progress, iter(reader), total=len(reader), unit="img", desc=f"mean of {reader.path.name}")
+    records = iter(reader)
+    if progress:
+        records = _bar(True, records, total=len(reader), unit="img", desc=f"mean of {reader.path.name}")
     for key, value in records:
         array, _ = decode_datum(value)
         if total is None:
