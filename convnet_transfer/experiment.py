@@ -261,7 +261,7 @@ def make_databases(dataset, data_dir: Path, split_names: list[str], settings: Se
         if databases.is_complete(db) and (mean is None or mean.is_file()):
             continue
         try:
-            items = databases._ordered(databases.read_image_list(folder / "files.txt"), 0)
+            items = databases.ordered(databases.read_list(folder / "files.txt", progress=False), 0)
             records = ((databases.make_key(i, name), image(name), label) for i, (name, label) in enumerate(items))
             infos[split] = databases.write_arrays(db, records, mean_path=mean, total=len(items), progress=progress,
                                                   overwrite=db.exists())

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convnet_transfer.data import databases
+from convnet_transfer.data import databases, lists
 from convnet_transfer.formats import protoio
 from convnet_transfer.formats.caffe_pb2 import Datum
 from convnet_transfer.data.images import ImageError, read_image, resize_linear
@@ -211,9 +211,9 @@ def test_list_errors_name_file_and_line(tmp_path):
     files = tmp_path / "files.txt"
     files.write_text("a.jpg 1\nb.jpg two\n")
     with pytest.raises(databases.DatabaseError, match=r"files\.txt:2:"):
-        databases.read_image_list(files)
+        lists.read_list(files)
     files.write_text("dir with space/a b.jpg 3\n\n")
-    assert databases.read_image_list(files) == [("dir with space/a b.jpg", 3)]
+    assert lists.read_list(files) == [("dir with space/a b.jpg", 3)]
 
 
 def test_leveldb_reads_like_lmdb(image_set, tmp_path):
@@ -369,7 +369,7 @@ def test_valid_lists_read_their_images_from_val_root(tmp_path):
     options = dict(resize=(10, 10), workers=0, progress=False)
     reference = databases.convert_data_root(data, folder, splits=["whole_valid"], **options)["whole_valid"]
     val_folder = tmp_path / "val_images"
-    for relpath, _ in databases.read_image_list(data / "whole_valid" / "files.txt"):
+    for relpath, _ in lists.read_list(data / "whole_valid" / "files.txt"):
         (val_folder / relpath).parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(folder / relpath), str(val_folder / relpath))
     moved = tmp_path / "moved"

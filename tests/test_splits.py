@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from convnet_transfer.data import splits
+from convnet_transfer.data import lists, splits
 from convnet_transfer.cli.make_splits import main as make_splits_cli
 
 VALID_2014 = [f"half{s}{h}_valid/files.txt" for s in range(4) for h in "AB"] + \
@@ -286,11 +286,11 @@ def test_bad_groups(tmp_path, groups, message):
 
 def test_read_list_and_manifest(tmp_path):
     (tmp_path / "l.txt").write_text("dir with space/a b.JPEG 3\r\n\nx.png  1\n")
-    assert splits.read_list(tmp_path / "l.txt") == [("dir with space/a b.JPEG", 3), ("x.png", 1)]
+    assert lists.read_list(tmp_path / "l.txt") == [("dir with space/a b.JPEG", 3), ("x.png", 1)]
     (tmp_path / "m.txt").write_text("83f4e664c68213ba43dd9b4465dd7d4e  half0A_train/files.txt\nbad\n")
     with pytest.raises(splits.SplitError, match="m.txt:2"):
         splits.read_manifest(tmp_path / "m.txt")
-    assert splits.list_bytes([("a", 1), ("b", 0)]) == b"a 1\nb 0\n"
+    assert lists.list_bytes([("a", 1), ("b", 0)]) == b"a 1\nb 0\n"
 
 
 # --- the command line ---------------------------------------------------------------------------------------------

@@ -129,18 +129,35 @@ def main(train_list, val_list, out_dir, classes_file, n_classes, seeds, reduced,
     if out_dir is None:
         raise click.UsageError("give --out, the folder to write the split lists to")
 
-    shipped = ilsvrc12_dir() / "synsets.txt"
+    classes, n_classes = _classes(classes_file, n_classes)
+    is_ilsvrc = classes == splits.ilsvrc12_classes()
+    natman_from = natman_from or ("shipped" if is_ilsvrc else "none")
+    groups = _groupings(natman_from, is_ilsvrc, classes, n_classes, group_specs, say)
+    published = _published(manifest, is_ilsvrc, natman_from, say)
+    try:
+        splits.make_splits(
+            train_list, val_list, out_dir, n_classes=n_classes, seeds=_ints(seeds, "--seeds"), groups=groups,
+            reduced=_ints(reduced, "--reduced"), published_md5=published, accept_new=accept_new,
+            short_classes=short_classes or ("keep" if is_ilsvrc else "error"), progress=not no_progress, log=say)
+    except splits.SplitError as err:
+        raise click.ClickException(str(err))
+
+
+def _classes(classes_file: Path | None, n_classes: int | None) -> tuple[list[str] | None, int]:
+    """The class list (--classes, or the shipped ILSVRC-2012 one unless only --n-classes is given) and its size."""
     classes = None
     if n_classes is None or classes_file is not None:
-        classes = _read_classes(classes_file or shipped)
+        classes = _read_classes(classes_file or ilsvrc12_dir() / "synsets.txt")
         if n_classes is not None and n_classes != len(classes):
             raise click.BadParameter(f"{n_classes} classes, but {classes_file} lists {len(classes)}",
                                      param_hint="--n-classes")
         n_classes = len(classes)
-    is_ilsvrc = classes == splits.ilsvrc12_classes()
+    return classes, n_classes
 
+
+def _groupings(natman_from: str, is_ilsvrc: bool, classes, n_classes: int, group_specs, say) -> dict:
+    """{name: (classes A, classes B)}: the natural/man-made halves (--natman-from) and each --group."""
     groups = {}
-    natman_from = natman_from or ("shipped" if is_ilsvrc else "none")
     if natman_from == "shipped":
         if not is_ilsvrc:
             raise click.BadParameter("the shipped grouping is for the 1000 ILSVRC-2012 classes in Caffe's order; "
@@ -162,7 +179,11 @@ def main(train_list, val_list, out_dir, classes_file, n_classes, seeds, reduced,
         if name in groups:
             raise click.BadParameter(f"grouping {name!r} given twice", param_hint="--group")
         groups[name] = grouping
+    return groups
 
+
+def _published(manifest: str | None, is_ilsvrc: bool, natman_from: str, say) -> dict[str, str]:
+    """The md5s to check the lists against: --manifest, or the 2014 ones for ILSVRC-2012 classes."""
     if manifest is None:
         published = splits.published_md5_2014() if is_ilsvrc else {}
         if is_ilsvrc and natman_from != "shipped":
@@ -170,18 +191,10 @@ def main(train_list, val_list, out_dir, classes_file, n_classes, seeds, reduced,
             published = {k: v for k, v in published.items() if not k.startswith("halfnatman")}
             if natman_from == "wordnet":
                 say("note: halfnatmanA/B from WordNet are not the 2014 lists; they are not checked")
-    elif manifest.lower() == "none":
-        published = {}
-    else:
-        try:
-            published = splits.read_manifest(manifest)
-        except splits.SplitError as err:
-            raise click.BadParameter(str(err), param_hint="--manifest")
-
+        return published
+    if manifest.lower() == "none":
+        return {}
     try:
-        splits.make_splits(
-            train_list, val_list, out_dir, n_classes=n_classes, seeds=_ints(seeds, "--seeds"), groups=groups,
-            reduced=_ints(reduced, "--reduced"), published_md5=published, accept_new=accept_new,
-            short_classes=short_classes or ("keep" if is_ilsvrc else "error"), progress=not no_progress, log=say)
+        return splits.read_manifest(manifest)
     except splits.SplitError as err:
-        raise click.ClickException(str(err))
+        raise click.BadParameter(str(err), param_hint="--manifest")

@@ -159,7 +159,7 @@ class CaffeList:
     dissimilar_groups: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        from .splits import read_list
+        from .lists import read_list
 
         self._lists = {"train": read_list(self.train_list)}
         if self.val_list:

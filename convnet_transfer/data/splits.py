@@ -37,125 +37,37 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from convnet_transfer.formats import protoio
 from convnet_transfer.resources import ilsvrc12_dir
+from .errors import Md5MismatchError, SplitError
+from .lists import LARGE_INPUT, MAX_LABEL, check_items, file_md5, list_bytes, progress_bar, read_list
 
 __all__ = [
-    "make_splits", "read_list", "imagenet_groups", "random_halves", "read_manifest", "published_md5_2014",
-    "ilsvrc12_classes", "ilsvrc12_class_names", "list_bytes", "SplitReport", "SplitError", "Md5MismatchError",
-    "REDUCED_2014", "SEEDS_2014", "file_md5",
+    "make_splits", "imagenet_groups", "random_halves", "read_manifest", "published_md5_2014",
+    "ilsvrc12_classes", "ilsvrc12_class_names", "SplitReport", "SplitError", "Md5MismatchError",
+    "REDUCED_2014", "SEEDS_2014",
 ]
 
 SEEDS_2014 = (0, 1, 2, 3)
 REDUCED_2014 = (1, 2, 5, 10, 25, 50, 100, 250, 500, 750, 1000)
 PHASES = ("train", "valid")
 MANIFEST = "md5sums.txt"
-LARGE_INPUT = 100_000  # lines: show progress bars from this size on
-MAX_LABEL = 2**31 - 1  # a Datum's label is an int32
 
 ImageList = Sequence[tuple[str, int]]  # [(relpath, label), ...]
-
-
-class SplitError(ValueError):
-    """Bad input to the split stage: the message names the file (and line) and what to do. Nothing was written."""
-
-
-class Md5MismatchError(SplitError):
-    """A list's md5 differs from the published one."""
-
-    def __init__(self, message: str, name: str, expected: str, actual: str):
-        super().__init__(message)
-        self.name, self.expected, self.actual = name, expected, actual
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Reading
 
-def read_list(path: str | os.PathLike, n_classes: int | None = None, progress: bool = True) -> list[tuple[str, int]]:
-    """Read a Caffe image list: `<relative/path> <class index>` per line (the label is the last space-separated
-    field, as in Caffe's convert_imageset). Blank lines are skipped.
-
-    The one reader of the format: make_splits, make_dbs (databases.read_image_list) and the `list` dataset use it.
-    Raises SplitError naming file:line for a line without a label, a label that is not a non-negative integer
-    (or not below `n_classes` when given, or too large for a Datum's int32 label), an image listed twice, a file
-    that cannot be read as text, or a list with no image.
-    """
-    path = Path(path)
-    items: list[tuple[str, int]] = []
-    seen: set[str] = set()
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f, _bar(progress and size > 40 * LARGE_INPUT, total=size, unit="B",
-                                         unit_scale=True, desc=f"reading {path.name}") as bar:
-            for number, raw in enumerate(f, 1):
-                if number % 65536 == 0:
-                    bar.update(f.tell() - bar.n)
-                try:
-                    line = raw.decode("utf-8").strip()
-                except UnicodeDecodeError:
-                    raise SplitError(f"{path}:{number}: not UTF-8 text; is {path} an image list "
-                                     f"('<relative/path> <class index>' per line)?") from None
-                if not line:
-                    continue
-                relpath, label = _parse_line(line, f"{path}:{number}", n_classes)
-                if relpath in seen:
-                    raise SplitError(f"{path}:{number}: image {relpath!r} is listed twice (first at line "
-                                     f"{_first_line(path, relpath)}); remove the duplicate line")
-                seen.add(relpath)
-                items.append((relpath, label))
-    except OSError as err:
-        raise SplitError(f"cannot read image list {path}: {err.strerror or err}; check the path and its "
-                         f"permissions") from None
-    if not items:
-        raise SplitError(f"{path}: no images listed; expected '<relative/path> <class index>' per line")
-    return items
-
-
-def _first_line(path: Path, relpath: str) -> int:
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            parts = raw.decode("utf-8").strip().rsplit(maxsplit=1)
-            if parts and parts[0] == relpath:
-                return number
-    return 0
-
-
-def _parse_line(line: str, where: str, n_classes: int | None) -> tuple[str, int]:
-    parts = line.rsplit(maxsplit=1)
-    if len(parts) < 2:
-        raise SplitError(f"{where}: {line!r} has no label; expected '<relative/path> <class index>'")
-    relpath, label_text = parts
-    if not (label_text.isascii() and label_text.isdigit()):
-        raise SplitError(f"{where}: label {label_text!r} is not a class index (a non-negative integer); "
-                         f"expected '<relative/path> <class index>'")
-    label = int(label_text)
-    if label > MAX_LABEL:
-        raise SplitError(f"{where}: label {label} is too large: a Caffe Datum stores its label as an int32 (at "
-                         f"most {MAX_LABEL}); number the classes 0..K-1")
-    if n_classes is not None and label >= n_classes:
-        raise SplitError(f"{where}: label {label} is out of range: there are {n_classes} classes (0..{n_classes - 1})"
-                         f"; check the class list or --n-classes")
-    return relpath, label
-
-
 def _as_list(source, n_classes: int, progress: bool, what: str) -> tuple[list[tuple[str, int]], str]:
-    """A list given as a path or as (relpath, label) pairs, checked like read_list; returns it and its name."""
+    """A list given as a path or as (relpath, label) pairs, checked by the list rules; returns it and its name."""
     if isinstance(source, (str, os.PathLike)):
         return read_list(source, n_classes, progress), str(source)
-    items, seen = [], {}
-    for number, (relpath, label) in enumerate(source, 1):
-        where = f"{what} list, entry {number}"
-        relpath, label = _parse_line(f"{relpath} {label}", where, n_classes)
-        if relpath in seen:
-            raise SplitError(f"{where}: image {relpath!r} is listed twice (first at entry {seen[relpath]})")
-        seen[relpath] = number
-        items.append((relpath, label))
-    if not items:
-        raise SplitError(f"the {what} list is empty")
-    return items, f"the {what} list"
+    return check_items(source, n_classes, what), f"the {what} list"
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, str]:
@@ -213,11 +125,6 @@ def random_halves(n_classes: int, seed: int) -> tuple[list[int], list[int]]:
     half_a = sorted(int(c) for c in rng.choice(np.arange(n_classes), n_classes // 2, replace=False))
     chosen = set(half_a)
     return half_a, [c for c in range(n_classes) if c not in chosen]
-
-
-def list_bytes(items: Iterable[tuple[str, int]]) -> bytes:
-    """The exact bytes of a files.txt: `<path> <label>\\n` per line (what the published md5s were taken of)."""
-    return "".join(f"{relpath} {label}\n" for relpath, label in items).encode("utf-8")
 
 
 @dataclass
@@ -333,6 +240,26 @@ def make_splits(train_list: str | os.PathLike | ImageList | None = None,
     written nothing.
     """
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    _check_arguments(n_classes, short_classes, train_list, val_list)
+    out_dir = Path(out_dir)
+    plan = _plan(n_classes, seeds, groups, reduced)
+    published = dict(published_md5 or {})
+    report = SplitReport(out_dir)
+    inputs = {phase: _as_list(source, n_classes, progress, phase)
+              for phase, source in (("train", train_list), ("valid", val_list)) if source is not None}
+    _check_inputs_published(inputs, published, accept_new, say)
+    if "train" in inputs:
+        _check_short_classes(inputs["train"], n_classes, plan, short_classes, report, say)
+    jobs = [(split, phase) for phase in PHASES if phase in inputs for split in plan
+            if not (split.train_only and phase == "valid")]
+    large = progress and max(len(items) for items, _ in inputs.values()) >= LARGE_INPUT
+    _write_lists(out_dir, jobs, inputs, n_classes, large, report,
+                 check=lambda: _check_published(report, published, accept_new, say))
+    say(report.summary())
+    return report
+
+
+def _check_arguments(n_classes: int, short_classes: str, train_list, val_list) -> None:
     if short_classes not in ("error", "keep"):
         raise ValueError(f"short_classes must be 'error' or 'keep', not {short_classes!r}")
     if n_classes < 2:
@@ -342,17 +269,10 @@ def make_splits(train_list: str | os.PathLike | ImageList | None = None,
                          f"classes")
     if train_list is None and val_list is None:
         raise SplitError("give a train list, a validation list, or both")
-    out_dir = Path(out_dir)
-    plan = _plan(n_classes, seeds, groups, reduced)
-    published = dict(published_md5 or {})
-    report = SplitReport(out_dir)
 
-    inputs = {}
-    for phase, source in (("train", train_list), ("valid", val_list)):
-        if source is not None:
-            inputs[phase] = _as_list(source, n_classes, progress, phase)
 
-    # Say first when the input is not the published one: every derived md5 then differs too.
+def _check_inputs_published(inputs: dict, published: Mapping[str, str], accept_new: bool, say) -> None:
+    """Say first when an input is not the published one: every derived md5 then differs too."""
     for phase, (items, name) in inputs.items():
         key = f"whole_{phase}/files.txt"
         if key in published:
@@ -367,38 +287,20 @@ def make_splits(train_list: str | os.PathLike | ImageList | None = None,
                                            "(accept_new=True).", key, published[key], actual)
                 say("note: " + message + " Accepting new lists (--accept-new).")
 
-    if "train" in inputs:
-        _check_short_classes(inputs["train"], n_classes, plan, short_classes, report, say)
 
-    jobs = [(split, phase) for phase in PHASES if phase in inputs for split in plan
-            if not (split.train_only and phase == "valid")]
-    large = progress and max(len(items) for items, _ in inputs.values()) >= LARGE_INPUT
+def _write_lists(out_dir: Path, jobs, inputs: dict, n_classes: int, large: bool, report: SplitReport,
+                 check: Callable[[], None]) -> None:
+    """Stage every list and the manifest, `check` their md5s, then rename them into place and verify them."""
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out_dir)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".make_splits-{os.getpid()}-", dir=out_dir))
     except OSError as err:   # name the output folder, not the staging folder that could not be made in it
-        raise type(err)(err.errno, err.strerror, str(out_dir)) from None
+        raise protoio.os_error_naming(err, out_dir) from None
     try:
-        staged: list[tuple[str, str | None]] = []  # (relative name, md5 to check after writing)
-        with _bar(large, total=len(jobs), desc="making lists", unit="list") as bar:
-            for split, phase in jobs:
-                items, _ = inputs[phase]
-                lines, idxmap = _select(items, split)
-                if not lines:   # read_list refuses an empty list: never write one
-                    raise SplitError(f"{split.name}_{phase}/files.txt would list no image: {inputs[phase][1]} has no "
-                                     f"image of its classes {_some(split.classes)}; add "
-                                     f"{'validation' if phase == 'valid' else 'train'} images of them")
-                if idxmap is None:
-                    idxmap = [(c, c) for c in range(n_classes)]
-                folder = f"{split.name}_{phase}"
-                files_md5 = _stage(staging, f"{folder}/files.txt", list_bytes(lines))
-                _stage(staging, f"{folder}/idxmap.txt", "".join(f"{o} {n}\n" for o, n in idxmap).encode())
-                report.md5[f"{folder}/files.txt"] = files_md5
-                staged += [(f"{folder}/files.txt", files_md5), (f"{folder}/idxmap.txt", None)]
-                bar.update()
-        _check_published(report, published, accept_new, say)
+        staged = _stage_lists(staging, jobs, inputs, n_classes, large, report)
+        check()
         manifest = "".join(f"{md5}  {name}\n" for name, md5 in report.md5.items()).encode()
         _stage(staging, MANIFEST, manifest)
         staged.append((MANIFEST, None))
@@ -411,8 +313,30 @@ def make_splits(train_list: str | os.PathLike | ImageList | None = None,
         shutil.rmtree(staging, ignore_errors=True)
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()   # failed before writing anything: leave no empty folder behind
-    say(report.summary())
-    return report
+
+
+def _stage_lists(staging: Path, jobs, inputs: dict, n_classes: int, large: bool,
+                 report: SplitReport) -> list[tuple[str, str | None]]:
+    """Each (split, phase)'s files.txt and idxmap.txt in `staging`; returns (relative name, md5 to check after
+    writing) for each, and notes the lists' md5s in `report`."""
+    staged: list[tuple[str, str | None]] = []
+    with progress_bar(large, total=len(jobs), desc="making lists", unit="list") as bar:
+        for split, phase in jobs:
+            items, _ = inputs[phase]
+            lines, idxmap = _select(items, split)
+            if not lines:   # read_list refuses an empty list: never write one
+                raise SplitError(f"{split.name}_{phase}/files.txt would list no image: {inputs[phase][1]} has no "
+                                 f"image of its classes {_some(split.classes)}; add "
+                                 f"{'validation' if phase == 'valid' else 'train'} images of them")
+            if idxmap is None:
+                idxmap = [(c, c) for c in range(n_classes)]
+            folder = f"{split.name}_{phase}"
+            files_md5 = _stage(staging, f"{folder}/files.txt", list_bytes(lines))
+            _stage(staging, f"{folder}/idxmap.txt", "".join(f"{o} {n}\n" for o, n in idxmap).encode())
+            report.md5[f"{folder}/files.txt"] = files_md5
+            staged += [(f"{folder}/files.txt", files_md5), (f"{folder}/idxmap.txt", None)]
+            bar.update()
+    return staged
 
 
 def _some(classes: list[int], shown: int = 10) -> str:
@@ -481,7 +405,7 @@ def _stage(staging: Path, name: str, data: bytes) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     except OSError as err:   # a full disk: name the output folder, not the staging copy (removed again)
-        raise type(err)(err.errno, err.strerror, str(staging.parent)) from None
+        raise protoio.os_error_naming(err, staging.parent) from None
     return hashlib.md5(data).hexdigest()
 
 
@@ -498,17 +422,3 @@ def _install(staging: Path, out_dir: Path, names: list[str], report: SplitReport
             os.fsync(f.fileno())
         os.replace(source, target)
         report.written.append(name)
-
-
-def file_md5(path: str | os.PathLike) -> str:
-    """The md5 of a file (hex), read in 1 MiB blocks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _bar(enabled: bool, **kwargs):
-    from tqdm import tqdm
-    return tqdm(disable=not enabled, file=sys.stderr, leave=False, **kwargs)

@@ -17,7 +17,7 @@ from . import caffe_pb2 as pb
 
 __all__ = [
     "pb", "ProtoFileError", "CAFFE_LAYER_TYPES", "parse_text", "read_text", "write_text", "to_text",
-    "read_binary", "write_binary", "atomic_write_bytes", "file_mode",
+    "read_binary", "write_binary", "atomic_write_bytes", "file_mode", "os_error_naming",
     "read_net", "read_solver", "upgrade_solver", "blob_to_array", "array_to_blob", "read_mean", "write_mean",
 ]
 
@@ -100,8 +100,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o666, 
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(err, OSError) and err.errno is not None:
-            raise type(err)(err.errno, err.strerror, str(path)) from None
+            raise os_error_naming(err, path) from None
         raise
+
+
+def os_error_naming(err: OSError, path: str | os.PathLike) -> OSError:
+    """`err` (same type, errno and text) naming `path` instead of the file it named, or none (write() on a
+    full disk): `raise os_error_naming(err, out_dir) from None` tells the user which of their paths failed."""
+    return type(err)(err.errno, err.strerror, str(path))
 
 
 def write_text(path: str | os.PathLike, message: Message) -> None:

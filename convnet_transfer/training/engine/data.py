@@ -1,7 +1,7 @@
 """The Data layer: batches from a Datum database, transformed as Caffe's DataTransformer does.
 
 `DataLayerSource(layer, phase, device, seed=...)` reads the layer's `data_param.source` (LMDB, LevelDB, or a
-key-list view that `convnet_transfer.data.databases.open_reader` understands) in key order, `batch_size` records a
+key-list view: `convnet_transfer.data.stores`, a backend per kind) in key order, `batch_size` records a
 batch, and rewinds at the end ("Restarting data prefetching from start.") like Caffe's DataLayer.
 
 Transformation (data_transformer.cpp): `(x - mean) * scale`, mean from `mean_file` (a full-size mean, subtracted
@@ -33,9 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convnet_transfer.data import stores
+from convnet_transfer.data.errors import DatabaseError
 from convnet_transfer.formats import caffe_pb2 as pb
 from convnet_transfer.training import processes
 from convnet_transfer.formats import protoio
+from convnet_transfer.formats.wire import FIXED32, FIXED64, LENGTH_DELIMITED, VARINT, read_varint
 from . import glog
 from .errors import EngineError
 from .net import channels_last_on
@@ -54,20 +57,9 @@ class DataError(EngineError):
 def decode_record(value) -> tuple[np.ndarray, int]:
     """Datum bytes -> (array C,H,W: uint8 for pixel data, BGR for colour; float32 for float_data; label); encoded
     images decoded as Caffe's DecodeDatumNative."""
-    from convnet_transfer.data.databases import decode_datum
+    from convnet_transfer.data.records import decode_datum
     array, label = decode_datum(bytes(value))
     return np.asarray(array), int(label)
-
-
-def _varint(buf, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
 
 
 def raw_datum_layout(value) -> tuple[int, tuple[int, int, int], int] | None:
@@ -78,23 +70,23 @@ def raw_datum_layout(value) -> tuple[int, tuple[int, int, int], int] | None:
     pos, end = 0, len(value)
     try:
         while pos < end:
-            tag, pos = _varint(value, pos)
+            tag, pos = read_varint(value, pos)
             number, wire = tag >> 3, tag & 7
-            if wire == 0:
-                field, pos = _varint(value, pos)
+            if wire == VARINT:
+                field, pos = read_varint(value, pos)
                 if number == 7 and field:             # encoded: true
                     return None
                 fields[number] = field
-            elif wire == 2:
-                length, pos = _varint(value, pos)
+            elif wire == LENGTH_DELIMITED:
+                length, pos = read_varint(value, pos)
                 if number == 4:
                     data = (pos, length)
                 elif number == 6 and length:          # packed float_data
                     return None
                 pos += length
-            elif wire == 5 and number != 6:
+            elif wire == FIXED32 and number != 6:
                 pos += 4
-            elif wire == 1:
+            elif wire == FIXED64:
                 pos += 8
             else:                                    # float_data, or not protobuf
                 return None
@@ -220,48 +212,25 @@ def _worker_init(batch: np.ndarray, trainer: int) -> None:
 
 
 class _Cursor:
-    """Key-ordered records of one database, with `seek(key)` where the backend allows it (LMDB, LevelDB)."""
+    """Key-ordered records of one database, rewinding at the end as Caffe's DataLayer; `seek(key)` where the
+    backend allows it (LMDB, LevelDB: `seekable`), else by position."""
 
-    def __init__(self, path: Path, backend: str):
+    def __init__(self, path: Path):
         self.path = path
-        self.kind = _kind(path)
-        from convnet_transfer.data.databases import DatabaseError
         try:
-            self._open(path)
+            # one handle per database and process, shared with every other reader of it in this process
+            self._scan = stores.open_reader(path).scan()
         except DatabaseError as err:
             raise DataError(str(err)) from None
+        self.size, self.seekable = self._scan.size, self._scan.seekable
         if self.size == 0:
             raise DataError(f"{path}: the database is empty; re-create it (tools/make_dbs).")
         self._iter = None
         self.seek(None)
 
-    def _open(self, path: Path) -> None:
-        from convnet_transfer.data.databases import open_reader, shared_handle
-        # one handle per database and process, shared with every other reader of it in this process
-        # (py-lmdb refuses to open an environment twice; LevelDB locks its directory)
-        if self.kind == "lmdb":
-            self._txn = shared_handle(path).begin(buffers=True)   # values: views of the memory map, no copy
-            self.size = self._txn.stat()["entries"]
-        elif self.kind == "leveldb":
-            self._db = shared_handle(path)
-            self.size = sum(1 for _ in self._db.iterator(include_value=False))
-        else:
-            self._reader = open_reader(path)
-            self.size = len(self._reader)
-
     def seek(self, key: bytes | None, skip: int = 0) -> None:
         """Position at `key` (the first record when None), else at the first record plus `skip`."""
-        if self.kind == "lmdb":
-            cursor = self._txn.cursor()
-            if key is None:
-                cursor.first()
-            elif not cursor.set_range(key):
-                cursor.first()
-            self._iter = cursor.iternext(keys=True, values=True)
-        elif self.kind == "leveldb":
-            self._iter = self._db.iterator(start=key) if key is not None else self._db.iterator()
-        else:
-            self._iter = iter(self._reader)
+        self._iter = self._scan.seek(key)
         self._lookahead = next(self._iter, None)
         if key is None:
             for _ in range(skip):
@@ -284,17 +253,7 @@ class _Cursor:
 
     def close(self) -> None:
         """End this cursor's read transaction; the shared handle stays open for the process's other readers."""
-        if self.kind == "lmdb" and self._txn is not None:
-            self._txn.abort()
-            self._txn = None
-
-
-def _kind(path: Path) -> str:
-    if (path / "data.mdb").exists():
-        return "lmdb"
-    if (path / "CURRENT").exists():
-        return "leveldb"
-    return "other"
+        self._scan.close()
 
 
 # ---------------------------------------------------------------- the source
@@ -324,29 +283,9 @@ class DataLayerSource:
         self.scale = float(tp.scale)
 
         source = Path(dp.source)
-        if not source.exists():
-            raise DataError(f"layer '{layer.name}': data source {source} not found (paths are relative to the "
-                            f"directory caffe runs in: {Path.cwd()}); create the database or fix data_param.source.")
-        backend = pb.DataParameter.DB.Name(dp.backend)
-        kind = _kind(source)
-        if kind in ("lmdb", "leveldb") and kind != backend.lower():
-            raise DataError(f"layer '{layer.name}': data source {source} is a {kind.upper()} database but "
-                            f"data_param.backend is {backend}; set `backend: {kind.upper()}`.")
-        self._cursor = _Cursor(source, backend)
+        self._cursor = _open_source(layer.name, source, pb.DataParameter.DB.Name(dp.backend))
         self.size = self._cursor.size
-
-        first_key, first_value = self._cursor._lookahead
-        first, _ = self._decode(bytes(first_key), first_value)
-        self.datum_shape, self.dtype = tuple(first.shape), first.dtype
-        self.encoded = pb.Datum.FromString(bytes(first_value)).encoded
-        channels, height, width = self.datum_shape
-        if self.crop and (self.crop > height or self.crop > width):
-            raise DataError(f"layer '{layer.name}': crop_size {self.crop} is larger than the images "
-                            f"({height}x{width}) in {source}.")
-        out_h, out_w = (self.crop, self.crop) if self.crop else (height, width)
-        self.shapes = {self.tops[0]: (self.batch_size, channels, out_h, out_w)}
-        if len(self.tops) > 1:
-            self.shapes[self.tops[1]] = (self.batch_size,)
+        self._read_first(layer.name, source)
 
         self._mean_numpy = self._load_mean(tp, layer.name, source)
         self.mean = None if self._mean_numpy is None else torch.from_numpy(self._mean_numpy).to(self.device)
@@ -368,6 +307,21 @@ class DataLayerSource:
         self._copy_stream = None
         self._rng_state = self.rng.bit_generator.state   # after the draws of the last batch consumed
         self._start(None)
+
+    def _read_first(self, name: str, source: Path) -> None:
+        """The record shape, dtype and encoding, from the first record; the tops' shapes."""
+        first_key, first_value = self._cursor._lookahead
+        first, _ = self._decode(bytes(first_key), first_value)
+        self.datum_shape, self.dtype = tuple(first.shape), first.dtype
+        self.encoded = pb.Datum.FromString(bytes(first_value)).encoded
+        channels, height, width = self.datum_shape
+        if self.crop and (self.crop > height or self.crop > width):
+            raise DataError(f"layer '{name}': crop_size {self.crop} is larger than the images "
+                            f"({height}x{width}) in {source}.")
+        out_h, out_w = (self.crop, self.crop) if self.crop else (height, width)
+        self.shapes = {self.tops[0]: (self.batch_size, channels, out_h, out_w)}
+        if len(self.tops) > 1:
+            self.shapes[self.tops[1]] = (self.batch_size,)
 
     def _load_mean(self, tp: pb.TransformationParameter, name: str, source: Path) -> np.ndarray | None:
         """The mean to subtract (float32): the mean file's (C,H,W) image, or mean_value per channel (C,1,1)."""
@@ -595,7 +549,7 @@ class DataLayerSource:
         self._stop_thread()   # it has drawn ahead for the batches it prefetched
         self.rng.bit_generator.state = self._rng_state = state["rng"]
         key = bytes.fromhex(state["next_key"]) if state.get("next_key") else None
-        if self._cursor.kind == "other":
+        if not self._cursor.seekable:
             key = None
         self._start(key)
 
@@ -611,6 +565,18 @@ class DataLayerSource:
             self.close()
         except Exception:
             pass
+
+
+def _open_source(name: str, source: Path, backend: str) -> _Cursor:
+    """A cursor on the layer's data source, which must exist and be of the kind data_param.backend names."""
+    if not source.exists():
+        raise DataError(f"layer '{name}': data source {source} not found (paths are relative to the "
+                        f"directory caffe runs in: {Path.cwd()}); create the database or fix data_param.source.")
+    kind = stores.kind_of(source)
+    if kind in stores.BACKENDS and kind != backend.lower():
+        raise DataError(f"layer '{name}': data source {source} is a {kind.upper()} database but "
+                        f"data_param.backend is {backend}; set `backend: {kind.upper()}`.")
+    return _Cursor(source)
 
 
 def _transform_param(layer: pb.LayerParameter) -> pb.TransformationParameter:

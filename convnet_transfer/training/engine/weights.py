@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from convnet_transfer.formats import protoio
+from convnet_transfer.formats import protoio, wire
 from convnet_transfer.formats.protoio import pb
 from .errors import EngineError
 from .upgrade import upgrade_net
@@ -59,21 +59,8 @@ def blob_values(blob: pb.BlobProto) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _packed_floats(field_number: int, array: np.ndarray) -> bytes:
-    data = np.ascontiguousarray(array, dtype="<f4").tobytes()
-    return _varint(field_number << 3 | 2) + _varint(len(data)) + data
+    return wire.length_delimited(field_number, np.ascontiguousarray(array, dtype="<f4").tobytes())
 
 
 def array_to_blob_fast(array: np.ndarray, diff: np.ndarray | None = None) -> pb.BlobProto:
