@@ -302,17 +302,17 @@ def make_nets(nets_dir: Path, data_dir: Path, settings: Settings, n_classes: dic
 
 def check_trained_settings(nets_dir: Path, data_dir: Path) -> None:
     """Stop before training anything when nets in `nets_dir` were trained with other settings than this run
-    rendered (slurm.changed_nets: another --iterations, solver or batch size, or a base net retrained since):
+    rendered (tree.changed_nets: another --iterations, solver or batch size, or a base net retrained since):
     resuming them would mix the two. The message names the setting and how to start fresh."""
-    from .training import slurm
+    from .nets import tree
     try:
-        changed = slurm.changed_nets(slurm.read_tree(nets_dir))
-    except slurm.TreeError as err:
+        changed = tree.changed_nets(tree.read_tree(nets_dir))
+    except tree.TreeError as err:
         raise ExperimentError(str(err)) from None
     if changed:
         raise ExperimentError(f"{nets_dir}: {len(changed)} nets were trained with other settings (or base net weights) "
                               f"than this run's: "
-                              f"{slurm.format_changes(changed)}; nothing was trained and nothing deleted. Run again "
+                              f"{tree.format_changes(changed)}; nothing was trained and nothing deleted. Run again "
                               f"with the settings they were trained with, or start fresh: another --out, or delete "
                               f"{nets_dir} (the lists and databases in {data_dir} are kept)")
 
@@ -321,13 +321,14 @@ def check_trained_settings(nets_dir: Path, data_dir: Path) -> None:
 
 def trainer_env(engine: str = "torch", gpus: str | None = None) -> dict[str, str]:
     """This process's environment with CAFFE, the trainer train.sh runs (engine torch, caffe or auto), and the
-    variables real Caffe needs (slurm.trainer_env); raises ExperimentError when that engine cannot train here
+    variables real Caffe needs (runners.trainer_env); raises ExperimentError when that engine cannot train here
     (real Caffe asked for and not found; GPUs asked for that PyTorch here does not see)."""
-    from .training import local_runner, slurm
+    from .nets.tree import TreeError
+    from .training import local_runner, runners
     try:
-        env = slurm.trainer_env(engine, base=os.environ)
+        env = runners.trainer_env(engine, base=os.environ)
         local_runner.check_gpus(gpus, env["CAFFE"])
-    except slurm.TreeError as err:
+    except TreeError as err:
         raise ExperimentError(str(err)) from None
     return env
 
@@ -335,10 +336,11 @@ def trainer_env(engine: str = "torch", gpus: str | None = None) -> dict[str, str
 def _check_not_training(nets_dir: Path) -> None:
     """Raise ExperimentError when an earlier run's trainers are still at work in `nets_dir` (stopping after a
     kill, or a run still going): this run would race them."""
-    from .training import local_runner, slurm
+    from .nets.tree import TreeError
+    from .training import local_runner
     try:
         local_runner.check_not_training(nets_dir)
-    except slurm.TreeError as err:
+    except TreeError as err:
         raise ExperimentError(str(err)) from None
 
 
@@ -346,6 +348,7 @@ def train_nets(nets_dir: Path, engine: str = "torch", jobs: int = 2, gpus: str |
                progress: bool = True, quiet: bool = False):
     """Stage 4: train every net with `jobs` workers in dependency order (base nets first) through the local
     runner; finished nets are skipped, interrupted ones resume from their newest .solverstate."""
+    from .nets.tree import TreeError
     from .training import local_runner
     env = trainer_env(engine, gpus)
     if gpus is None:       # share the cores: one BLAS/OpenMP thread pool per trainer, no more threads than cores
@@ -354,7 +357,7 @@ def train_nets(nets_dir: Path, engine: str = "torch", jobs: int = 2, gpus: str |
             env.setdefault(var, threads)
     try:
         return local_runner.run_local(nets_dir, jobs=jobs, env=env, gpus=gpus, progress=progress, quiet=quiet)
-    except local_runner.TreeError as err:
+    except TreeError as err:
         raise ExperimentError(str(err)) from None
 
 
@@ -653,4 +656,5 @@ def _at_once(jobs: int, gpus: str | None) -> str:
 
 
 def _finished(net_dir: Path, max_iter: int) -> bool:
-    return (net_dir / f"snapshot_iter_{max_iter}.caffemodel").exists()
+    from .formats.snapshots import snapshot_name
+    return (net_dir / snapshot_name("snapshot", max_iter)).exists()

@@ -24,7 +24,6 @@ def make_tree(root: str | os.PathLike, nets: list[dict], *, seconds_per_iter: fl
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     by_name = {n["name"]: n for n in nets}
-    templates = netgen._environment(None)
     entries = []
     for spec in nets:
         name = spec["name"]
@@ -39,8 +38,8 @@ def make_tree(root: str | os.PathLike, nets: list[dict], *, seconds_per_iter: fl
         if base and not (d / "basenet").is_symlink():
             (d / "basenet").symlink_to(f"../{base}")
         base_spec = by_name.get(base, {})
-        (d / "train.sh").write_text(netgen._render(
-            templates, "train.sh.j2", name=name, description=f"{spec.get('kind', 'base')} net of a test tree",
+        (d / "train.sh").write_text(netgen.render_template(
+            None, "train.sh.j2", name=name, description=f"{spec.get('kind', 'base')} net of a test tree",
             arch="fake", solver_file="solver.prototxt", snapshot_prefix=name, max_iter=n_iter, base=base,
             base_prefix=base, base_max_iter=base_spec.get("max_iter", max_iter)))
         (d / "train.sh").chmod(0o755)

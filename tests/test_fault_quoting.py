@@ -77,8 +77,8 @@ def with_snapshot_prefix(root: Path, name: str, prefix: str, max_iter: int = 20)
     solver = (net_dir / "solver.prototxt").read_text()
     solver = solver.replace(f'snapshot_prefix: "{name}"', f'snapshot_prefix: "{prefix}"')
     (net_dir / "solver.prototxt").write_text(solver)
-    (net_dir / "train.sh").write_text(netgen._render(
-        netgen._environment(None), "train.sh.j2", name=name, description="base net of a test tree", arch="fake",
+    (net_dir / "train.sh").write_text(netgen.render_template(
+        None, "train.sh.j2", name=name, description="base net of a test tree", arch="fake",
         solver_file="solver.prototxt", snapshot_prefix=prefix, max_iter=max_iter, base=None, base_prefix=None,
         base_max_iter=None))
 

@@ -19,13 +19,13 @@ import pytest
 
 from convnet_transfer.data import datasets
 from convnet_transfer.nets import netgen
-from convnet_transfer.training import slurm
+from convnet_transfer.nets.tree import read_tree, settings_change
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 CAFFE_TORCH = f"{PYTHON} {REPO / 'tools' / 'caffe_torch'}"
 TRAINED_WITH = "max_iter 30 -> 40"          # the quick run's 30 iterations, then --iterations 40
-RECORD = "trained_with.txt"                # what train.sh records a net is trained with (slurm.RECORD)
+RECORD = "trained_with.txt"                # what train.sh records a net is trained with (tree.RECORD)
 
 needs_data = pytest.mark.skipif(
     not (datasets.FASHION_MNIST_ROOT / "train-labels-idx1-ubyte.gz").exists(),
@@ -105,17 +105,17 @@ def test_train_sh_and_status_name_the_same_change(tmp_path):
     assert "imagenet_solver.prototxt: max_iter: 450\n" in record and "#" not in record
     assert f"weights: {hashlib.md5(b'base weights').hexdigest()} basenet/caffe_imagenet_train_iter_450.caffemodel" \
         in record
-    tree = {n.name: n for n in slurm.read_tree(tmp_path)}
-    assert slurm.settings_change(tree["transfer0A0B_1_1"], tree["half0A"]) is None   # no snapshot yet
+    tree = {n.name: n for n in read_tree(tmp_path)}
+    assert settings_change(tree["transfer0A0B_1_1"], tree["half0A"]) is None   # no snapshot yet
 
     (net / "caffe_imagenet_train_iter_100.solverstate").write_bytes(b"s")
     solver = net / "imagenet_solver.prototxt"
     solver.write_text("# a comment changes nothing\n" + solver.read_text().replace("max_iter", "   max_iter"))
-    assert slurm.settings_change(tree["transfer0A0B_1_1"], tree["half0A"]) is None
+    assert settings_change(tree["transfer0A0B_1_1"], tree["half0A"]) is None
     assert train_sh(net, caffe).returncode == 0                  # same settings: resumed
 
     netgen.render_experiment(None, tmp_path, "data", only="transfer0A0B_1_1", scale=0.001, solver={"max_iter": 500})
-    change = slurm.settings_change(tree["transfer0A0B_1_1"], tree["half0A"])
+    change = settings_change(tree["transfer0A0B_1_1"], tree["half0A"])
     assert change == "imagenet_solver.prototxt: max_iter 450 -> 500"
     proc = train_sh(net, caffe)
     assert proc.returncode == 1 and change in proc.stderr and str(net) in proc.stderr, proc.stderr
@@ -123,8 +123,8 @@ def test_train_sh_and_status_name_the_same_change(tmp_path):
 
     netgen.render_experiment(None, tmp_path, "data", only="transfer0A0B_1_1", scale=0.001)
     (base / "caffe_imagenet_train_iter_450.caffemodel").write_bytes(b"retrained base weights")
-    tree = {n.name: n for n in slurm.read_tree(tmp_path)}
-    change = slurm.settings_change(tree["transfer0A0B_1_1"], tree["half0A"])
+    tree = {n.name: n for n in read_tree(tmp_path)}
+    change = settings_change(tree["transfer0A0B_1_1"], tree["half0A"])
     assert change.startswith("its base net was retrained: basenet/caffe_imagenet_train_iter_450.caffemodel has md5 "
                              + hashlib.md5(b"retrained base weights").hexdigest())
     proc = train_sh(net, caffe)

@@ -147,10 +147,11 @@ def test_gpus_our_engine_cannot_see_stop_before_any_net(tmp_path):
     devices there are, so this holds on a GPU machine too)."""
     import torch
 
-    from convnet_transfer.training.slurm import TreeError, caffe_command
+    from convnet_transfer.nets.tree import TreeError
+    from convnet_transfer.training.runners import trainer_env
     root = make_tree(tmp_path / "tree", small_experiment(seconds_per_iter=0.1))
-    absent = str(torch.cuda.device_count())
+    absent, ours = str(torch.cuda.device_count()), trainer_env("torch")["CAFFE"]
     with pytest.raises(TreeError, match=f"^GPU {absent} asked for, but PyTorch here .* sees {absent} CUDA dev"):
-        run_local(root, jobs=1, gpus=f"{absent},", caffe=caffe_command("torch"), progress=False)   # blank: no slot
+        run_local(root, jobs=1, gpus=f"{absent},", caffe=ours, progress=False)   # blank: no slot
     assert not (root / "local").exists()     # nothing written, nothing started
     assert gpu_slots(" 0,,1, 1") == gpu_slots(["0", "1", " 1 "]) == ["0", "1", "1"] and gpu_slots(None) == []

@@ -23,7 +23,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_tree import FAKE_COMMAND, make_tree, small_experiment, timeline  # noqa: E402
 
+from convnet_transfer.nets import tree  # noqa: E402
 from convnet_transfer.training import realcaffe, slurm  # noqa: E402
+from convnet_transfer.training.runners import trainer_env  # noqa: E402
 import slurm_localhost
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,14 +103,14 @@ def test_trainer_is_real_caffe_with_its_libraries_or_our_engine_or_the_command_g
                                                                                       monkeypatch):
     monkeypatch.delenv("CAFFE", raising=False)
     base = {"LD_LIBRARY_PATH": "/opt/cuda/lib64", "PATH": "/usr/bin"}
-    env = slurm.trainer_env("auto", base=base)
+    env = trainer_env("auto", base=base)
     assert env["CAFFE"] == str(real_caffe.caffe) and env["PATH"] == "/usr/bin"
     libs = env["LD_LIBRARY_PATH"].split(os.pathsep)
     assert libs[-1] == "/opt/cuda/lib64" and (Path(libs[0]) / "libcaffe.so").exists(), libs
     assert env["GLOG_logtostderr"] == "1" and base == {"LD_LIBRARY_PATH": "/opt/cuda/lib64", "PATH": "/usr/bin"}
     ours = shlex.join(realcaffe.caffe_command("torch"))
-    assert slurm.trainer_env("torch", base=base) == {**base, "CAFFE": ours} and slurm.caffe_command("torch") == ours
-    assert slurm.trainer_env("caffe", "/x/caffe -v", base=base) == {**base, "CAFFE": "/x/caffe -v"}
+    assert trainer_env("torch", base=base) == {**base, "CAFFE": ours}
+    assert trainer_env("caffe", "/x/caffe -v", base=base) == {**base, "CAFFE": "/x/caffe -v"}
 
     # a job script exports Caffe's own variables, nothing of this environment's, its paths before the node's
     script = slurm.plan(make_tree(tmp_path / "tree", small_experiment()), slurm.SlurmOptions(engine="caffe"),
@@ -123,8 +125,8 @@ def test_trainer_is_real_caffe_with_its_libraries_or_our_engine_or_the_command_g
     assert shown == f"{libs[0]}\n"
 
     monkeypatch.setenv("CAFFE_ROOT", str(tmp_path / "no-caffe"))
-    with pytest.raises(slurm.TreeError, match="real Caffe was asked for"):
-        slurm.trainer_env("caffe")
+    with pytest.raises(tree.TreeError, match="real Caffe was asked for"):
+        trainer_env("caffe")
 
 
 def test_plan_skips_finished_and_queued_nets_and_brings_base_nets(tmp_path):
@@ -147,18 +149,18 @@ def test_plan_skips_finished_and_queued_nets_and_brings_base_nets(tmp_path):
 
 
 def test_plan_errors_say_what_to_do(tmp_path):
-    with pytest.raises(slurm.TreeError, match="tools/gen_nets"):
+    with pytest.raises(tree.TreeError, match="tools/gen_nets"):
         slurm.plan(tmp_path, queued={})
     root = make_tree(tmp_path / "tree", small_experiment())
-    with pytest.raises(slurm.TreeError, match="no net .* matches nope"):
+    with pytest.raises(tree.TreeError, match="no net .* matches nope"):
         slurm.plan(root, slurm.SlurmOptions(caffe="x"), nets=["nope"], queued={})
-    with pytest.raises(slurm.TreeError, match="--signal KILL"):
+    with pytest.raises(tree.TreeError, match="--signal KILL"):
         slurm.plan(root, slurm.SlurmOptions(caffe="x", signal="KILL"), queued={})
     listing = json.loads((root / "nets.json").read_text())
     listing[2]["depends_on"] = "halfZ"
     (root / "nets.json").write_text(json.dumps(listing))
-    with pytest.raises(slurm.TreeError, match="depends on halfZ, which is not in the tree"):
-        slurm.read_tree(root)
+    with pytest.raises(tree.TreeError, match="depends on halfZ, which is not in the tree"):
+        tree.read_tree(root)
 
 
 def test_status_from_net_directories_alone(tmp_path):
@@ -183,7 +185,7 @@ def test_status_from_net_directories_alone(tmp_path):
     assert states["halfB"].detail.startswith("F20261124") and "Check failed: mdb_status" in states["halfB"].detail
     assert (states["netbase"].state, states["netbase"].iteration) == ("stopped", 15)
     assert states["transferAB_1_1"].state == "not started"
-    table = slurm.format_status(list(states.values()))
+    table = tree.format_status(list(states.values()))
     assert "1 finished, 1 failed, 4 not started, 1 stopped (of 7 nets)" in table
     # the final snapshot comes before Caffe's final test: while its trainer (the local runner's lock) is still
     # there, a net with its final snapshot is running, not finished with a not-yet-final accuracy
@@ -191,7 +193,7 @@ def test_status_from_net_directories_alone(tmp_path):
     lock.parent.mkdir(parents=True)
     with open(lock, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        assert subprocess.run([sys.executable, "-c", "import sys; from convnet_transfer import slurm; "
+        assert subprocess.run([sys.executable, "-c", "import sys; from convnet_transfer.training import slurm; "
                                "print({s.name: s.state for s in slurm.tree_status(sys.argv[1])}['halfA'])",
                                str(root)], capture_output=True, text=True).stdout.strip() == "running"
     assert {s.name: s.state for s in slurm.tree_status(root)}["halfA"] == "finished"

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import click
 
-from convnet_transfer.nets import architectures, catalog as catalog_mod, netgen
-from convnet_transfer.training import slurm
+from convnet_transfer.nets import architectures, catalog as catalog_mod, netgen, tree
 
 
 @click.command(help="""Render every net of the paper (or those matching --only) from the Jinja templates.
@@ -107,14 +106,13 @@ def main(all_, only, list_, out_root, data_root, arch, prototxt, transferable, f
 
 
 def _warn_changed(out_root: str) -> None:
-    """Say which trained nets now hold other settings than they were trained with (slurm.changed_nets): train.sh
+    """Say which trained nets now hold other settings than they were trained with (tree.changed_nets): train.sh
     and tools/submit refuse to train them on, as that would mix the settings."""
     try:
-        changed = slurm.changed_nets(slurm.read_tree(out_root))
-    except slurm.TreeError:
+        changed = tree.changed_nets(tree.read_tree(out_root))
+    except tree.TreeError:
         return                        # a partial tree (base nets not rendered): train.sh still checks each net
     if changed:
         click.echo(f"warning: {out_root}: {len(changed)} trained nets now hold other settings than they were trained "
-                   f"with: {slurm.format_changes(changed)}. train.sh and tools/submit refuse to train them on; "
-                   f"render the old settings again ({slurm.RECORD} in each net holds them), or start fresh: move "
-                   f"their snapshots (*_iter_*) and {slurm.RECORD} away, or render into another --out", err=True)
+                   f"with: {tree.format_changes(changed)}. train.sh and tools/submit refuse to train them on; "
+                   f"render the old settings again {tree.START_AFRESH}", err=True)

@@ -7,8 +7,11 @@ import sys
 
 import click
 
+from convnet_transfer.nets import tree
+from convnet_transfer.nets.tree import TreeError
 from convnet_transfer.training import slurm
-from convnet_transfer.training.slurm import SlurmOptions, TreeError
+from convnet_transfer.training.runners import trainer_env
+from convnet_transfer.training.slurm import SlurmOptions
 from . import interruptible
 
 ENGINES = ("auto", "caffe", "torch")
@@ -96,7 +99,7 @@ def main(root, mode, nets, engine, caffe_cmd, dry_run, partition, account, qos, 
                     click.echo(f"  {net}: not submitted ({why})")
         elif mode == "local":
             from convnet_transfer.training.local_runner import gpu_slots, run_local
-            env = slurm.trainer_env(*_trainer(engine, caffe_cmd), base=os.environ)
+            env = trainer_env(*_trainer(engine, caffe_cmd), base=os.environ)
             gpu_list = gpu_slots(gpus)
             result = run_local(root, jobs=jobs or (len(gpu_list) if gpu_list else 1), nets=patterns, env=env,
                                gpus=gpu_list)
@@ -111,6 +114,6 @@ def main(root, mode, nets, engine, caffe_cmd, dry_run, partition, account, qos, 
             if as_json:
                 click.echo(json.dumps([s.as_dict() for s in statuses], indent=1))
             else:
-                click.echo(slurm.format_status(statuses))
+                click.echo(tree.format_status(statuses))
     except TreeError as err:
         raise click.ClickException(str(err)) from None

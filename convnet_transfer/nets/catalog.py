@@ -26,11 +26,16 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 __all__ = ["NetSpec", "Catalog", "transfer_catalog", "paper_catalog", "UnknownNetError", "KINDS", "BLOCKS",
-           "PAPER_REDUCED", "PAPER_REDUCED_SOLVER", "WHOLE_NET", "base_net_name", "transfer_net_name",
+           "block_order", "PAPER_REDUCED", "PAPER_REDUCED_SOLVER", "WHOLE_NET", "base_net_name", "transfer_net_name",
            "natman_transfer_name", "nolearn_net_name", "reduced_net_name", "parse_net_name"]
 
 KINDS = ("base", "selffer", "transfer", "nolearn", "reduced", "whole")
-BLOCKS = ("one", "two", "whenever")
+BLOCKS = ("one", "two", "whenever")       # in the order they run
+
+
+def block_order(block: str | None) -> int:
+    """Where `block` runs among BLOCKS (a sort key: an unknown block after them all)."""
+    return BLOCKS.index(block) if block in BLOCKS else len(BLOCKS)
 
 # The reduced-volume nets: images per class, and the solver they were trained with in 2014.
 PAPER_REDUCED = (1, 2, 5, 10, 25, 50, 100, 250, 500, 750, 1000, 1300)
@@ -154,8 +159,7 @@ class Catalog:
 
     def __init__(self, nets: Iterable[NetSpec], *, check_bases: bool = True):
         nets = list(nets)
-        order = {b: i for i, b in enumerate(BLOCKS)}
-        self._nets = sorted(nets, key=lambda net: order[net.block])   # stable: keeps the given order in a block
+        self._nets = sorted(nets, key=lambda net: block_order(net.block))   # stable: keeps the order in a block
         self._by_name = {}
         for net in self._nets:
             if net.kind not in KINDS:

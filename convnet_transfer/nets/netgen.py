@@ -13,7 +13,7 @@ For each net of a catalog (catalog.py) and an architecture (architectures/), `re
 (`<stem>` is "imagenet_" for CaffeNet, as in 2014.) It writes only these files, each atomically and only
 when its content changes; snapshots, solver states and logs in a net directory are never touched. (Before it
 changes the prototxts of a net trained before train.sh recorded its settings, it records them in the net's
-trained_with.txt, slurm.RECORD: train.sh then refuses to mix the old snapshots with the new settings.)
+trained_with.txt, tree.RECORD: train.sh then refuses to mix the old snapshots with the new settings.)
 
 The transfer protocol on the layers of an architecture (net_layers):
   - the first n transferable layers keep their names, so `caffe train -weights basenet/...` copies them;
@@ -24,7 +24,6 @@ The transfer protocol on the layers of an architecture (net_layers):
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -34,15 +33,15 @@ from typing import Iterable
 import jinja2
 from google.protobuf import text_encoding
 
-from . import architectures, catalog as catalog_mod
-from convnet_transfer.formats import legacy, protoio
+from . import architectures, catalog as catalog_mod, tree
+from convnet_transfer.formats import legacy, protoio, snapshots
 from convnet_transfer import resources
-from convnet_transfer.training import slurm
 from .architectures.spec import Architecture, Enum, Layer
 from .catalog import Catalog, NetSpec
 
 __all__ = ["RenderOptions", "RenderReport", "NetgenError", "net_layers", "solver_fields", "net_files",
-           "render_experiment", "render_catalog_json", "shell_word", "one_line", "FORMATS", "BACKENDS"]
+           "render_experiment", "render_catalog_json", "render_template", "shell_word", "one_line", "FORMATS",
+           "BACKENDS"]
 
 FORMATS = ("current", "2014")
 BACKENDS = ("lmdb", "leveldb")
@@ -240,6 +239,8 @@ def _environment(templates: str | os.PathLike | None) -> jinja2.Environment:
     env.filters["sh"] = shell_word
     env.filters["comment"] = comment_text
     env.globals["fail"] = _fail
+    env.globals["snapshot"] = snapshots.TEMPLATE      # the snapshot name rule: {{ snapshot.infix }}, ...
+    env.globals["record"] = tree.RECORD               # the settings a net was trained with: {{ record }}
     return env
 
 
@@ -254,6 +255,12 @@ def _render(env: jinja2.Environment, template: str, **context) -> str:
                           f"{', '.join(sorted(context))}") from None
     except jinja2.TemplateSyntaxError as err:
         raise NetgenError(f"template {err.filename or template}:{err.lineno}: {err.message}") from None
+
+
+def render_template(folder: str | os.PathLike, template: str, **context) -> str:
+    """`template` of `folder` rendered as gen_nets renders its own (the `sh` filter quotes a shell word; the
+    runners' scripts in templates/slurm/); NetgenError on a template error or a value no script can carry."""
+    return _render(_environment(folder), template, **context)
 
 
 # ---------------------------------------------------------------- writing, without losing anything
@@ -328,7 +335,10 @@ def render_experiment(catalog: Catalog | None = None, out_root: str | os.PathLik
         raise NetgenError(str(err)) from None
     out_root, data_root = Path(out_root), Path(data_root)
     # the nets listed before, read (and a damaged list refused) before anything is written
-    listed = read_nets_json(out_root / "nets.json") if (out_root / "nets.json").is_file() else None
+    try:
+        listed = tree.read_nets_json(out_root / tree.NETS_JSON) if (out_root / tree.NETS_JSON).is_file() else None
+    except tree.TreeError as err:
+        raise NetgenError(str(err)) from None
     env = _environment(templates)
     report = RenderReport()
     nets = selected
@@ -338,7 +348,9 @@ def render_experiment(catalog: Catalog | None = None, out_root: str | os.PathLik
     for net in nets:
         _render_net(net, catalog, arch, options, out_root, data_root, env, report)
         report.nets.append(net.name)
-    _write_nets_json(selected, arch, options, out_root, listed, report)
+    out_root.mkdir(parents=True, exist_ok=True)
+    _write_file(out_root / tree.NETS_JSON, tree.nets_json_text(render_catalog_json(selected, arch, options), listed),
+                0o644, out_root, report)
     return report
 
 
@@ -374,7 +386,7 @@ def _render_net(net: NetSpec, catalog: Catalog, arch: Architecture, options: Ren
     texts["train.sh"] = (text, 0o755)
     prototxts = [files.solver, files.train, files.val]
     if any((net_dir / name).is_file() and (net_dir / name).read_text() != texts[name][0] for name in prototxts):
-        slurm.record_settings(net_dir, prototxts)   # a net trained before records were kept: as it was trained
+        tree.record_settings(net_dir, prototxts)   # a net trained before records were kept: as it was trained
     for name, (text, file_mode) in texts.items():
         _write_file(net_dir / name, text, file_mode, out_root, report)
     if base:
@@ -389,35 +401,7 @@ def _render_net(net: NetSpec, catalog: Catalog, arch: Architecture, options: Ren
 
 
 def render_catalog_json(catalog: Catalog, arch: Architecture, options: RenderOptions) -> list[dict]:
-    """The nets.json entries (contracts.md): the catalog's fields plus the directory and its files."""
+    """The nets.json entries (docs/nets.md): the catalog's fields plus the directory and its files."""
     files = net_files(arch, options.backend)
     return [{**net.as_json(), "dir": net.name, "solver": files.solver, "train_sh": "train.sh",
              "description": net.describe()} for net in catalog]
-
-
-def read_nets_json(path: Path) -> list[dict]:
-    """The entries of a nets.json (one object with a "name" per net); NetgenError naming it when it is not one."""
-    try:
-        entries = json.loads(path.read_text())
-    except ValueError as err:
-        raise NetgenError(f"{path}: not valid JSON ({err}); delete it and run tools/gen_nets again") from None
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
-                                                for e in entries):
-        raise NetgenError(f"{path}: not a list of nets, each with a name, as tools/gen_nets writes it; delete it "
-                          f"and run tools/gen_nets again")
-    return entries
-
-
-def _write_nets_json(selected: Catalog, arch: Architecture, options: RenderOptions, out_root: Path,
-                     listed: list[dict] | None, report: RenderReport) -> None:
-    """Merge the rendered nets into <out>/nets.json: the entries `listed` there before, of nets not rendered now,
-    are kept."""
-    path = out_root / "nets.json"
-    entries = render_catalog_json(selected, arch, options)
-    if listed is not None:
-        names = {e["name"] for e in entries}
-        entries = [e for e in listed if e["name"] not in names] + entries
-        order = {b: i for i, b in enumerate(catalog_mod.BLOCKS)}
-        entries.sort(key=lambda e: order.get(e.get("block"), len(order)))
-    out_root.mkdir(parents=True, exist_ok=True)
-    _write_file(path, json.dumps(entries, indent=1) + "\n", 0o644, out_root, report)

@@ -26,14 +26,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import processes
 from convnet_transfer.formats.protoio import file_mode
-from .slurm import (NetStatus, TreeError, TreeNet, _render, caffe_command, check_settings, format_status,
-                    lock_held, lock_holders, read_tree, trainer_env, tree_status, with_base_nets)
+from convnet_transfer.nets.tree import (NetStatus, TreeError, TreeNet, check_settings, format_status, read_tree,
+                                        with_base_nets)
+from . import processes
+from .runners import LOCAL_DIR, lock_held, lock_holders, locks_dir, net_lock, render_script, trainer_env
+from .slurm import tree_status
 
-__all__ = ["run_local", "LocalResult", "write_makefile", "gpu_slots", "check_gpus", "LOCAL_DIR"]
+__all__ = ["run_local", "LocalResult", "write_makefile", "check_not_training", "gpu_slots", "check_gpus",
+           "wait_for", "LOCAL_DIR", "STOP_GRACE"]
 
-LOCAL_DIR = "local"
 STOP_GRACE = 60      # seconds the trainers have to snapshot and stop after this runner died, before SIGKILL
 
 
@@ -58,10 +60,10 @@ def write_makefile(root: str | os.PathLike, nets: list[str] | None = None, gpus:
     targets = _selected_with_base_nets(root, nets)       # a transfer net brings its base net along
     rules = [(_make_target(n, root), _make_target(by_name[n.depends_on], root) if n.depends_on else "", n.name)
              for n in targets]
-    makefile = _render("local.mk.j2", root=str(root), rules=rules, all_targets=[r[0] for r in rules])
-    run_net = _render("run_net.sh.j2", root=str(root), gpus=list(gpus or []))
+    makefile = render_script("local.mk.j2", root=str(root), rules=rules, all_targets=[r[0] for r in rules])
+    run_net = render_script("run_net.sh.j2", root=str(root), gpus=list(gpus or []))
     local = root / LOCAL_DIR
-    (local / "locks").mkdir(parents=True, exist_ok=True)
+    locks_dir(root).mkdir(parents=True, exist_ok=True)
     (local / "Makefile").write_text(makefile)
     script = local / "run_net.sh"
     script.write_text(run_net)
@@ -97,9 +99,9 @@ def check_not_training(root: str | os.PathLike, nets: list[str] | None = None) -
     """Raise TreeError when some of the nets (and their base nets) are still being trained by another run of
     this tree (local/locks/<net>.lock held: an earlier runner's trainers stopping, or a runner still going)."""
     root = Path(root).resolve()
-    if not (root / LOCAL_DIR / "locks").is_dir():      # never run here
+    if not locks_dir(root).is_dir():      # never run here
         return
-    locks = {n.name: root / LOCAL_DIR / "locks" / f"{n.name}.lock" for n in _selected_with_base_nets(root, nets)}
+    locks = {n.name: net_lock(root, n.name) for n in _selected_with_base_nets(root, nets)}
     busy = [name for name, lock in locks.items() if lock_held(lock)]
     if not busy:
         return
@@ -131,7 +133,7 @@ def check_gpus(gpus: list[str] | str | None, caffe: str) -> None:
     to run on GPUs that is a mistake, stopped here before the first net (a CPU run of the GPU settings takes days).
     Real Caffe is left to say it itself (a CPU_ONLY build refuses -gpu)."""
     gpus = gpu_slots(gpus)
-    if not gpus or caffe != caffe_command("torch"):
+    if not gpus or caffe != trainer_env("torch")["CAFFE"]:
         return
     import torch
     count = torch.cuda.device_count()
@@ -152,7 +154,7 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
     gpus: GPU ids ("0,1" or ["0", "1"]) - each worker takes a free one (CAFFE_GPU); None trains as the
     solvers say (CPU or GPU 0). env: the environment of the trainers (default: this process's); its CAFFE is
     the trainer command train.sh runs. caffe: shorthand for env["CAFFE"]. With neither, real Caffe when
-    realcaffe.find_caffe() finds a working build, else tools/caffe_torch (caffe_command("torch") forces ours).
+    realcaffe.find_caffe() finds a working build, else tools/caffe_torch (trainer_env("torch") forces ours).
     progress: a bar of nets trained; quiet: nothing from make and the net scripts on the terminal (their
     lines per net started and finished; the returned statuses still say which net failed and why).
     stop_grace: seconds the trainers have to stop after this process died (SIGKILL) before they are killed.
@@ -167,24 +169,46 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
     root = Path(root).resolve()
-    run_env = dict(os.environ if env is None else env)
-    if caffe or not run_env.get("CAFFE"):           # real Caffe when there is a working build, else caffe_torch
-        run_env = trainer_env("auto", caffe, base=run_env)
-    check_gpus(gpus, run_env["CAFFE"])
+    run_env = _trainers_env(env, caffe, gpus)
     tree = read_tree(root)
     check_settings(root, tree, with_base_nets(tree, read_tree(root, nets) if nets else tree))
     check_not_training(root, nets)
     makefile = write_makefile(root, nets, gpus)
+    chosen = read_tree(root, nets)
+    cmd = [make, "--no-print-directory", "-C", str(root), "-f", str(makefile.relative_to(root)), f"-j{jobs}", "-k"]
+    bar = _progress_bar(progress, len(chosen))
+
+    def show_progress():
+        if bar is not None:
+            bar.n = sum(n.finished for n in chosen)
+            bar.refresh()
+
+    returncode, signals = _run_make(cmd, run_env, quiet, stop_grace, show_progress)
+    statuses = tree_status(root, [n.name for n in chosen] if nets else None, use_slurm=False)
+    if bar is not None:
+        bar.n = sum(s.state == "finished" for s in statuses)
+        bar.close()
+    return LocalResult(returncode, signals[0] if signals else None, {s.name: s for s in statuses})
+
+
+def _trainers_env(env: dict | None, caffe: str | None, gpus: list[str]) -> dict[str, str]:
+    """The environment make and the trainers run in (run_local's `env` and `caffe`), without make's own flags."""
+    run_env = dict(os.environ if env is None else env)
+    if caffe or not run_env.get("CAFFE"):           # real Caffe when there is a working build, else caffe_torch
+        run_env = trainer_env("auto", caffe, base=run_env)
+    check_gpus(gpus, run_env["CAFFE"])
     run_env.pop("MAKEFLAGS", None)
     run_env.pop("MFLAGS", None)
-    chosen = read_tree(root, nets)
-    selected = [n.name for n in chosen] if nets else None
-    cmd = [make, "--no-print-directory", "-C", str(root), "-f", str(makefile.relative_to(root)), f"-j{jobs}", "-k"]
+    return run_env
+
+
+def _run_make(cmd: list[str], env: dict, quiet: bool, stop_grace: float, tick) -> tuple[int, list[signal.Signals]]:
+    """Run make (`cmd`) in its own process group under the supervisor until it ends, calling `tick` every 2 s;
+    Ctrl-C, SIGTERM and SIGHUP send the group one SIGINT. Returns (make's exit status, the stop signals seen)."""
     signals: list[signal.Signals] = []
-    bar = _progress_bar(progress, len(chosen))
     supervisor_end, runner_end = os.pipe()     # the supervisor sees EOF when this process is gone
     try:
-        proc = subprocess.Popen(processes.supervised(cmd, supervisor_end, stop_grace), env=run_env,
+        proc = subprocess.Popen(processes.supervised(cmd, supervisor_end, stop_grace), env=env,
                                 start_new_session=True,    # its own group: Ctrl-C reaches the trainers once
                                 pass_fds=(supervisor_end,), stdout=subprocess.DEVNULL if quiet else None,
                                 stderr=subprocess.DEVNULL if quiet else None)
@@ -210,18 +234,12 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
                     proc.wait(timeout=2)
                     break
                 except subprocess.TimeoutExpired:
-                    if bar is not None:
-                        bar.n = sum(n.finished for n in chosen)
-                        bar.refresh()
+                    tick()
                 except KeyboardInterrupt as interrupt:
                     stop(processes.signal_of(interrupt))
     finally:
         os.close(runner_end)      # the supervisor stops the group if make still runs (an error here)
-    statuses = tree_status(root, selected, use_slurm=False)
-    if bar is not None:
-        bar.n = sum(s.state == "finished" for s in statuses)
-        bar.close()
-    return LocalResult(proc.returncode, signals[0] if signals else None, {s.name: s for s in statuses})
+    return proc.returncode, signals
 
 
 def _progress_bar(enabled: bool, total: int):

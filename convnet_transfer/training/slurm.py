@@ -1,24 +1,13 @@
 """The experiment on Slurm: job arrays with dependencies, surviving time limits, and a status report.
 
-A generated tree (tools/gen_nets) is `<root>/nets.json` plus one directory per net with its `train.sh`
-(resumes from the newest .solverstate; exits 0 at once when the final snapshot exists).
+It trains a generated tree (convnet_transfer.nets.tree: <root>/nets.json and one directory per net with train.sh).
 
-    read_tree(root)              the nets of a tree, base nets first, with their final snapshots
     plan(root, options)          the job arrays to submit (SlurmPlan): scripts from templates/slurm/
     submit(plan, dry_run=False)  writes <root>/slurm/*.sh, runs `sbatch --parsable` for each array in order,
                                  records the job ids in <root>/slurm/jobs.json; dry_run prints instead
     tree_status(root)            every net: pending / running (iteration) / finished (accuracy) /
                                  failed (the log line that says why) / stopped / not started /
-                                 changed (trained with other settings than its files now hold)
-    changed_nets(tree)           the nets trained with other settings than their files now hold (settings_change),
-                                 and the nets trained from them; check_settings(tree) refuses them
-
-What a net is trained with: when its training starts from scratch, train.sh writes <net>/trained_with.txt (RECORD),
-every line of its solver and net prototxts but comment lines as "<file>: <line>" (leading blanks dropped) and, for
-a net started from its base net's weights, "weights: <md5> basenet/<file>". A net with snapshots is trained on,
-or counted as trained, only while its files still say the same; a rerun with other settings is refused, naming
-the setting, instead of resuming old snapshots under a new schedule. A net trained before the record was kept
-(no trained_with.txt) is taken as trained with its settings now: gen_nets records them before it rewrites them.
+                                 changed (trained with other settings than its files now hold; tree.changed_nets)
 
 How the experiment maps onto Slurm:
   - block one (the base nets) is one job array, one task per net;
@@ -35,306 +24,26 @@ requeues preempted jobs itself). A task whose net has its final snapshot exits 0
 """
 from __future__ import annotations
 
-import difflib
-import fcntl
-import fnmatch
-import functools
-import hashlib
-import itertools
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from convnet_transfer.formats.protoio import file_mode
 from convnet_transfer.nets import netgen
-from convnet_transfer import resources
-from convnet_transfer.formats.protoio import atomic_write_bytes, file_mode
+from convnet_transfer.nets.catalog import block_order
+from convnet_transfer.nets.tree import (SAFE_NAME, NetStatus, TreeError, TreeNet, changed_nets, check_settings,
+                                        net_logs, newest_snapshot_iteration, read_tree, scan_log, with_base_nets)
+from .runners import lock_held, net_lock, render_script, trainer_env
 
-__all__ = ["TreeNet", "TreeError", "SlurmOptions", "SlurmJob", "SlurmPlan", "NetStatus", "read_tree", "plan",
-           "submit", "tree_status", "format_status", "caffe_command", "trainer_env", "job_records",
-           "queued_tasks", "with_base_nets", "settings_change", "changed_nets", "check_settings", "format_changes",
-           "record_settings", "SLURM_DIR", "RECORD"]
+__all__ = ["SlurmOptions", "SlurmJob", "SlurmPlan", "plan", "submit", "dry_run_text", "tree_status", "job_records",
+           "queued_tasks", "task_states", "SLURM_DIR"]
 
 SLURM_DIR = "slurm"                  # <root>/slurm: job scripts, Slurm's stdout/err files, jobs.json
-BLOCK_ORDER = ("one", "two", "whenever")
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")   # net names that are safe in file names, bash and make
-RECORD = "trained_with.txt"          # <net>/trained_with.txt: the settings its snapshots were trained with
-
-
-class TreeError(ValueError):
-    """A tree that cannot be scheduled (no nets.json, a missing directory, a cycle, an untrained base net)."""
-
-
-# ---------------------------------------------------------------------------------------------- the tree
-
-@dataclass(frozen=True)
-class TreeNet:
-    name: str
-    kind: str
-    block: str
-    depends_on: str | None
-    dir: Path                 # absolute
-    final: str                # the final snapshot, relative to dir: <prefix>_iter_<max_iter>.caffemodel
-    max_iter: int
-
-    def final_path(self) -> Path:
-        """The final snapshot: the existing one (current name, or 2014's without extension), else the current name."""
-        current = self.dir / self.final
-        legacy = current.with_suffix("")
-        return legacy if (legacy.exists() and not current.exists()) else current
-
-    @property
-    def finished(self) -> bool:
-        current = self.dir / self.final
-        return current.exists() or current.with_suffix("").exists()
-
-    @property
-    def started(self) -> bool:
-        """Whether it has any snapshot (<prefix>_iter_*): something trained with its settings."""
-        return any(self.dir.glob(self.final.rsplit("_iter_", 1)[0] + "_iter_*"))
-
-
-# ---------------------------------------------------------------------------------------------- settings
-
-def _settings_lines(net_dir: Path, files: list[str]) -> list[str]:
-    """The settings lines of RECORD for the prototxts `files` of a net, as they are now (train.sh's settings())."""
-    lines = []
-    for name in files:
-        text = (net_dir / name).read_text()
-        for line in text.removesuffix("\n").split("\n") if text else []:
-            line = line.lstrip(" \t\v\f\r")
-            if not line.startswith("#"):
-                lines.append(f"{name}: {line}")
-    return lines
-
-
-def record_settings(net_dir: str | os.PathLike, files: list[str]) -> bool:
-    """Record a net trained before RECORD was kept as trained with the prototxts `files` as they are now (before
-    gen_nets rewrites them): writes <net_dir>/RECORD when the net has snapshots and no record. Returns whether it
-    wrote one. (Its base net's weights are not recorded: which ones it started from is not known.)"""
-    net_dir = Path(net_dir)
-    if (net_dir / RECORD).exists() or not any(net_dir.glob("*_iter_*")) or \
-            not all((net_dir / f).is_file() for f in files):
-        return False
-    text = "".join(line + "\n" for line in _settings_lines(net_dir, files))
-    atomic_write_bytes(net_dir / RECORD, text.encode(), durable=False)
-    return True
-
-
-@functools.lru_cache(maxsize=256)
-def _md5(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _weights_line(base: TreeNet) -> str | None:
-    """RECORD's weights line for a net started from `base`'s final snapshot, None when that is not there."""
-    path = base.final_path()
-    if not path.is_file():
-        return None
-    stat = path.stat()
-    return f"weights: {_md5(str(path), stat.st_size, stat.st_mtime_ns)} basenet/{path.name}"
-
-
-def _describe(pairs: list[tuple[str, str]]) -> str:
-    """Changed lines of RECORD (was, now) in words, as train.sh says them: "solver.prototxt: max_iter 30 -> 40,
-    snapshot 15 -> 20; its base net was retrained: ..." (the file named once for a run of its lines)."""
-    text, file = "", None
-    for was, now in pairs:
-        key, other = re.sub(r": [^:]*$", "", was), re.sub(r": [^:]*$", "", now)
-        if key == other == "weights":
-            (_, old, _), (_, new, path) = was.split(" ", 2), now.split(" ", 2)
-            change, where = f"its base net was retrained: {path} has md5 {new}, it started from md5 {old}", None
-        elif key == other and ": " in key:
-            where, _, field = key.partition(": ")
-            change = f"{field} {was[len(key) + 2:]} -> {now[len(key) + 2:]}"
-        else:
-            change, where = f'"{was}" -> "{now}"', None
-        text += ("" if not text else ", " if where and where == file else "; ") + \
-            (f"{where}: " if where and where != file else "") + change
-        file = where
-    return text
-
-
-def settings_change(net: TreeNet, base: TreeNet | None = None) -> str | None:
-    """How the settings `net`'s snapshots were trained with (its RECORD) differ from its files now, in words
-    ("solver.prototxt: max_iter 30 -> 40; ..." or "its base net was retrained: ..."); `base`: its base net, whose
-    final snapshot must be the weights it started from. None when they match, or when it has no snapshot or no
-    record (trained before records were kept)."""
-    record = net.dir / RECORD
-    if not net.started or not record.is_file():
-        return None
-    was = record.read_text().splitlines()
-    files = list(dict.fromkeys(line.split(": ", 1)[0] for line in was if not line.startswith("weights: ")))
-    missing = [f for f in files if not (net.dir / f).is_file()]
-    if missing:
-        return f"{', '.join(missing)} missing"
-    now = _settings_lines(net.dir, files)
-    weights = _weights_line(base) if base else None
-    if weights and any(line.startswith("weights: ") for line in was):
-        now.append(weights)
-    else:
-        was = [line for line in was if not line.startswith("weights: ")]
-    if was == now:
-        return None
-    removed, added = [], []
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, was, now, autojunk=False).get_opcodes():
-        if tag != "equal":
-            removed += was[i1:i2]
-            added += now[j1:j2]
-    pairs = list(itertools.zip_longest(removed, added, fillvalue=""))
-    return _describe(pairs[:5]) + (f" and {len(pairs) - 5} more" if len(pairs) > 5 else "")
-
-
-def changed_nets(tree: list[TreeNet]) -> dict[str, str]:
-    """net -> how its settings changed (settings_change), for the nets of `tree` (base nets first, as read_tree
-    orders them) trained with other settings than their files now hold, and the nets trained from such a net."""
-    by_name = {net.name: net for net in tree}
-    changed: dict[str, str] = {}
-    for net in tree:
-        base = by_name.get(net.depends_on) if net.depends_on else None
-        change = settings_change(net, base)
-        if change is None and base is not None and base.name in changed and net.started:
-            change = f"its base net {base.name} was trained with other settings"
-        if change:
-            changed[net.name] = change
-    return changed
-
-
-def format_changes(changed: dict[str, str], shown: int = 3) -> str:
-    """The changed nets in one line, those with the same change together:
-    "half0A, half0B, transfer0A0B_1_1 and 13 more (solver.prototxt: max_iter 30 -> 40); ..."."""
-    groups: dict[str, list[str]] = {}
-    for name, change in changed.items():
-        groups.setdefault(change, []).append(name)
-    parts = []
-    for change, names in list(groups.items())[:shown]:
-        more = f" and {len(names) - shown} more" if len(names) > shown else ""
-        parts.append(f"{', '.join(names[:shown])}{more} ({change})")
-    rest = sum(len(names) for names in list(groups.values())[shown:])
-    return "; ".join(parts) + (f"; and {rest} more nets" if rest else "")
-
-
-def check_settings(root: str | os.PathLike, tree: list[TreeNet], names: set[str] | None = None) -> None:
-    """Raise TreeError, before anything is trained, when nets of `tree` (those in `names`, when given) were trained
-    with other settings than their files now hold (changed_nets): it names them, what changed, and how to go on."""
-    changed = {name: change for name, change in changed_nets(tree).items() if names is None or name in names}
-    if changed:
-        nets = f"{len(changed)} nets were" if len(changed) > 1 else "1 net was"
-        raise TreeError(f"{root}: {nets} trained with other settings (or base net weights) than they have now: "
-                        f"{format_changes(changed)}; nothing was started and nothing deleted. Render the settings "
-                        f"they were trained with again ({RECORD} in each net holds them), or start fresh: move their "
-                        f"snapshots (*_iter_*) and {RECORD} away, or render into another --out")
-
-
-def _solver_facts(net_dir: Path, solver_name: str) -> tuple[str, int]:
-    """(snapshot_prefix, max_iter) of a net's solver (the names of its snapshots)."""
-    from convnet_transfer.formats.protoio import ProtoFileError, read_solver
-    path = net_dir / solver_name
-    if not path.is_file():
-        raise TreeError(f"{path}: the solver of this net is missing; render the tree again with tools/gen_nets")
-    try:
-        solver = read_solver(path)
-    except ProtoFileError as err:
-        raise TreeError(f"{err}; mend it, or render the tree again with tools/gen_nets") from None
-    if not solver.max_iter:
-        raise TreeError(f"{path}: no max_iter, so the final snapshot is unknown")
-    return solver.snapshot_prefix, int(solver.max_iter)
-
-
-def read_tree(root: str | os.PathLike, nets: list[str] | None = None) -> list[TreeNet]:
-    """The nets of `<root>/nets.json` (those matching the fnmatch patterns `nets`, when given), ordered so
-    that each base net comes before the nets that depend on it (then by block, then as listed)."""
-    root = Path(root).resolve()
-    listing = root / "nets.json"
-    if not listing.is_file():
-        raise TreeError(f"{listing} not found: generate the nets first (tools/gen_nets --all --out {root})")
-    try:
-        entries = netgen.read_nets_json(listing)
-    except netgen.NetgenError as err:
-        raise TreeError(str(err)) from None
-    by_name: dict[str, TreeNet] = {}
-    for entry in entries:
-        name = entry.get("name", "")
-        if not SAFE_NAME.match(name):
-            raise TreeError(f"{listing}: net name {name!r} has characters that are unsafe in file names and "
-                            f"scripts (use letters, digits and _ . + -)")
-        net_dir = root / entry.get("dir", name)
-        if not (net_dir / entry.get("train_sh", "train.sh")).is_file():
-            raise TreeError(f"{net_dir}/train.sh is missing: render the net again (tools/gen_nets --only {name})")
-        prefix, max_iter = _solver_facts(net_dir, entry.get("solver", "solver.prototxt"))
-        by_name[name] = TreeNet(name, entry.get("kind", ""), entry.get("block", "whenever"),
-                                entry.get("depends_on") or None, net_dir, f"{prefix}_iter_{max_iter}.caffemodel",
-                                max_iter)
-    for net in by_name.values():
-        if net.depends_on and net.depends_on not in by_name:
-            raise TreeError(f"{listing}: {net.name} depends on {net.depends_on}, which is not in the tree; "
-                            f"render it too (tools/gen_nets --only {net.depends_on})")
-    ordered: list[TreeNet] = []
-    state: dict[str, int] = {}
-
-    def visit(net: TreeNet, path: tuple = ()) -> None:
-        if state.get(net.name) == 2:
-            return
-        if state.get(net.name) == 1:
-            raise TreeError(f"{listing}: the dependencies form a cycle: {' -> '.join(path + (net.name,))}")
-        state[net.name] = 1
-        if net.depends_on:
-            visit(by_name[net.depends_on], path + (net.name,))
-        state[net.name] = 2
-        ordered.append(net)
-
-    rank = {b: i for i, b in enumerate(BLOCK_ORDER)}
-    for net in sorted(by_name.values(), key=lambda n: rank.get(n.block, len(rank))):
-        visit(net)
-    if nets:
-        unknown = [p for p in nets if not any(fnmatch.fnmatchcase(n.name, p) for n in ordered)]
-        if unknown:
-            raise TreeError(f"no net in {listing} matches {', '.join(unknown)}")
-        ordered = [n for n in ordered if any(fnmatch.fnmatchcase(n.name, p) for p in nets)]
-    return ordered
-
-
-def with_base_nets(tree: list[TreeNet], selected: list[TreeNet]) -> set[str]:
-    """The names of the nets `selected` and of the base nets they need (their base net, its base net, ...)."""
-    by_name = {n.name: n for n in tree}
-    chosen: set[str] = set()
-    for net in selected:
-        while net is not None and net.name not in chosen:
-            chosen.add(net.name)
-            net = by_name[net.depends_on] if net.depends_on else None
-    return chosen
-
-
-def caffe_command(engine: str = "auto") -> str:
-    """The CAFFE value train.sh runs, for engine "caffe" (real Caffe), "torch" (tools/caffe_torch) or "auto"."""
-    return trainer_env(engine)["CAFFE"]
-
-
-def trainer_env(engine: str = "auto", command: str | None = None, base: dict | None = None) -> dict[str, str]:
-    """`base` (default: empty) with CAFFE set to the trainer train.sh runs: `command` when given, else real Caffe
-    (engine "caffe", or "auto" when a working build is found) or tools/caffe_torch; for real Caffe also its lib/
-    and pycaffe put before base's LD_LIBRARY_PATH and PYTHONPATH, and GLOG_logtostderr (realcaffe.CaffeInstall.env).
-    Raises TreeError when real Caffe is asked for and not found."""
-    from . import realcaffe
-    env = dict(base or {})
-    if command:
-        return {**env, "CAFFE": command}
-    try:
-        argv, found = realcaffe.resolve_engine(engine)
-    except (realcaffe.CaffeNotFound, ValueError) as err:
-        raise TreeError(str(err)) from None
-    if found is not None:
-        env = found.env(env)
-    return {**env, "CAFFE": shlex.join(argv)}
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -358,6 +67,17 @@ class SlurmOptions:
     job_prefix: str = "ct"              # job names: <prefix>-one, <prefix>-after-<base net>, <prefix>-whenever
 
     SIGNALS = ("USR1", "USR2", "TERM", "HUP")
+
+    def check(self) -> "SlurmOptions":
+        """These options, or TreeError naming the one that cannot be used."""
+        if self.signal not in self.SIGNALS:
+            raise TreeError(f"--signal {self.signal}: use one of {', '.join(self.SIGNALS)}")
+        if self.signal_lead < 0 or (self.array_limit is not None and self.array_limit < 1):
+            raise TreeError("--signal-lead must be >= 0 and --array-limit >= 1")
+        if not SAFE_NAME.match(self.job_prefix):
+            raise TreeError(f"--job-prefix {self.job_prefix!r}: a job name is part of the job scripts' and Slurm's "
+                            f"file names; use letters, digits and _ . + -")
+        return self
 
     def sbatch_lines(self) -> list[str]:
         lines = []
@@ -395,14 +115,6 @@ class SlurmPlan:
     skipped: dict[str, str]      # net -> why it is not submitted (already trained, already queued)
 
 
-def _render(template: str, **context) -> str:
-    """A template of templates/slurm/ rendered in netgen's environment (its `sh` filter quotes a shell word); a
-    value that no script can carry (a line break) is a TreeError naming it."""
-    try:
-        return netgen._render(netgen._environment(resources.templates_dir() / "slurm"), template, **context)
-    except netgen.NetgenError as err:
-        raise TreeError(str(err)) from None
-
 
 # search paths a job script puts real Caffe's before the node's own (CUDA's libraries from a module, ...)
 SEARCH_PATHS = ("LD_LIBRARY_PATH", "PYTHONPATH")
@@ -416,11 +128,11 @@ def render_job_script(job: SlurmJob, root: Path, options: SlurmOptions, caffe: s
         if "\\" in word:
             raise TreeError(f"#SBATCH {word}: sbatch reads a backslash on an #SBATCH line as an escape and Slurm "
                             f"drops it from an output path; use a folder and options without one")
-    return _render("job.sh.j2", job_name=job.name, root=str(root), output=output, array=array,
-                   sbatch_lines=options.sbatch_lines(), signal=options.signal, signal_lead=options.signal_lead,
-                   nets=[(n.name, os.path.relpath(n.dir, root), n.final) for n in job.nets], caffe=caffe,
-                   exports=[(k, v, k in SEARCH_PATHS) for k, v in sorted(env.items())],
-                   engine="given command" if options.caffe else options.engine)
+    return render_script("job.sh.j2", job_name=job.name, root=str(root), output=output, array=array,
+                         sbatch_lines=options.sbatch_lines(), signal=options.signal, signal_lead=options.signal_lead,
+                         nets=[(n.name, os.path.relpath(n.dir, root), n.final) for n in job.nets], caffe=caffe,
+                         exports=[(k, v, k in SEARCH_PATHS) for k, v in sorted(env.items())],
+                         engine="given command" if options.caffe else options.engine)
 
 
 def plan(root: str | os.PathLike, options: SlurmOptions | None = None, nets: list[str] | None = None,
@@ -431,33 +143,40 @@ def plan(root: str | os.PathLike, options: SlurmOptions | None = None, nets: lis
     queued: net -> "<jobid>_<task>" of nets already in the queue (default: from squeue and jobs.json); those
     are not submitted again, and their dependents wait for that task.
     """
-    options = options or SlurmOptions()
-    if options.signal not in SlurmOptions.SIGNALS:
-        raise TreeError(f"--signal {options.signal}: use one of {', '.join(SlurmOptions.SIGNALS)}")
-    if options.signal_lead < 0 or (options.array_limit is not None and options.array_limit < 1):
-        raise TreeError("--signal-lead must be >= 0 and --array-limit >= 1")
-    if not SAFE_NAME.match(options.job_prefix):
-        raise TreeError(f"--job-prefix {options.job_prefix!r}: a job name is part of the job scripts' and Slurm's "
-                        f"file names; use letters, digits and _ . + -")
+    options = (options or SlurmOptions()).check()
     root = Path(root).resolve()
     tree = read_tree(root)
-    by_name = {n.name: n for n in tree}
     chosen = with_base_nets(tree, read_tree(root, nets) if nets else tree)
     check_settings(root, tree, chosen)
     queued = queued_tasks(root) if queued is None else queued
-    skipped: dict[str, str] = {}
+    todo, skipped = _unfinished([net for net in tree if net.name in chosen], queued)
+    jobs = _job_arrays(todo, {n.name: n for n in tree}, queued, options.job_prefix)
+    env = trainer_env(options.engine, options.caffe)
+    caffe = env.pop("CAFFE")
+    for job in jobs:
+        job.script_path = root / SLURM_DIR / f"{job.name}.sh"
+        job.script = render_job_script(job, root, options, caffe, env)
+    return SlurmPlan(root, jobs, skipped)
+
+
+def _unfinished(nets: list[TreeNet], queued: dict[str, str]) -> tuple[list[TreeNet], dict[str, str]]:
+    """(the nets to submit, net -> why the others are not: already trained, or already queued)."""
     todo: list[TreeNet] = []
-    for net in tree:
-        if net.name not in chosen:
-            continue
+    skipped: dict[str, str] = {}
+    for net in nets:
         if net.finished:
             skipped[net.name] = "already trained"
         elif net.name in queued:
             skipped[net.name] = f"already queued as job {queued[net.name]}"
         else:
             todo.append(net)
-    todo_names = {n.name for n in todo}
+    return todo, skipped
 
+
+def _job_arrays(todo: list[TreeNet], by_name: dict[str, TreeNet], queued: dict[str, str],
+                job_prefix: str) -> list[SlurmJob]:
+    """The nets `todo` as job arrays, in the order they are submitted: one per block, and one per untrained base
+    net for the nets that wait for it (its task in this plan, or in the queue)."""
     # group: (block, base net) -> nets; a group's array waits for its base net's task
     groups: dict[tuple[str, str | None], list[TreeNet]] = {}
     for net in todo:
@@ -465,13 +184,11 @@ def plan(root: str | os.PathLike, options: SlurmOptions | None = None, nets: lis
         if base and by_name[base].finished:
             base = None                       # its base net is trained: nothing to wait for
         groups.setdefault((net.block if base is None else "after", base), []).append(net)
-
+    todo_names = {n.name for n in todo}
     jobs: list[SlurmJob] = []
     where: dict[str, tuple[str, int]] = {}    # net -> (job key, task index)
-    rank = {b: i for i, b in enumerate(BLOCK_ORDER + ("after",))}
-    ordered_groups = sorted(groups.items(), key=lambda kv: (kv[0][1] is not None, rank.get(kv[0][0], 9)))
     # groups that wait on a base net must come after the group holding that base net
-    pending = list(ordered_groups)
+    pending = sorted(groups.items(), key=lambda kv: (kv[0][1] is not None, block_order(kv[0][0])))
     while pending:
         progressed = False
         for item in list(pending):
@@ -480,12 +197,11 @@ def plan(root: str | os.PathLike, options: SlurmOptions | None = None, nets: lis
                 continue
             label = block if base is None else f"after-{base}"
             key = "JOB_" + re.sub(r"[^A-Za-z0-9_]", "_", label)
-            job = SlurmJob(key=key, name=f"{options.job_prefix}-{label}", nets=members)
-            if base:
-                if base in where:
-                    job.after.append(where[base])
-                else:
-                    job.after_ids.append(queued[base])
+            job = SlurmJob(key=key, name=f"{job_prefix}-{label}", nets=members)
+            if base in where:
+                job.after.append(where[base])
+            elif base:
+                job.after_ids.append(queued[base])
             for i, net in enumerate(members):
                 where[net.name] = (key, i)
             jobs.append(job)
@@ -494,13 +210,7 @@ def plan(root: str | os.PathLike, options: SlurmOptions | None = None, nets: lis
         if not progressed:
             raise TreeError("dependencies between the job arrays form a cycle: "
                             + ", ".join(f"{b} waits for {base}" for (b, base), _ in pending))
-
-    env = trainer_env(options.engine, options.caffe)
-    caffe = env.pop("CAFFE")
-    for job in jobs:
-        job.script_path = root / SLURM_DIR / f"{job.name}.sh"
-        job.script = render_job_script(job, root, options, caffe, env)
-    return SlurmPlan(root, jobs, skipped)
+    return jobs
 
 
 # ---------------------------------------------------------------------------------------------- submitting
@@ -651,92 +361,6 @@ def queued_tasks(root: str | os.PathLike) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------------- status
 
-ITERATION = re.compile(r"\bIteration (\d+)")
-ACCURACY = re.compile(r"Test net output #\d+: (\S*accuracy\S*) = ([-+0-9.eE]+|nan|inf)")
-FATAL_LINE = re.compile(r"^F\d{4}(\d{4})? ")                  # glog: F1124 ... or (newer glog) F20261124 ...
-ERROR_LINE = re.compile(r"^(E\d{4}(\d{4})? |Traceback|\S*Error\b|.*\berror\b|.*Check failed|.*Aborted)",
-                        re.IGNORECASE)
-
-
-@dataclass
-class NetStatus:
-    name: str
-    block: str
-    depends_on: str | None
-    state: str                 # finished | running | pending | failed | stopped | not started | changed
-    iteration: int | None = None
-    max_iter: int | None = None
-    accuracy: float | None = None
-    detail: str = ""           # the Slurm job and reason, or the log line that says why it failed
-    log: str | None = None     # the newest log file
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def net_logs(net_dir: Path, name: str | None = None) -> list[Path]:
-    """The net's Caffe logs, oldest first: <net>.<stamp>.log from train.sh (and any *.log, 2014's *.o<job>)."""
-    logs = [p for p in net_dir.iterdir() if p.is_file() and (p.suffix == ".log" or re.search(r"\.o\d+$", p.name))]
-    return sorted(logs, key=lambda p: (p.stat().st_mtime, p.name))
-
-
-def scan_log(path: Path) -> dict:
-    """The last iteration, last test accuracy and the first fatal / last error line of a Caffe log."""
-    iteration = accuracy = None
-    fatal = error = None
-    try:
-        with open(path, errors="replace") as f:
-            for line in f:
-                m = ITERATION.search(line)
-                if m:
-                    iteration = int(m.group(1))
-                m = ACCURACY.search(line)
-                if m and (accuracy is None or m.group(1) == "accuracy" or accuracy[0] != "accuracy"):
-                    accuracy = (m.group(1), float(m.group(2)))
-                stripped = line.strip()
-                if FATAL_LINE.match(stripped) and fatal is None:
-                    fatal = stripped
-                elif ERROR_LINE.match(stripped) and "error_" not in stripped:
-                    error = stripped
-    except OSError:
-        pass
-    return {"iteration": iteration, "accuracy": accuracy[1] if accuracy else None, "error": fatal or error}
-
-
-def _snapshot_iteration(net_dir: Path) -> int | None:
-    iters = [int(m.group(1)) for p in net_dir.glob("*_iter_*.solverstate")
-             if (m := re.search(r"_iter_(\d+)\.solverstate$", p.name))]
-    return max(iters) if iters else None
-
-
-def lock_held(path: Path) -> bool:
-    """Whether another process holds an flock on `path` (the local runner holds one per net it trains)."""
-    if not path.exists():
-        return False
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False
-
-
-def lock_holders(path: Path) -> list[int]:
-    """The processes that have `path` open (a held lock's holders: the net script, train.sh, the trainer), from
-    /proc; those this user may not look at are left out."""
-    target, pids = str(Path(path).resolve()), []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            if any(os.readlink(fd.path) == target for fd in os.scandir(f"/proc/{entry.name}/fd")):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return sorted(pids)
-
-
 def tree_status(root: str | os.PathLike, nets: list[str] | None = None, use_slurm: bool = True) -> list[NetStatus]:
     """Every net of the tree, from its directory (final snapshot, newest log) and Slurm (squeue, and sacct
     where the cluster has accounting) for the nets submitted from this tree."""
@@ -750,13 +374,13 @@ def tree_status(root: str | os.PathLike, nets: list[str] | None = None, use_slur
     for net in tree:
         logs = net_logs(net.dir)
         scan = scan_log(logs[-1]) if logs else {"iteration": None, "accuracy": None, "error": None}
-        iteration = scan["iteration"] if scan["iteration"] is not None else _snapshot_iteration(net.dir)
+        iteration = scan["iteration"] if scan["iteration"] is not None else newest_snapshot_iteration(net.dir)
         status = NetStatus(net.name, net.block, net.depends_on, "not started", iteration, net.max_iter,
                            log=str(logs[-1]) if logs else None)
         task = records.get(net.name)
         _, state, reason = states.get(net.name, ("", "", ""))
         # the final snapshot comes before Caffe's final test: a net is finished once its trainer has exited too
-        locally = lock_held(root / "local" / "locks" / f"{net.name}.lock")
+        locally = lock_held(net_lock(root, net.name))
         if net.name in changed and state not in ACTIVE + WAITING and not locally:
             status.state = "changed"        # never "finished": its snapshots mix old and new settings
             status.detail = f"trained with other settings: {changed[net.name]}"
@@ -813,17 +437,3 @@ def _slurm_out_reason(root: Path, task: str | None) -> str:
         if lines:
             return lines[-1]
     return ""
-
-
-def format_status(statuses: list[NetStatus]) -> str:
-    """A table of the statuses, then counts per state."""
-    lines = [f"{'net':<28} {'state':<12} {'iteration':>17} {'accuracy':>9}  detail"]
-    for s in statuses:
-        it = f"{s.iteration}/{s.max_iter}" if s.iteration is not None else f"-/{s.max_iter}"
-        acc = f"{s.accuracy:.4f}" if s.accuracy is not None else ""
-        lines.append(f"{s.name:<28} {s.state:<12} {it:>17} {acc:>9}  {s.detail}".rstrip())
-    counts: dict[str, int] = {}
-    for s in statuses:
-        counts[s.state] = counts.get(s.state, 0) + 1
-    lines.append(", ".join(f"{n} {state}" for state, n in counts.items()) + f" (of {len(statuses)} nets)")
-    return "\n".join(lines)

@@ -524,7 +524,8 @@ class SGDSolver:
     # ------------------------------------------------------------ snapshots
 
     def _snapshot_filename(self, extension: str) -> str:
-        return f"{self.param.snapshot_prefix}_iter_{self.iter}{extension}"
+        from convnet_transfer.formats.snapshots import snapshot_name
+        return snapshot_name(self.param.snapshot_prefix, self.iter, extension)
 
     def _last_good(self) -> str:
         return (f"The last good snapshot is {self.last_snapshot}." if self.last_snapshot
