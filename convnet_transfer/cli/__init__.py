@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from convnet_transfer.training import processes
+from convnet_transfer import processes
 
 COMMANDS = {
     # name          module (under convnet_transfer.cli)   what it does

@@ -28,7 +28,7 @@ from typing import Iterable
 import numpy as np
 
 from convnet_transfer.formats import protoio
-from convnet_transfer.training import processes
+from convnet_transfer import processes
 from .errors import BadImageError, DatabaseError
 from .images import ImageError, decode_image, encode_image, read_image, resize_linear
 from .lists import file_md5, read_list

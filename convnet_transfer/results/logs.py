@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from convnet_transfer.nets.catalog import paper_catalog, parse_net_name
-from convnet_transfer.nets.netgen import NetgenError, read_nets_json
+from convnet_transfer.nets.tree import NETS_JSON, TreeError, read_nets_json
 
 from .logfile import SCORE_NAMES_2014, LogWarning, ParsedLog, parse_log, parse_logs, warn_problems
 from .tables import Table, accuracy_column
@@ -230,11 +230,11 @@ def find_net_dirs(root: str | os.PathLike) -> list[Path]:
 def _read_nets_json(root: Path) -> dict | None:
     """{name: entry} of the nets.json in `root` or its parent (tools/gen_nets), None when there is none or it
     cannot be read (a LogWarning says why: net kinds then come from their names)."""
-    for path in (root / "nets.json", root.parent / "nets.json"):
+    for path in (root / NETS_JSON, root.parent / NETS_JSON):
         if path.is_file():
             try:
                 return {e["name"]: e for e in read_nets_json(path)}
-            except NetgenError as e:
+            except TreeError as e:
                 warnings.warn(f"{e}; net kinds from their names", LogWarning)
     return None
 

@@ -9,7 +9,7 @@ when GPUs are given (flock on local/locks/gpu-slot<i>.lock; CAFFE_GPU=<id> tells
 Then it runs `make -j N -k` (a failed net stops only the nets that depend on it) and blocks until make ends.
 Ctrl-C (or SIGTERM or SIGHUP to this process) sends one SIGINT to make's process group: every trainer snapshots
 and stops (real Caffe and caffe_torch both do), make waits for them. make runs under a supervisor
-(convnet_transfer.training.processes) that gives the group the same SIGINT when this process dies without doing so
+(convnet_transfer.processes) that gives the group the same SIGINT when this process dies without doing so
 (SIGKILL), then SIGKILL after STOP_GRACE seconds: nothing trains on unseen. Running it again resumes: make
 skips trained nets (their final snapshot exists) and train.sh resumes the others from their newest
 .solverstate; a run that finds nets of the tree still being trained (their lock held) stops before starting
@@ -29,7 +29,7 @@ from pathlib import Path
 from convnet_transfer.formats.protoio import file_mode
 from convnet_transfer.nets.tree import (NetStatus, TreeError, TreeNet, check_settings, format_status, read_tree,
                                         with_base_nets)
-from . import processes
+from convnet_transfer import processes
 from .runners import LOCAL_DIR, lock_held, lock_holders, locks_dir, net_lock, render_script, trainer_env
 from .slurm import tree_status
 

@@ -36,7 +36,7 @@ import torch
 from convnet_transfer.data import stores
 from convnet_transfer.data.errors import DatabaseError
 from convnet_transfer.formats import caffe_pb2 as pb
-from convnet_transfer.training import processes
+from convnet_transfer import processes
 from convnet_transfer.formats import protoio
 from convnet_transfer.formats.wire import FIXED32, FIXED64, LENGTH_DELIMITED, VARINT, read_varint
 from . import glog
