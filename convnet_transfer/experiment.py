@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -36,6 +37,7 @@ import numpy as np
 from .nets import architectures, catalog, netgen
 from .data import databases, datasets, images, splits
 from .results import logs, plots
+from .results.findings import PAPER_FIG2, PAPER_FIG3, findings, split_spread   # stage 5's last step, re-exported
 
 __all__ = ["Settings", "PRESETS", "ExperimentReport", "ExperimentError", "run_experiment", "settings_for", "scaled",
            "make_lists", "database_splits", "make_databases", "classes_per_split", "make_nets",
@@ -87,24 +89,6 @@ PRESETS = {
                     max_iter=5000, stepsize=2000,
                     test_iter=50, test_interval=500, snapshot=500, display=100, batch_size=128, mode="gpu"),
 }
-
-# The paper's Figure 2 (2014 logs, plots/reference_fig2_transfer.txt): mean top-1 accuracy by series and n.
-PAPER_FIG2 = {
-    "baseB": {0: 0.6245},
-    "BnB": {1: 0.6262, 2: 0.6228, 3: 0.6203, 4: 0.6041, 5: 0.5933, 6: 0.6185, 7: 0.6229},
-    "BnB+": {1: 0.6166, 2: 0.6214, 3: 0.6303, 4: 0.6284, 5: 0.6292, 6: 0.6274, 7: 0.6263},
-    "AnB": {1: 0.6275, 2: 0.6233, 3: 0.6183, 4: 0.5994, 5: 0.5777, 6: 0.5804, 7: 0.5419},
-    "AnB+": {1: 0.6364, 2: 0.6347, 3: 0.6421, 4: 0.6394, 5: 0.6443, 6: 0.6455, 7: 0.6457},
-}
-# The paper's Figure 3, lower panel (2014 logs, plots/reference_fig3_natman_random.txt): mean top-1 accuracy of the
-# frozen transfer nets minus the base net of their target half, between the natural and man-made halves and
-# between random halves; the whole-set net with its first n layers random and frozen, minus the whole-set net.
-PAPER_FIG3 = {
-    "relative natman": {1: 0.0029, 2: -0.0090, 3: -0.0321, 4: -0.0731, 5: -0.1302, 6: -0.1663, 7: -0.2510},
-    "relative AnB": {1: 0.0030, 2: -0.0012, 3: -0.0063, 4: -0.0252, 5: -0.0468, 6: -0.0442, 7: -0.0826},
-    "relative random": {1: -0.0844, 2: -0.1734, 3: -0.5743, 4: -0.5562, 5: -0.5254, 6: -0.5609, 7: -0.5607},
-}
-
 
 class ExperimentError(RuntimeError):
     """A stage that cannot go on: the message says which and what to do."""
@@ -216,7 +200,7 @@ def make_lists(dataset, data_dir: Path, settings: Settings, progress: bool = Tru
 
 # ---------------------------------------------------------------- stage 2: the databases
 
-def _as_chw(image: np.ndarray, channels: int, size: int | None) -> np.ndarray:
+def as_chw(image: np.ndarray, channels: int, size: int | None) -> np.ndarray:
     """An adapter's image (H,W grey or H,W,3 BGR) -> uint8 C x size x size, as convert_imageset stores it."""
     if image.ndim == 2:
         image = image[:, :, None]
@@ -229,10 +213,11 @@ def _as_chw(image: np.ndarray, channels: int, size: int | None) -> np.ndarray:
     return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.uint8)
 
 
-def _image_size(dataset, settings: Settings) -> int | None:
-    if settings.image_size is not None:
-        return settings.image_size
-    return None if isinstance(dataset, datasets.FashionMNIST) else 32
+def _stored_as(dataset, settings: Settings) -> tuple[int, int | None]:
+    """(channels, size) of the database records: Fashion-MNIST greyscale at its own 28x28, any other dataset
+    in colour (BGR) at 32x32, as convert_imageset stores it; settings.image_size overrides the size."""
+    channels, size = (1, None) if isinstance(dataset, datasets.FashionMNIST) else (3, 32)
+    return channels, size if settings.image_size is None else settings.image_size
 
 
 def database_splits(nets: catalog.Catalog) -> list[str]:
@@ -245,13 +230,12 @@ def make_databases(dataset, data_dir: Path, split_names: list[str], settings: Se
     """Stage 2: one raw-Datum LMDB per list (`<split>/lmdb`, records shuffled with seed 0 as convert_imageset
     --shuffle) and the mean of every train database (`<split>/mean.binaryproto`). Finished databases are kept;
     a half-written one (no completion marker) is written again. Returns the databases written now."""
-    channels = 1 if isinstance(dataset, datasets.FashionMNIST) else 3
-    size = _image_size(dataset, settings)
+    channels, size = _stored_as(dataset, settings)
     cache: dict[str, np.ndarray] = {}
 
     def image(name: str) -> np.ndarray:
         if name not in cache:
-            cache[name] = _as_chw(dataset.image(name), channels, size)
+            cache[name] = as_chw(dataset.image(name), channels, size)
         return cache[name]
 
     infos = {}
@@ -288,6 +272,11 @@ def net_catalog(settings: Settings) -> catalog.Catalog:
 def classes_per_split(data_dir: Path, nets: catalog.Catalog) -> dict[str, int]:
     """The number of classes each net's training split holds (its idxmap.txt, stage 1): fc8's num_output."""
     return {split: _count_classes(data_dir / f"{split}_train" / "idxmap.txt") for split in {n.split for n in nets}}
+
+
+def _count_classes(idxmap: Path) -> int:
+    """The classes of a split: the "<orig> <new>" lines of its idxmap.txt."""
+    return sum(1 for line in idxmap.read_text().splitlines() if line.strip())
 
 
 def make_nets(nets_dir: Path, data_dir: Path, settings: Settings, n_classes: dict[str, int],
@@ -415,118 +404,6 @@ def summarize_reduced(rows: list, results_dir: Path, title: str = "") -> tuple[P
     return figure, text
 
 
-def _means(table: list[dict]) -> dict[str, dict[int, float]]:
-    out: dict[str, dict[int, float]] = {}
-    for entry in table:
-        if not math.isnan(entry["mean"]):
-            out.setdefault(entry["series"], {})[int(entry["x"])] = entry["mean"]
-    return out
-
-
-def split_spread(paired: list[dict]) -> float | None:
-    """How much a paired difference (net minus its base net) varies from split to split: the median, over
-    series and n, of the std across splits. None with one split (nothing to judge a difference by)."""
-    stds = [e["std"] for e in paired if e["count"] >= 2 and not math.isnan(e["std"])]
-    return float(np.median(stds)) if stds else None
-
-
-def findings(table: list[dict], paired: list[dict] | None = None, fig3: list[dict] | None = None) -> str:
-    """The paper's three findings checked on the numbers of `table` (fig2_transfer) and `paired` (fig2_paired),
-    and from `fig3` (fig3_natman_random) a fourth when the dissimilar halves were trained and a fifth when the
-    random-filter nets were, in plain words, beside the paper's. A difference counts only when it is larger than
-    the split-to-split spread of the paired differences (split_spread); smaller ones are called within it."""
-    ours, paper = _means(table), PAPER_FIG2
-    spread = split_spread(paired or [])
-
-    def pct(v):
-        return f"{100 * v:.1f}%"
-
-    def pts(v):
-        return f"{100 * v:+.1f} points"
-
-    def verdict(effect: float) -> tuple[str, str]:
-        """(the answer: Yes, No or Barely; the answer in words, with what qualifies it)"""
-        if effect <= 0:
-            return "No", "No"
-        if spread is None:
-            return "Yes", "Yes, on one split (no spread to judge it by)"
-        if effect > spread:
-            return "Yes", "Yes"
-        return "Barely", f"Barely: within the split-to-split spread ({100 * spread:.1f} points)"
-
-    lines = []
-    base = ours.get("baseB", {}).get(0)
-    p_base = paper["baseB"][0]
-    if base is not None:
-        lines.append(f"Base nets B (trained on the target halves): mean top-1 {pct(base)} (paper, ImageNet halves: "
-                     f"{pct(p_base)}).")
-    if spread is not None:
-        lines.append(f"A paired difference (a net minus the base net of its half) varies by {100 * spread:.1f} "
-                     f"points from split to split (median std); smaller differences are not findings.")
-    anb, p_anb = ours.get("AnB", {}), paper["AnB"]
-    if anb and 1 in anb and 7 in anb:
-        lines.append(
-            f"1. Does transfer AnB fall with n? {verdict(anb[1] - anb[7])[1]}: AnB is {pct(anb[1])} at n=1 and "
-            f"{pct(anb[7])} at n=7 ({pts(anb[7] - anb[1])}). Paper: {pct(p_anb[1])} -> {pct(p_anb[7])} "
-            f"({pts(p_anb[7] - p_anb[1])}), as the upper layers' features become specific to the base task.")
-    bnb, p_bnb = ours.get("BnB", {}), paper["BnB"]
-    if bnb and 1 in bnb and 7 in bnb:
-        middle = {n: v for n, v in bnb.items() if 3 <= n <= 6}
-        if middle:
-            n_min = min(middle, key=middle.get)
-            lines.append(
-                f"2. Does selffer BnB dip in the middle? {verdict(min(bnb[1], bnb[7]) - middle[n_min])[1]}: its "
-                f"lowest middle value is {pct(middle[n_min])} at n={n_min}, against {pct(bnb[1])} at n=1 and "
-                f"{pct(bnb[7])} at n=7. Paper: down to {pct(p_bnb[5])} at n=5 from {pct(p_bnb[1])} at n=1 and "
-                f"{pct(p_bnb[7])} at n=7 (co-adapted middle layers that the upper layers cannot relearn alone).")
-    anbp, bnbp = ours.get("AnB+", {}), ours.get("BnB+", {})
-    if anbp and base is not None:
-        mean_plus = float(np.mean(list(anbp.values())))
-        p_plus, p_ctrl = (float(np.mean(list(paper[s].values()))) for s in ("AnB+", "BnB+"))
-        line = (f"3. Does fine-tuned transfer AnB+ beat the base nets? {verdict(mean_plus - base)[1]}: AnB+ averages "
-                f"{pct(mean_plus)} over n=1..7 against {pct(base)} ({pts(mean_plus - base)}). Paper: "
-                f"{pct(p_plus)} against {pct(p_base)} ({pts(p_plus - p_base)}).")
-        if bnbp:
-            control = float(np.mean(list(bnbp.values())))
-            line += (f" The control is selffer BnB+, trained as long on its own half: {pct(control)}, so transfer "
-                     f"itself adds {pts(mean_plus - control)} ({verdict(mean_plus - control)[0]}). Paper: "
-                     f"BnB+ {pct(p_ctrl)}, transfer adds {pts(p_plus - p_ctrl)}: features from another task "
-                     f"generalize better even after fine-tuning.")
-            if verdict(control - base)[0] == "Yes":
-                line += (f" Here BnB+ itself beats its base nets by {pts(control - base)}: the base nets are not "
-                         f"trained to convergence as the paper's were, so fine-tuning goes on training them; "
-                         f"compare AnB+ with BnB+, not with the base nets.")
-        lines.append(line)
-    relative = _means(fig3 or [])
-    far, near = relative.get("relative natman", {}), relative.get("relative AnB", {})
-    if 7 in far and 7 in near:
-        p_far, p_near = PAPER_FIG3["relative natman"][7], PAPER_FIG3["relative AnB"][7]
-        lines.append(
-            f"4. Does transfer between dissimilar halves lose more than between random halves? "
-            f"{verdict(near[7] - far[7])[1]}: at n=7 the frozen transfer nets between the dissimilar halves are "
-            f"{pts(far[7])} from the base nets of their target halves, those between random halves {pts(near[7])}. "
-            f"Paper (natural/man-made): {pts(p_far)} against {pts(p_near)}: the less alike the tasks, the less "
-            f"the upper layers' features transfer.")
-    random_filters, p_random, p_transfer = (relative.get("relative random", {}), PAPER_FIG3["relative random"],
-                                            PAPER_FIG3["relative AnB"])
-    both = sorted(set(random_filters) & set(near))
-    if both:
-        gap = float(np.mean([near[n] - random_filters[n] for n in both]))
-        shown = [n for n in (1, 2, 3) if n in random_filters and n in near]
-        lines.append(
-            f"5. Do transferred features beat random ones? {verdict(gap)[1]}: with its first n layers random and "
-            f"frozen, the whole-set net is "
-            + ", ".join(f"{pts(random_filters[n])} at n={n}" for n in shown)
-            + f" from the whole-set net; frozen transferred layers (AnB) "
-            + ", ".join(pts(near[n]) for n in shown)
-            + f" from their base nets ({pts(gap)} on average over n={both[0]}..{both[-1]}). Paper: "
-            + ", ".join(pts(p_random[n]) for n in shown) + " against " + ", ".join(pts(p_transfer[n]) for n in shown)
-            + ": random filters lose much more, near chance from n=3.")
-    if not any(line[:2] in ("1.", "2.", "3.") for line in lines):
-        return "No results to compare yet (no transfer or selffer net has a test accuracy in its logs)."
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- the whole experiment
 
 def run_experiment(out_dir: str | os.PathLike, *, dataset: str = "fashion-mnist", dataset_options: dict | None = None,
@@ -534,86 +411,146 @@ def run_experiment(out_dir: str | os.PathLike, *, dataset: str = "fashion-mnist"
                    gpus: str | None = None, progress: bool = True) -> ExperimentReport:
     """Run every stage (each skips what is complete) and return the report; raises ExperimentError on a stage
     that cannot go on. An interrupted training (Ctrl-C, SIGTERM) returns with report.interrupted set."""
+    report = ExperimentReport(_checked_out_dir(out_dir), settings or settings_for(quick=quick))
+    lap = _stopwatch(report.seconds)
+    data = _open_checked(dataset, dataset_options, report.nets_dir, engine, gpus)   # before anything is made
+    _lists_stage(report, data, progress)              # 1: lists checked against md5sums.txt, unchanged ones kept
+    lap("lists")
+    nets = net_catalog(report.settings)               # what stages 2-4 make: the nets and the databases they read
+    report.nets = nets.names
+    _databases_stage(report, data, nets, progress)    # 2: complete databases kept, half-written ones redone
+    lap("databases")
+    _nets_stage(report, nets)                         # 3: unchanged files kept; nets trained otherwise stop the run
+    lap("nets")
+    training = _training_stage(report, nets, engine, jobs, gpus, progress)   # 4: trained nets skipped, others resumed
+    lap("training")
+    if _interrupted(report, training):
+        return report
+    _results_stage(report, data)                      # 5: recomputed from the logs every time
+    lap("results")
+    return report
+
+
+def _checked_out_dir(out_dir: str | os.PathLike) -> Path:
+    """`out_dir` as a Path, checked first: the scripts that train the nets name it on one line."""
     out_dir = Path(out_dir)
     try:
-        netgen.one_line(out_dir.resolve())      # the scripts that train the nets name it: checked before anything
+        netgen.one_line(out_dir.resolve())
     except netgen.NetgenError as err:
         raise ExperimentError(f"--out: {err}") from None
-    settings = settings or settings_for(quick=quick)
-    report = ExperimentReport(out_dir, settings)
+    return out_dir
+
+
+def _stopwatch(seconds: dict[str, float]):
+    """lap(stage): record in `seconds` the wall time since the previous lap (the first: since this call)."""
     clock = time.monotonic()
 
     def lap(stage: str) -> None:
         nonlocal clock
         now = time.monotonic()
-        report.seconds[stage] = round(now - clock, 2)
+        seconds[stage] = round(now - clock, 2)
         clock = now
+    return lap
 
+
+def _open_checked(dataset: str, options: dict | None, nets_dir: Path, engine: str, gpus: str | None):
+    """The dataset adapter, once every check that needs nothing written has passed: its classes make random
+    halves, the engine can train here, and no earlier run's trainers are still at work in `nets_dir`."""
     try:
-        data = datasets.open_dataset(dataset, **(dataset_options or {}))
+        data = datasets.open_dataset(dataset, **(options or {}))
     except (TypeError, ValueError) as err:
         raise ExperimentError(f"dataset {dataset!r}: {err}") from None
     _check_halves(data)         # as make_lists does, before saying anything
     trainer_env(engine, gpus)   # a run that cannot train here stops before it makes anything
-    _check_not_training(report.nets_dir)
-    _say(f"[1/5] split lists of {data.name} ({len(data.classes)} classes) -> {report.data_dir}")
-    make_lists(data, report.data_dir, settings, progress)
-    lap("lists")
+    _check_not_training(nets_dir)
+    return data
 
-    nets = net_catalog(settings)
-    report.nets = nets.names
+
+def _lists_stage(report: ExperimentReport, data, progress: bool) -> None:
+    """Stage 1 (make_lists): data/<split>_{train,valid}/files.txt, idxmap.txt and data/md5sums.txt."""
+    _say(f"[1/5] split lists of {data.name} ({len(data.classes)} classes) -> {report.data_dir}")
+    make_lists(data, report.data_dir, report.settings, progress)
+
+
+def _databases_stage(report: ExperimentReport, data, nets: catalog.Catalog, progress: bool) -> None:
+    """Stage 2 (make_databases): the LMDB (and mean) of every list the nets read."""
     needed = database_splits(nets)
     _say(f"[2/5] {len(needed)} databases -> {report.data_dir}/<split>/lmdb")
-    make_databases(data, report.data_dir, needed, settings, progress)
-    lap("databases")
+    make_databases(data, report.data_dir, needed, report.settings, progress)
 
+
+def _nets_stage(report: ExperimentReport, nets: catalog.Catalog) -> None:
+    """Stage 3 (make_nets): every net's files and nets.json; stops when nets here were trained otherwise."""
     classes = classes_per_split(report.data_dir, nets)
     _say(f"[3/5] {len(nets)} nets -> {report.nets_dir}")
-    rendered = make_nets(report.nets_dir, report.data_dir, settings, classes)
+    rendered = make_nets(report.nets_dir, report.data_dir, report.settings, classes)
     _say(rendered.summary())
     check_trained_settings(report.nets_dir, report.data_dir)
-    lap("nets")
 
-    untrained = [n for n in nets.names if not _finished(report.nets_dir / n, settings.max_iter)]
+
+def _training_stage(report: ExperimentReport, nets: catalog.Catalog, engine: str, jobs: int, gpus: str | None,
+                    progress: bool):
+    """Stage 4 on the nets without their final snapshot (report.trained); returns the local runner's result,
+    None when every net was trained before."""
+    untrained = [n for n in nets.names if not _finished(report.nets_dir / n, report.settings.max_iter)]
     _say(f"[4/5] training {len(untrained)} of {len(nets)} nets ({len(nets) - len(untrained)} already trained) "
          f"with engine {engine}, {_at_once(jobs, gpus)}")
-    if untrained:
-        result = train_nets(report.nets_dir, engine=engine, jobs=jobs, gpus=gpus, progress=progress)
-        report.trained = untrained
-        lap("training")
-        if result.interrupted:
-            report.interrupted = result.interrupted
-            _say("interrupted: the nets stopped at a snapshot; run the same command again to finish")
-            return report
-        if not result.ok:
-            failed = [s for s in result.nets.values() if s.state != "finished"]
-            raise ExperimentError(f"{len(failed)} nets did not finish:\n{result.describe()}\nSee their logs; "
-                                  f"running again resumes them")
-    else:
-        lap("training")
+    if not untrained:
+        return None
+    result = train_nets(report.nets_dir, engine=engine, jobs=jobs, gpus=gpus, progress=progress)
+    report.trained = untrained
+    return result
 
+
+def _interrupted(report: ExperimentReport, training) -> bool:
+    """Whether stage 4's `training` was interrupted (report.interrupted set: running again resumes it); raises
+    ExperimentError when nets failed."""
+    if training is None:
+        return False
+    if training.interrupted:
+        report.interrupted = training.interrupted
+        _say("interrupted: the nets stopped at a snapshot; run the same command again to finish")
+        return True
+    if not training.ok:
+        failed = [s for s in training.nets.values() if s.state != "finished"]
+        raise ExperimentError(f"{len(failed)} nets did not finish:\n{training.describe()}\nSee their logs; "
+                              f"running again resumes them")
+    return False
+
+
+def _results_stage(report: ExperimentReport, data) -> None:
+    """Stage 5: Figure 2 and its tables; Figure 3 and the reduced-data curve when their nets were asked for; the
+    findings (results/findings.txt)."""
     _say(f"[5/5] logs -> {report.results_dir}")
+    settings, results = report.settings, report.results_dir
     title = getattr(data, "title", data.name)
-    report.rows, report.table, report.paired, report.figure, report.tables = summarize(
-        report.nets_dir, report.results_dir, title)
+    report.rows, report.table, report.paired, report.figure, report.tables = summarize(report.nets_dir, results, title)
     if settings.natman or settings.random_filters:
-        report.fig3, report.fig3_figure, text = summarize_fig3(report.rows, report.results_dir,
+        report.fig3, report.fig3_figure, text = summarize_fig3(report.rows, results,
                                                                _fig3_title(data, settings, title))
         report.tables += "\n" + text if text else ""
     if settings.reduced:
-        report.reduced_figure, text = summarize_reduced(report.rows, report.results_dir,
+        report.reduced_figure, text = summarize_reduced(report.rows, results,
                                                         f"The whole-set net on less data: {title}")
         report.tables += "\n" + text if text else ""
     report.findings = findings(report.table, report.paired, report.fig3)
-    (report.results_dir / "findings.txt").write_text(report.findings + "\n")
-    lap("results")
-    return report
+    (results / "findings.txt").write_text(report.findings + "\n")
+
+
+def _fig3_title(data, settings: Settings, title: str) -> str:
+    """Figure 3's title: what was trained, on which dataset, and the classes of the dissimilar halves."""
+    natman = settings.natman and "natman" in data.dissimilar_groups
+    shown = ["transfer between dissimilar halves"] * natman + ["random frozen filters"] * settings.random_filters
+    heading = f"{' and '.join(shown).capitalize()} on {title} (Figure 3)"
+    if natman:
+        a, b = (", ".join(data.classes[i] for i in group) for group in data.dissimilar_groups["natman"])
+        heading += f"\nhalf A: {a}; half B: {b}"
+    return heading
 
 
 def publish(report: ExperimentReport, stem: str | os.PathLike, fig3: bool = False) -> list[Path]:
     """Copy the run's Figure 2 (or, `fig3`, its Figure 3 analogue) to <stem>.png and the tables behind it and
     the findings to <stem>.txt (the README's figures)."""
-    import shutil
     stem = Path(stem)
     figure = report.fig3_figure if fig3 else report.figure
     if figure is None:
@@ -629,21 +566,6 @@ def publish(report: ExperimentReport, stem: str | os.PathLike, fig3: bool = Fals
               f"number from the nets' logs.\n\n")
     stem.with_suffix(".txt").write_text(header + tables + "\n" + report.findings + "\n")
     return [stem.with_suffix(".png"), stem.with_suffix(".txt")]
-
-
-def _count_classes(idxmap: Path) -> int:
-    return sum(1 for line in idxmap.read_text().splitlines() if line.strip())
-
-
-def _fig3_title(data, settings: Settings, title: str) -> str:
-    """Figure 3's title: what was trained, on which dataset, and the classes of the dissimilar halves."""
-    natman = settings.natman and "natman" in data.dissimilar_groups
-    shown = ["transfer between dissimilar halves"] * natman + ["random frozen filters"] * settings.random_filters
-    heading = f"{' and '.join(shown).capitalize()} on {title} (Figure 3)"
-    if natman:
-        a, b = (", ".join(data.classes[i] for i in group) for group in data.dissimilar_groups["natman"])
-        heading += f"\nhalf A: {a}; half B: {b}"
-    return heading
 
 
 def _at_once(jobs: int, gpus: str | None) -> str:

@@ -191,5 +191,5 @@ def test_folder_images_become_the_records_convert_imageset_writes(tmp_path):
     databases.convert_list(files, root, tmp_path / "db", resize=(32, 32), workers=0, progress=False)
     stored = [databases.decode_datum(value)[0] for _, value in databases.open_reader(tmp_path / "db")]
     for (name, _), record in zip(items, stored):
-        assert np.array_equal(experiment._as_chw(data.image(name), 3, 32), record), name
+        assert np.array_equal(experiment.as_chw(data.image(name), 3, 32), record), name
     assert data.image("a/rotated.jpg").shape == (64, 40, 3)         # EXIF applied, as OpenCV's imread does

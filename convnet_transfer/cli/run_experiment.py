@@ -83,13 +83,41 @@ Default: 60 nets x 200 iterations of batch 64 on the CPU, 6-7 minutes on 2 cores
 @interruptible("run the same command again to resume")
 def main(out, dataset, dataset_root, train_list, val_list, quick, gpu, engine, jobs, iterations, seeds, natman,
          random_filters, reduced, per_class, progress):
-    options = {"fashion-mnist": {"root": dataset_root}, "folder": {"root": dataset_root},
-               "list": {"train_list": train_list, "val_list": val_list, "root": dataset_root}}[dataset]
-    if dataset != "fashion-mnist" and dataset_root is None:
+    options = _dataset_options(dataset, dataset_root, train_list, val_list)
+    settings = _settings(quick, gpu, iterations, seeds=seeds, reduced=reduced, natman=natman,
+                         random_filters=random_filters, per_class=per_class)
+    if jobs is None:
+        jobs = len(gpu_slots(gpu)) or (os.cpu_count() or 1)
+    if out is None:
+        out = ROOT / "generated" / (dataset + ("-quick" if quick else ""))
+    publish_to, publish_fig3 = _readme_figure(dataset, dataset_root, engine, settings)
+    started = time.monotonic()
+    try:
+        report = experiment.run_experiment(out, dataset=dataset, dataset_options=options, settings=settings,
+                                           engine=engine, jobs=jobs, gpus=gpu, progress=progress)
+    except (experiment.ExperimentError, DatasetError) as err:
+        raise click.ClickException(str(err))
+    if report.interrupted:
+        click.echo(f"Interrupted by {report.interrupted.name} after {time.monotonic() - started:.0f} s; run the "
+                   f"same command again to resume.", err=True)
+        sys.exit(128 + report.interrupted)
+    _print_report(report, publish_to, publish_fig3, started)
+
+
+def _dataset_options(dataset: str, root: Path | None, train_list: Path | None, val_list: Path | None) -> dict:
+    """The dataset adapter's options from the flags; a usage error when the dataset needs flags not given."""
+    options = {"fashion-mnist": {"root": root}, "folder": {"root": root},
+               "list": {"train_list": train_list, "val_list": val_list, "root": root}}[dataset]
+    if dataset != "fashion-mnist" and root is None:
         raise click.UsageError(f"--dataset {dataset} needs --dataset-root")
     if dataset == "list" and (train_list is None or val_list is None):
         raise click.UsageError("--dataset list needs --train-list and --val-list")
-    changes = {"natman": natman, "random_filters": random_filters, "per_class": per_class}
+    return options
+
+
+def _settings(quick: bool, gpu: str | None, iterations: int | None, *, seeds: str | None, reduced: str | None,
+              **changes) -> experiment.Settings:
+    """The preset (--quick, --gpu or the default) with the flags' changes (None: the preset's) and --iterations."""
     for name, value, least in (("seeds", seeds, 0), ("reduced", reduced, 1)):
         if value is not None:
             try:
@@ -102,30 +130,24 @@ def main(out, dataset, dataset_root, train_list, val_list, quick, gpu, engine, j
                                          param_hint=f"--{name}")
             changes[name] = numbers
     settings = experiment.settings_for(quick=quick, gpu=gpu is not None, **changes)
-    if iterations is not None:
-        settings = experiment.scaled(settings, iterations)
-    if jobs is None:
-        jobs = len(gpu_slots(gpu)) or (os.cpu_count() or 1)
-    if out is None:
-        out = ROOT / "generated" / (dataset + ("-quick" if quick else ""))
-    # the default run on the packaged data redraws the README's Figure 2 (plots/fashion_mnist_fig2.png), the
-    # default run with --natman --random-filters its Figure 3 (plots/fashion_mnist_fig3.png)
+    return settings if iterations is None else experiment.scaled(settings, iterations)
+
+
+def _readme_figure(dataset: str, dataset_root: Path | None, engine: str,
+                   settings: experiment.Settings) -> tuple[Path | None, bool]:
+    """(where to publish the run's figure, whether it is Figure 3): the default run on the packaged data redraws
+    the README's Figure 2 (plots/fashion_mnist_fig2.png), the default run with --natman --random-filters its
+    Figure 3 (plots/fashion_mnist_fig3.png); (None, False) for any other run."""
     packaged = dataset == "fashion-mnist" and dataset_root is None and engine == "torch" and (ROOT / "plots").is_dir()
     default = experiment.PRESETS["default"]
-    publish_to, publish_fig3 = None, False
-    if packaged and settings in (default, dataclasses.replace(default, natman=True, random_filters=True)):
-        publish_fig3 = settings.natman
-        publish_to = ROOT / "plots" / ("fashion_mnist_fig3" if publish_fig3 else "fashion_mnist_fig2")
-    started = time.monotonic()
-    try:
-        report = experiment.run_experiment(out, dataset=dataset, dataset_options=options, settings=settings,
-                                           engine=engine, jobs=jobs, gpus=gpu, progress=progress)
-    except (experiment.ExperimentError, DatasetError) as err:
-        raise click.ClickException(str(err))
-    if report.interrupted:
-        click.echo(f"Interrupted by {report.interrupted.name} after {time.monotonic() - started:.0f} s; run the "
-                   f"same command again to resume.", err=True)
-        sys.exit(128 + report.interrupted)
+    if not (packaged and settings in (default, dataclasses.replace(default, natman=True, random_filters=True))):
+        return None, False
+    return ROOT / "plots" / ("fashion_mnist_fig3" if settings.natman else "fashion_mnist_fig2"), settings.natman
+
+
+def _print_report(report: experiment.ExperimentReport, publish_to: Path | None, publish_fig3: bool,
+                  started: float) -> None:
+    """The tables, where the figures and tables are (and the README's copies), the findings and the times."""
     click.echo(report.tables)
     click.echo(f"Figure: {report.figure}\nTables: {report.results_dir}/fig2_transfer.txt, fig2_paired.txt (and "
                f".csv); every net: {report.results_dir / 'summary.csv'}")
