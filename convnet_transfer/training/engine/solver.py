@@ -38,6 +38,7 @@ from google.protobuf import text_format
 
 from convnet_transfer.formats import caffe_pb2 as pb
 from convnet_transfer.formats import protoio
+from convnet_transfer.formats.snapshots import snapshot_name
 from . import glog
 from .errors import EngineError
 from .data import ENGINE_DATA_LAYER_TYPES, DataLayerSource
@@ -524,7 +525,6 @@ class SGDSolver:
     # ------------------------------------------------------------ snapshots
 
     def _snapshot_filename(self, extension: str) -> str:
-        from convnet_transfer.formats.snapshots import snapshot_name
         return snapshot_name(self.param.snapshot_prefix, self.iter, extension)
 
     def _last_good(self) -> str:
