@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .nets import architectures, catalog, netgen
-from .data import databases, datasets, images, splits
+from .data import databases, datasets, images, layout, splits
 from .results import logs, plots
 from .results.findings import PAPER_FIG2, PAPER_FIG3, findings, split_spread   # stage 5's last step, re-exported
 
@@ -185,7 +185,7 @@ def make_lists(dataset, data_dir: Path, settings: Settings, progress: bool = Tru
         raise ExperimentError(f"--reduced {','.join(map(str, too_many))}: the smallest class of {dataset.name} has "
                               f"{smallest} train images{' with --per-class' if settings.per_class else ''}; ask "
                               f"for at most {smallest} per class")
-    manifest = data_dir / splits.MANIFEST
+    manifest = data_dir / layout.MANIFEST
     try:
         published = splits.read_manifest(manifest) if manifest.is_file() else None
         return splits.make_splits(train, val, data_dir, n_classes=len(dataset.classes), seeds=settings.seeds,
@@ -222,7 +222,8 @@ def _stored_as(dataset, settings: Settings) -> tuple[int, int | None]:
 
 def database_splits(nets: catalog.Catalog) -> list[str]:
     """The lists the nets train and test on (`<split>_train`, `<split>_valid`): the databases stage 2 writes."""
-    return sorted({f"{n.split}_train" for n in nets} | {f"{n.val_split}_valid" for n in nets})
+    return sorted({layout.list_folder(n.split, "train") for n in nets}
+                  | {layout.list_folder(n.val_split, "valid") for n in nets})
 
 
 def make_databases(dataset, data_dir: Path, split_names: list[str], settings: Settings,
@@ -241,11 +242,11 @@ def make_databases(dataset, data_dir: Path, split_names: list[str], settings: Se
     infos = {}
     for split in split_names:
         folder = data_dir / split
-        db, mean = folder / "lmdb", (folder / "mean.binaryproto" if split.endswith("_train") else None)
+        db, mean = folder / "lmdb", (folder / layout.MEAN if layout.is_train(folder) else None)
         if databases.is_complete(db) and (mean is None or mean.is_file()):
             continue
         try:
-            items = databases.ordered(databases.read_list(folder / "files.txt", progress=False), 0)
+            items = databases.ordered(databases.read_list(folder / layout.LIST, progress=False), 0)
             records = ((databases.make_key(i, name), image(name), label) for i, (name, label) in enumerate(items))
             infos[split] = databases.write_arrays(db, records, mean_path=mean, total=len(items), progress=progress,
                                                   overwrite=db.exists())
@@ -271,7 +272,8 @@ def net_catalog(settings: Settings) -> catalog.Catalog:
 
 def classes_per_split(data_dir: Path, nets: catalog.Catalog) -> dict[str, int]:
     """The number of classes each net's training split holds (its idxmap.txt, stage 1): fc8's num_output."""
-    return {split: _count_classes(data_dir / f"{split}_train" / "idxmap.txt") for split in {n.split for n in nets}}
+    return {split: _count_classes(data_dir / layout.list_folder(split, "train") / layout.IDXMAP)
+            for split in {n.split for n in nets}}
 
 
 def _count_classes(idxmap: Path) -> int:

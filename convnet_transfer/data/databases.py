@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from convnet_transfer.formats import protoio
+from . import layout
 from .convert import (COMMIT_EVERY, PROGRESS, SLOW_ENV, DbInfo, compute_mean, convert_list, info_from_marker,
                       write_arrays)
 from .errors import BadImageError, DatabaseError
@@ -80,7 +81,7 @@ def make_view(view_dir, shared_db, files_txt, shared_files_txt, *, shuffle_seed=
 
 def split_dirs(data_root) -> list[Path]:
     """The split directories of a data root (<split>_train, <split>_valid, each with files.txt), sorted."""
-    return sorted(p.parent for p in Path(data_root).glob("*/files.txt"))
+    return layout.list_dirs(data_root)
 
 
 def convert_data_root(data_root, image_root, *, val_root=None, shared=False, backend="lmdb", splits=None,
@@ -105,27 +106,27 @@ def convert_data_root(data_root, image_root, *, val_root=None, shared=False, bac
             raise DatabaseError(f"{data_root}: no split(s) {', '.join(sorted(unknown))}")
         dirs = [d for d in dirs if d.name in wanted]
     results = {}
-    whole = {kind: data_root / f"whole_{kind}" for kind in ("train", "valid")}
+    whole = {kind: data_root / layout.list_folder("whole", kind) for kind in layout.PHASES}
     if shared:
         for kind, path in whole.items():
-            if not (path / "files.txt").is_file():
+            if not (path / layout.LIST).is_file():
                 raise DatabaseError(f"{path}/files.txt is missing: --shared serves every split from whole_{kind}")
         order = [whole["train"], whole["valid"]] + [d for d in dirs if d not in whole.values()]
     else:
         order = dirs
     for split in order:
-        is_train = split.name.endswith("_train")
-        mean_path = split / "mean.binaryproto" if is_train else None
+        is_train = layout.is_train(split)
+        mean_path = split / layout.MEAN if is_train else None
         if shared and split not in whole.values():
             base = whole["train" if is_train else "valid"]
-            info = make_view(split / "keys", base / backend, split / "files.txt", base / "files.txt",
+            info = make_view(split / layout.VIEW, base / backend, split / layout.LIST, base / layout.LIST,
                              shuffle_seed=options.get("shuffle_seed"))
             if mean_path is not None and not mean_path.exists():
-                protoio.write_mean(mean_path, compute_mean(split / "keys", progress=progress))
+                protoio.write_mean(mean_path, compute_mean(split / layout.VIEW, progress=progress))
                 info.mean_path = mean_path
         else:
-            root = val_root if val_root is not None and split.name.endswith("_valid") else image_root
-            info = convert_list(split / "files.txt", root, split / backend, backend=backend,
+            root = val_root if val_root is not None and split.name.endswith("_" + layout.PHASES[1]) else image_root
+            info = convert_list(split / layout.LIST, root, split / backend, backend=backend,
                                 mean_path=mean_path, progress=progress, **options)
         results[split.name] = info
     return results

@@ -44,6 +44,7 @@ import numpy as np
 from convnet_transfer.formats import protoio
 from convnet_transfer.resources import ilsvrc12_dir
 from .errors import Md5MismatchError, SplitError
+from .layout import IDXMAP, LIST, MANIFEST, PHASES, list_folder
 from .lists import LARGE_INPUT, MAX_LABEL, check_items, file_md5, list_bytes, progress_bar, read_list
 
 __all__ = [
@@ -54,8 +55,6 @@ __all__ = [
 
 SEEDS_2014 = (0, 1, 2, 3)
 REDUCED_2014 = (1, 2, 5, 10, 25, 50, 100, 250, 500, 750, 1000)
-PHASES = ("train", "valid")
-MANIFEST = "md5sums.txt"
 
 ImageList = Sequence[tuple[str, int]]  # [(relpath, label), ...]
 
@@ -274,7 +273,7 @@ def _check_arguments(n_classes: int, short_classes: str, train_list, val_list) -
 def _check_inputs_published(inputs: dict, published: Mapping[str, str], accept_new: bool, say) -> None:
     """Say first when an input is not the published one: every derived md5 then differs too."""
     for phase, (items, name) in inputs.items():
-        key = f"whole_{phase}/files.txt"
+        key = f"{list_folder('whole', phase)}/{LIST}"
         if key in published:
             actual = hashlib.md5(list_bytes(items)).hexdigest()
             if actual != published[key]:
@@ -330,11 +329,11 @@ def _stage_lists(staging: Path, jobs, inputs: dict, n_classes: int, large: bool,
                                  f"{'validation' if phase == 'valid' else 'train'} images of them")
             if idxmap is None:
                 idxmap = [(c, c) for c in range(n_classes)]
-            folder = f"{split.name}_{phase}"
-            files_md5 = _stage(staging, f"{folder}/files.txt", list_bytes(lines))
-            _stage(staging, f"{folder}/idxmap.txt", "".join(f"{o} {n}\n" for o, n in idxmap).encode())
-            report.md5[f"{folder}/files.txt"] = files_md5
-            staged += [(f"{folder}/files.txt", files_md5), (f"{folder}/idxmap.txt", None)]
+            folder = list_folder(split.name, phase)
+            files_md5 = _stage(staging, f"{folder}/{LIST}", list_bytes(lines))
+            _stage(staging, f"{folder}/{IDXMAP}", "".join(f"{o} {n}\n" for o, n in idxmap).encode())
+            report.md5[f"{folder}/{LIST}"] = files_md5
+            staged += [(f"{folder}/{LIST}", files_md5), (f"{folder}/{IDXMAP}", None)]
             bar.update()
     return staged
 

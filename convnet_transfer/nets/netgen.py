@@ -34,6 +34,7 @@ import jinja2
 from google.protobuf import text_encoding
 
 from . import architectures, catalog as catalog_mod, tree
+from convnet_transfer.data import layout
 from convnet_transfer.formats import legacy, protoio, snapshots
 from convnet_transfer import resources
 from .architectures.spec import Architecture, Enum, Layer
@@ -391,9 +392,10 @@ def _render_net(net: NetSpec, catalog: Catalog, arch: Architecture, options: Ren
         _write_file(net_dir / name, text, file_mode, out_root, report)
     if base:
         _write_link(net_dir / "basenet", f"../{base.name}", out_root, report)
-    links = {files.train_db: data_root / f"{net.split}_train" / options.backend,
-             files.val_db: data_root / f"{net.val_split}_valid" / options.backend,
-             files.mean: data_root / f"{net.split}_train" / "mean.binaryproto"}
+    train = data_root / layout.list_folder(net.split, "train")
+    val = data_root / layout.list_folder(net.val_split, "valid")
+    links = {files.train_db: train / options.backend, files.val_db: val / options.backend,
+             files.mean: train / layout.MEAN}
     for name, target in links.items():
         _write_link(net_dir / name, _link_target(target, net_dir), out_root, report)
         if not target.exists() and str(target) not in report.missing_data:
