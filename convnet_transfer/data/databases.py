@@ -119,10 +119,10 @@ def convert_data_root(data_root, image_root, *, val_root=None, shared=False, bac
         mean_path = split / layout.MEAN if is_train else None
         if shared and split not in whole.values():
             base = whole["train" if is_train else "valid"]
-            info = make_view(split / layout.VIEW, base / backend, split / layout.LIST, base / layout.LIST,
+            info = make_view(split / layout.VIEW_DIR, base / backend, split / layout.LIST, base / layout.LIST,
                              shuffle_seed=options.get("shuffle_seed"))
             if mean_path is not None and not mean_path.exists():
-                protoio.write_mean(mean_path, compute_mean(split / layout.VIEW, progress=progress))
+                protoio.write_mean(mean_path, compute_mean(split / layout.VIEW_DIR, progress=progress))
                 info.mean_path = mean_path
         else:
             root = val_root if val_root is not None and split.name.endswith("_" + layout.PHASES[1]) else image_root

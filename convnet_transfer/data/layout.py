@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["PHASES", "MANIFEST", "LIST", "IDXMAP", "MEAN", "VIEW", "list_folder", "list_dirs", "is_train"]
+__all__ = ["PHASES", "MANIFEST", "LIST", "IDXMAP", "MEAN", "VIEW_DIR", "list_folder", "list_dirs", "is_train"]
 
 PHASES = ("train", "valid")
 MANIFEST = "md5sums.txt"
 LIST = "files.txt"
 IDXMAP = "idxmap.txt"
 MEAN = "mean.binaryproto"
-VIEW = "keys"
+VIEW_DIR = "keys"
 
 
 def list_folder(split: str, phase: str) -> str:

@@ -23,6 +23,7 @@ from typing import Iterator
 from convnet_transfer.formats import caffe_pb2 as pb
 from convnet_transfer.formats import protoio
 from .errors import DatabaseError
+from .layout import VIEW_DIR
 
 __all__ = ["BACKENDS", "KINDS", "Lmdb", "LevelDb", "KeyView", "kind_of", "resolve", "open_reader", "open_writer",
            "read_view", "write_view", "read_marker", "write_marker", "is_complete", "MARKER", "VIEW", "VIEW_KEYS"]
@@ -421,7 +422,7 @@ def kind_of(path: Path) -> str | None:
 def resolve(path: Path) -> Path:
     """A database directory, or a split directory holding one (lmdb/, leveldb/ or keys/)."""
     if kind_of(path) is None and path.is_dir():
-        for name in ("lmdb", "leveldb", "keys"):
+        for name in (*BACKENDS, VIEW_DIR):
             if kind_of(path / name) is not None:
                 return path / name
     return path
