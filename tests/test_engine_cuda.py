@@ -16,6 +16,7 @@ import torch
 
 from test_engine_fidelity import GOLDEN, NETS, WEIGHTS, compare_with_golden
 from test_engine_solver import data_layer, make_case, weights_of
+import test_engine_solvers as solvers
 import test_engine_train_fidelity as train_fidelity
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -48,6 +49,15 @@ def test_twenty_sgd_iterations_equal_caffe_golden_on_cuda(tmp_path, monkeypatch,
     iters = train_fidelity.ITERS
     train_fidelity.compare(case, train_fidelity.golden.GOLDEN_DIR / f"caffe_iter_{iters}.caffemodel",
                            train_fidelity.golden.GOLDEN_DIR / f"caffe_iter_{iters}.solverstate", recorded, log)
+
+
+@pytest.mark.parametrize("solver_type", solvers.TYPES)
+def test_twenty_iterations_of_each_solver_type_equal_caffe_golden_on_cuda(tmp_path, monkeypatch, capfd, solver_type):
+    import json
+    case, losses = solvers.trained(tmp_path, solver_type, monkeypatch, capfd, gpu="0")
+    recorded = json.loads((solvers.golden.GOLDEN_DIR / "losses.json").read_text())[solver_type]
+    solvers.check_against(case, losses, lambda it: solvers.golden.GOLDEN_DIR / f"{solver_type}_iter_{it}", recorded,
+                          solver_type)
 
 
 def assert_gpu_batches_equal_cpu(layer, phase: str, seed: int, batches: int) -> int:

@@ -554,7 +554,7 @@ def test_errors_name_what_is_wrong(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("old, new, message", [
-    ('random_seed: 3', 'type: "Adam"', "solver type 'Adam' is not supported by the engine (only SGD"),
+    ('random_seed: 3', 'type: "Lion"', "Unknown solver type: Lion (known types: AdaDelta, AdaGrad, Adam"),
     ('random_seed: 3', 'regularization_type: "L3"', "Unknown regularization type: L3"),
     ('random_seed: 3', 'iter_size: 0', "iter_size must be at least 1"),
     ('random_seed: 3', 'snapshot_format: HDF5', "snapshot_format HDF5 is not supported by the engine"),

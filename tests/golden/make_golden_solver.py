@@ -118,11 +118,18 @@ def initial_weights() -> pb.NetParameter:
 
 def write_case(directory: Path) -> Path:
     """Write net.prototxt, solver.prototxt, train_lmdb/, mean.binaryproto and init.caffemodel into `directory`."""
-    import lmdb
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "net.prototxt").write_text(NET)
     (directory / "solver.prototxt").write_text(SOLVER)
+    write_data(directory)
+    protoio.write_binary(directory / "init.caffemodel", initial_weights())
+    return directory
+
+
+def write_data(directory: Path) -> None:
+    """Write the images as train_lmdb/ and their mean.binaryproto into `directory`."""
+    import lmdb
     data, labels = images()
     env = lmdb.open(str(directory / "train_lmdb"), map_size=64 << 20)
     with env.begin(write=True) as txn:
@@ -131,8 +138,6 @@ def write_case(directory: Path) -> Path:
             txn.put(b"%08d" % i, datum.SerializeToString())
     env.close()
     protoio.write_mean(directory / "mean.binaryproto", data.astype(np.float64).mean(axis=0).astype(np.float32))
-    protoio.write_binary(directory / "init.caffemodel", initial_weights())
-    return directory
 
 
 def caffemodel_params(path: Path) -> dict[str, list[np.ndarray]]:

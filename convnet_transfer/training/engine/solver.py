@@ -1,14 +1,15 @@
-"""Caffe's SGD solver (solver.cpp, sgd_solver.cpp) on PyTorch, update for update.
+"""Caffe's solvers (solver.cpp, sgd_solver.cpp and solvers/*_solver.cpp) on PyTorch, update for update.
 
 Each iteration (Solver::Step): test when `iter % test_interval == 0` (and at 0 when test_initialization),
 forward+backward `iter_size` times accumulating gradients, display the smoothed loss and the train net outputs
-every `display` iterations, then ApplyUpdate:
+every `display` iterations, then ApplyUpdate (SGDSolver's, which all of Caffe's solver types share):
 
     rate        = lr_policy(base_lr, iter)            fixed, step, multistep, exp, inv, poly, sigmoid
     clip        : all gradients scaled by clip_gradients / ||g||_2 when the global norm exceeds it
     g          *= 1 / iter_size
     g          += weight_decay * decay_mult * w       (L2; L1 adds the sign of w)
-    v           = momentum * v + rate * lr_mult * g   (the history saved in .solverstate)
+    update rule of the solver `type` (updates.py), with local_rate = rate * lr_mult; SGD's:
+    v           = momentum * v + local_rate * g       (the history saved in .solverstate)
     w          -= v
     iter       += 1
 
@@ -44,6 +45,7 @@ from .errors import EngineError
 from .data import ENGINE_DATA_LAYER_TYPES, DataLayerSource
 from .layers import CAFFE_DATA_LAYER_TYPES
 from .net import Net
+from .updates import UPDATE_RULES, Hyper, solver_type_problem
 from .upgrade import filter_net, read_net_file, upgrade_net
 
 __all__ = ["SGDSolver", "SolverError", "Diverged", "SignalActions", "NetWithData", "learning_rate", "report_copied"]
@@ -195,7 +197,8 @@ class NetWithData:
 # ---------------------------------------------------------------- the solver
 
 class SGDSolver:
-    """Caffe's SGDSolver. `solve()` trains to max_iter (or until a signal stops it) and returns "done" or "stopped".
+    """Caffe's SGDSolver and its subclasses (the solver `type`, one rule of updates.UPDATE_RULES). `solve()` trains
+    to max_iter (or until a signal stops it) and returns "done" or "stopped".
 
     device: torch device; weights: caffemodels to copy into same-named layers (-weights, comma list allowed);
     precision: "fp32" (default), "tf32" or "bf16" (autocast) — the last two only when asked for.
@@ -209,8 +212,7 @@ class SGDSolver:
         self.device = torch.device(device)
         self.actions = actions or SignalActions()
         self.precision = precision
-        self.iter = 0
-        self.current_step = 0
+        self.iter = self.current_step = 0
         self.last_snapshot: str | None = None
         self._snapshot_iter = -1
         self.requested_early_exit = False
@@ -256,7 +258,8 @@ class SGDSolver:
             self.close()
             raise
         self.params = list(self.net.params)
-        self.history = [torch.zeros_like(p.tensor.detach()) for p in self.params]
+        self.rule, self.hyper = UPDATE_RULES[param.type], Hyper.of(param, 0)
+        self.history = self.rule.new_history([p.tensor for p in self.params])
         glog.info("solver.cpp:57", "Solver scaffolding done.")
         self.losses: list[float] = []
         self.smoothed_loss = 0.0
@@ -269,9 +272,9 @@ class SGDSolver:
         where = solver_file or "the solver"
         if p.average_loss < 1:
             raise SolverError(f"{where}: average_loss should be non-negative.")
-        if p.type not in ("SGD",):
-            raise SolverError(f"{where}: solver type {p.type!r} is not supported by the engine (only SGD, the "
-                              f"paper's); use real Caffe for it.")
+        problem = solver_type_problem(p)
+        if problem:
+            raise SolverError(f"{where}: {problem}")
         if p.regularization_type not in ("L2", "L1"):
             raise SolverError(f"{where}: Unknown regularization type: {p.regularization_type}")
         if p.iter_size < 1:
@@ -441,24 +444,15 @@ class SGDSolver:
         rate, self.current_step = learning_rate(p, self.iter, self.current_step)
         if p.display and self.iter % p.display == 0:
             glog.info("sgd_solver.cpp:112", f"Iteration {self.iter}, lr = {glog.fmt(rate)}")
-        # a parameter without gradient (lr_mult 0: frozen) has Caffe's zero diff; its update is then
-        # v = momentum * v (+ 0), w -= v: nothing moves while its history is zero (bit-identical weights)
         grads = [param.tensor.grad for param in self.params]
-        if p.clip_gradients >= 0:
-            norm = math.sqrt(sum(float(torch.sum(g.double() * g.double())) for g in grads if g is not None))
-            if norm > p.clip_gradients:
-                factor = float(np.float32(p.clip_gradients / norm))
-                glog.info("sgd_solver.cpp:96", f"Gradient clipping: scaling down gradients (L2 norm "
-                          f"{glog.fmt(norm)} > {glog.fmt(p.clip_gradients)}) by scale factor {glog.fmt(factor)}")
-                for g in grads:
-                    if g is not None:
-                        g.mul_(factor)
-        momentum = float(np.float32(p.momentum))
-        for param, g, v in zip(self.params, grads, self.history):
-            w = param.tensor
-            if g is None and param.frozen:
-                v.mul_(momentum)
-                w.sub_(v)
+        self._clip_gradients(grads)
+        rule, hyper, n = self.rule, self.hyper._replace(iteration=self.iter), len(self.params)
+        for i, (param, g) in enumerate(zip(self.params, grads)):
+            w, history = param.tensor, self.history[i::n]
+            if g is None and param.frozen and rule.frozen_skips_gradient:
+                # lr_mult 0 (frozen): Caffe's zero diff (+ decay) times local_rate 0 adds nothing to the history;
+                # SGD's v = momentum * v, w -= v leaves w bit-identical while its history is zero
+                rule.update(w, None, history, 0.0, hyper)
                 continue
             if g is None:
                 g = torch.zeros_like(w)
@@ -468,10 +462,23 @@ class SGDSolver:
             if local_decay:
                 g.add_(w if p.regularization_type == "L2" else torch.sign(w), alpha=local_decay)
             local_rate = float(np.float32(np.float32(rate) * np.float32(param.lr_mult)))
-            v.mul_(momentum).add_(g, alpha=local_rate)
-            w.sub_(v)
+            rule.update(w, g, history, local_rate, hyper)
             param.tensor.grad = None
         self.iter += 1
+
+    def _clip_gradients(self, grads: list[torch.Tensor | None]) -> None:
+        """SGDSolver::ClipGradients: scale all gradients when their global L2 norm exceeds clip_gradients."""
+        clip = self.param.clip_gradients
+        if clip < 0:
+            return
+        norm = math.sqrt(sum(float(torch.sum(g.double() * g.double())) for g in grads if g is not None))
+        if norm > clip:
+            factor = float(np.float32(clip / norm))
+            glog.info("sgd_solver.cpp:96", f"Gradient clipping: scaling down gradients (L2 norm "
+                      f"{glog.fmt(norm)} > {glog.fmt(clip)}) by scale factor {glog.fmt(factor)}")
+            for g in grads:
+                if g is not None:
+                    g.mul_(factor)
 
     # ------------------------------------------------------------ testing
 
@@ -614,14 +621,14 @@ class SGDSolver:
         self.current_step = state.current_step
         if len(state.history) != len(self.history):
             raise SolverError(f"{state_file}: Incorrect length of history blobs ({len(state.history)} in the file, "
-                              f"{len(self.history)} learnable parameters in the net): the solver state is of "
-                              f"another net.")
+                              f"{len(self.history)} for {len(self.params)} learnable parameters in the net and "
+                              f"solver type {self.param.type}): the solver state is of another net or solver type.")
         glog.info("sgd_solver.cpp:318", "SGDSolver: restoring history")
         with torch.no_grad():
             for i, (blob, v) in enumerate(zip(state.history, self.history)):
                 array = protoio.blob_to_array(blob)
                 if array.size != v.numel():
-                    p = self.params[i]
+                    p = self.params[i % len(self.params)]
                     raise SolverError(f"{state_file}: history of {p.layer_name}[{p.index}] has {array.size} values, "
                                       f"the net's parameter {tuple(v.shape)}: the solver state is of another net.")
                 v.copy_(torch.from_numpy(array.reshape(tuple(v.shape))))
