@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .nets import architectures, catalog, netgen
+from .nets import architectures, catalog, netgen, tree
 from .data import databases, datasets, images, layout, splits
 from .results import logs, plots
 from .results.findings import PAPER_FIG2, PAPER_FIG3, findings, split_spread   # stage 5's last step, re-exported
@@ -295,7 +295,6 @@ def check_trained_settings(nets_dir: Path, data_dir: Path) -> None:
     """Stop before training anything when nets in `nets_dir` were trained with other settings than this run
     rendered (tree.changed_nets: another --iterations, solver or batch size, or a base net retrained since):
     resuming them would mix the two. The message names the setting and how to start fresh."""
-    from .nets import tree
     try:
         changed = tree.changed_nets(tree.read_tree(nets_dir))
     except tree.TreeError as err:
@@ -314,12 +313,11 @@ def trainer_env(engine: str = "torch", gpus: str | None = None) -> dict[str, str
     """This process's environment with CAFFE, the trainer train.sh runs (engine torch, caffe or auto), and the
     variables real Caffe needs (runners.trainer_env); raises ExperimentError when that engine cannot train here
     (real Caffe asked for and not found; GPUs asked for that PyTorch here does not see)."""
-    from .nets.tree import TreeError
     from .training import local_runner, runners
     try:
         env = runners.trainer_env(engine, base=os.environ)
         local_runner.check_gpus(gpus, env["CAFFE"])
-    except TreeError as err:
+    except tree.TreeError as err:
         raise ExperimentError(str(err)) from None
     return env
 
@@ -327,11 +325,10 @@ def trainer_env(engine: str = "torch", gpus: str | None = None) -> dict[str, str
 def _check_not_training(nets_dir: Path) -> None:
     """Raise ExperimentError when an earlier run's trainers are still at work in `nets_dir` (stopping after a
     kill, or a run still going): this run would race them."""
-    from .nets.tree import TreeError
     from .training import local_runner
     try:
         local_runner.check_not_training(nets_dir)
-    except TreeError as err:
+    except tree.TreeError as err:
         raise ExperimentError(str(err)) from None
 
 
@@ -339,7 +336,6 @@ def train_nets(nets_dir: Path, engine: str = "torch", jobs: int = 2, gpus: str |
                progress: bool = True, quiet: bool = False):
     """Stage 4: train every net with `jobs` workers in dependency order (base nets first) through the local
     runner; finished nets are skipped, interrupted ones resume from their newest .solverstate."""
-    from .nets.tree import TreeError
     from .training import local_runner
     env = trainer_env(engine, gpus)
     if gpus is None:       # share the cores: one BLAS/OpenMP thread pool per trainer, no more threads than cores
@@ -348,7 +344,7 @@ def train_nets(nets_dir: Path, engine: str = "torch", jobs: int = 2, gpus: str |
             env.setdefault(var, threads)
     try:
         return local_runner.run_local(nets_dir, jobs=jobs, env=env, gpus=gpus, progress=progress, quiet=quiet)
-    except TreeError as err:
+    except tree.TreeError as err:
         raise ExperimentError(str(err)) from None
 
 
@@ -494,7 +490,8 @@ def _training_stage(report: ExperimentReport, nets: catalog.Catalog, engine: str
                     progress: bool):
     """Stage 4 on the nets without their final snapshot (report.trained); returns the local runner's result,
     None when every net was trained before."""
-    untrained = [n for n in nets.names if not _finished(report.nets_dir / n, report.settings.max_iter)]
+    trained = {n.name for n in tree.read_tree(report.nets_dir) if n.finished}
+    untrained = [n for n in nets.names if n not in trained]
     _say(f"[4/5] training {len(untrained)} of {len(nets)} nets ({len(nets) - len(untrained)} already trained) "
          f"with engine {engine}, {_at_once(jobs, gpus)}")
     if not untrained:
@@ -577,8 +574,3 @@ def _at_once(jobs: int, gpus: str | None) -> str:
     if not slots:
         return f"{jobs} at a time"
     return f"{min(jobs, len(slots))} at a time (one per GPU slot: {','.join(slots)})"
-
-
-def _finished(net_dir: Path, max_iter: int) -> bool:
-    from .formats.snapshots import snapshot_name
-    return (net_dir / snapshot_name("snapshot", max_iter)).exists()

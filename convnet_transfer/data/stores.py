@@ -223,7 +223,7 @@ class Lmdb(_Shared):
             return txn.get(key)
 
     def scan(self) -> "_LmdbScan":
-        return _LmdbScan(self.handle(), self.path)
+        return _LmdbScan(self.handle())
 
 
 class _LmdbScan:
@@ -232,8 +232,7 @@ class _LmdbScan:
 
     seekable = True
 
-    def __init__(self, env, path: Path):
-        self.path, self.kind = path, "lmdb"
+    def __init__(self, env):
         self._txn = env.begin(buffers=True)
         self.size = self._txn.stat()["entries"]
 
@@ -301,7 +300,7 @@ class _LevelDbScan:
     seekable = True
 
     def __init__(self, db: LevelDb):
-        self.path, self.kind, self._db = db.path, "leveldb", db.handle()
+        self._db = db.handle()
         self.size = len(db)
 
     def seek(self, key: bytes | None) -> Iterator[tuple[bytes, bytes]]:
@@ -398,7 +397,7 @@ class _ViewScan:
     seekable = False
 
     def __init__(self, view: KeyView):
-        self.path, self.kind, self._view = view.path, "view", view
+        self._view = view
         self.size = len(view)
 
     def seek(self, key: bytes | None) -> Iterator[tuple[bytes, bytes]]:

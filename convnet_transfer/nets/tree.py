@@ -4,7 +4,7 @@ when the final snapshot exists).
 
     read_nets_json(path), nets_json_text(entries, listed)   nets.json read (damage refused) and written
     read_tree(root, nets)        the nets of a tree (TreeNet), base nets first, with their final snapshots
-    with_base_nets(tree, nets)   those nets and the base nets they need
+    with_base_nets(root, tree, nets)   the nets matching `nets` and the base nets they need
     changed_nets(tree)           the nets trained with other settings than their files now hold (settings_change),
                                  and the nets trained from them; check_settings(tree) refuses them
     NetStatus, net_logs, scan_log, format_status   what a net's directory says of its training, as a table
@@ -99,8 +99,7 @@ class TreeNet:
 
     @property
     def finished(self) -> bool:
-        current = self.dir / self.final
-        return current.exists() or current.with_suffix("").exists()
+        return self.final_path().exists()
 
     @property
     def started(self) -> bool:
@@ -305,11 +304,12 @@ def read_tree(root: str | os.PathLike, nets: list[str] | None = None) -> list[Tr
     return ordered
 
 
-def with_base_nets(tree: list[TreeNet], selected: list[TreeNet]) -> set[str]:
-    """The names of the nets `selected` and of the base nets they need (their base net, its base net, ...)."""
+def with_base_nets(root: str | os.PathLike, tree: list[TreeNet], nets: list[str] | None) -> set[str]:
+    """The names of the nets of `tree` (read from `root`) matching the patterns `nets` (all when None) and of the
+    base nets they need (their base net, its base net, ...): what a runner trains when asked for `nets`."""
     by_name = {n.name: n for n in tree}
     chosen: set[str] = set()
-    for net in selected:
+    for net in read_tree(root, nets) if nets else tree:
         while net is not None and net.name not in chosen:
             chosen.add(net.name)
             net = by_name[net.depends_on] if net.depends_on else None

@@ -91,7 +91,7 @@ def _make_target(net: TreeNet, root: Path) -> str:
 def _selected_with_base_nets(root: Path, nets: list[str] | None) -> list[TreeNet]:
     """The nets of the tree matching `nets` (all when None) and the base nets they need, in the tree's order."""
     tree = read_tree(root)
-    wanted = with_base_nets(tree, read_tree(root, nets) if nets else tree)
+    wanted = with_base_nets(root, tree, nets)
     return [n for n in tree if n.name in wanted]
 
 
@@ -171,7 +171,7 @@ def run_local(root: str | os.PathLike, jobs: int = 2, nets: list[str] | None = N
     root = Path(root).resolve()
     run_env = _trainers_env(env, caffe, gpus)
     tree = read_tree(root)
-    check_settings(root, tree, with_base_nets(tree, read_tree(root, nets) if nets else tree))
+    check_settings(root, tree, with_base_nets(root, tree, nets))
     check_not_training(root, nets)
     makefile = write_makefile(root, nets, gpus)
     chosen = read_tree(root, nets)

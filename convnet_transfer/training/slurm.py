@@ -146,7 +146,7 @@ def plan(root: str | os.PathLike, options: SlurmOptions | None = None, nets: lis
     options = (options or SlurmOptions()).check()
     root = Path(root).resolve()
     tree = read_tree(root)
-    chosen = with_base_nets(tree, read_tree(root, nets) if nets else tree)
+    chosen = with_base_nets(root, tree, nets)
     check_settings(root, tree, chosen)
     queued = queued_tasks(root) if queued is None else queued
     todo, skipped = _unfinished([net for net in tree if net.name in chosen], queued)
