@@ -33,7 +33,7 @@ from .stores import BACKENDS, MARKER, is_complete, open_reader, read_marker, wri
 __all__ = [
     "DatabaseError", "BadImageError", "DbInfo", "make_key", "ordered", "convert_list", "convert_data_root",
     "write_arrays", "make_view", "open_reader", "decode_datum", "datum_bytes", "compute_mean", "is_complete",
-    "split_dirs", "read_list", "BACKENDS", "COMMIT_EVERY", "MARKER", "PROGRESS", "SLOW_ENV",
+    "read_list", "BACKENDS", "COMMIT_EVERY", "MARKER", "PROGRESS", "SLOW_ENV",
 ]
 
 # ---------------------------------------------------------------- key-list views over one shared database
@@ -79,11 +79,6 @@ def make_view(view_dir, shared_db, files_txt, shared_files_txt, *, shuffle_seed=
 
 # ---------------------------------------------------------------- a whole data root
 
-def split_dirs(data_root) -> list[Path]:
-    """The split directories of a data root (<split>_train, <split>_valid, each with files.txt), sorted."""
-    return layout.list_dirs(data_root)
-
-
 def convert_data_root(data_root, image_root, *, val_root=None, shared=False, backend="lmdb", splits=None,
                       progress=True, **options) -> dict[str, DbInfo]:
     """Every split of a data root -> <split>/<backend>/ (+ <split>/mean.binaryproto for *_train splits).
@@ -96,7 +91,7 @@ def convert_data_root(data_root, image_root, *, val_root=None, shared=False, bac
     options: those of convert_list (resize, encoded, shuffle_seed, gray, workers, skip_bad, commit_every).
     """
     data_root = Path(data_root)
-    dirs = split_dirs(data_root)
+    dirs = layout.list_dirs(data_root)
     if not dirs:
         raise DatabaseError(f"{data_root}: no <split>/files.txt here; make the split lists with tools/make_splits")
     if splits:

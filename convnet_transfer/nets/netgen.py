@@ -35,6 +35,7 @@ from google.protobuf import text_encoding
 
 from . import architectures, catalog as catalog_mod, tree
 from convnet_transfer.data import layout
+from convnet_transfer.data.stores import BACKENDS   # the database kinds a net can read (gen_nets --backend)
 from convnet_transfer.formats import legacy, protoio, snapshots
 from convnet_transfer import resources
 from .architectures.spec import Architecture, Enum, Layer
@@ -45,7 +46,6 @@ __all__ = ["RenderOptions", "RenderReport", "NetgenError", "net_layers", "solver
            "BACKENDS"]
 
 FORMATS = ("current", "2014")
-BACKENDS = ("lmdb", "leveldb")
 ITERATION_FIELDS = ("test_iter", "test_interval", "display", "max_iter", "stepsize", "snapshot")
 
 
