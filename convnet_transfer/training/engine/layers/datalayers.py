@@ -1,0 +1,1 @@
+"""Data layers whose tops the engine computes itself (DummyData, ...)."""

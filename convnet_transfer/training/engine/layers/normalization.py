@@ -1,0 +1,1 @@
+"""BatchNorm, Scale, Bias, MVN."""
