@@ -37,3 +37,19 @@ def real_caffe():
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+@pytest.fixture(scope="session")
+def caffe_source_prototxts(real_caffe) -> list[Path]:
+    """Every prototxt of Caffe's source tree (models/, examples/), which tools/install_caffe keeps in its prefix."""
+    from convnet_transfer.training.caffe_build import SOURCE_PROTOTXTS
+
+    folder = real_caffe.root / SOURCE_PROTOTXTS
+    paths = sorted(folder.rglob("*.prototxt"))
+    if not paths:
+        message = (f"{folder} holds no prototxt: this Caffe build predates keeping them; rebuild with "
+                   f"tools/install_caffe --force")
+        if os.environ.get(REQUIRE_CAFFE_ENV) == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return paths

@@ -38,6 +38,9 @@ DEBIAN_SOURCE = {
     "sha256": "e0eb3f06794f7402c77b7dec8e8480273ee1a1bb192e9122b621a69d4147ad0c",
 }
 LOG_FILE = "build.log"
+# Every prototxt of Caffe's source tree (models/, examples/), kept in the prefix: the schema and the engine are
+# tested on them (tests/test_schema.py, tests/test_engine_caffe_nets.py)
+SOURCE_PROTOTXTS = Path("share") / "caffe" / "source-prototxts"
 
 # Debian 12 packages Caffe's CMake build needs (CPU only, with pycaffe, OpenCV, LMDB, LevelDB, HDF5, OpenBLAS).
 APT_PACKAGES = [
@@ -238,6 +241,21 @@ def apply_fixes(tree: Path) -> list[str]:
     return done
 
 
+def keep_source_prototxts(tree: Path, prefix: Path) -> int:
+    """Copy every *.prototxt under the source tree's models/ and examples/ to prefix/SOURCE_PROTOTXTS (same
+    relative paths); returns how many."""
+    dest = prefix / SOURCE_PROTOTXTS
+    shutil.rmtree(dest, ignore_errors=True)
+    count = 0
+    for top in ("models", "examples"):
+        for path in sorted((tree / top).rglob("*.prototxt")):
+            target = dest / path.relative_to(tree)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            count += 1
+    return count
+
+
 def _run_logged(cmd: list[str], cwd: Path, log, what: str, progress=None) -> None:
     log.write(f"\n$ {' '.join(cmd)}\n")
     log.flush()
@@ -350,6 +368,7 @@ def _build(prefix, python, source, jobs, install_deps, keep_build, debian_mirror
             (prefix / "tools" / "extra").mkdir(parents=True, exist_ok=True)
             for name in ("parse_log.py", "extract_seconds.py"):
                 shutil.copy2(tree / "tools" / "extra" / name, prefix / "tools" / "extra" / name)
+            keep_source_prototxts(tree, prefix)
         except InstallError as err:
             log.flush()
             raise InstallError(f"{err}. Last lines of {log_path}:\n{_tail(log_path)}\n\nRead the whole log: "
