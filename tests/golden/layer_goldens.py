@@ -1,7 +1,7 @@
 """Per-layer goldens: one small net per case, run by real Caffe (pycaffe, CPU) and by our engine, compared.
 
 A case (`Case`) is a few layers fed by Input blobs of given shapes and kinds. For each case, Caffe builds the net
-(`force_backward: true`), its parameter blobs are set to seeded random values (or left to Caffe's fillers), it
+(`force_backward: true` unless the case says otherwise), its parameter blobs are set to seeded random values (or left to Caffe's fillers), it
 runs forward, every net output that is not a loss gets a seeded random top diff (a loss output keeps its loss
 weight, as Caffe sets it), and it runs backward. The golden arrays, in tests/golden/layers/<family>.npz, keyed
 "<case>/<what>/<name>":
@@ -18,9 +18,12 @@ weight, as Caffe sets it), and it runs backward. The golden arrays, in tests/gol
 
 The cases live in tests/golden/layers/cases_<family>.py as `CASES = [Case(...), ...]`; make_golden_layers.py
 writes the goldens; tests/test_engine_layer_goldens.py compares (committed goldens, and live where Caffe is built).
+Both sides run a case in tests/golden/layers/, so a file a layer reads (an InfogainLoss `source`) is named there
+relative to that folder.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import zlib
@@ -42,6 +45,8 @@ class Case:
     "int:a:b" (integers a..b-1), "binary" (0 or 1), "cont:T" (a recurrent layer's sequence-continuation
     indicators for T time steps: 0 at t=0 and at a few random later steps, else 1), "spread:a:b" (a random
     permutation of evenly spaced values in a..b: no ties, for max/argmax layers).
+    force_backward: False for a layer Caffe cannot force back through (Accuracy, an InfogainLoss with its matrix
+    as a bottom: Caffe aborts); the inputs then get no diff and only parameter diffs are compared.
     params: "random" (every parameter blob set to normal values; `param_kinds` {layer: [kind per blob]} overrides
     per blob) or "filler" (Caffe's fillers, seeded). phase: the net's phase. rtol: the tolerance (1e-4 unless a
     case documents why not)."""
@@ -52,9 +57,10 @@ class Case:
     params: str = "random"
     param_kinds: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     rtol: float = RTOL
+    force_backward: bool = True
 
     def prototxt(self) -> str:
-        text = f'name: "{self.name}"\nforce_backward: true\n'
+        text = f'name: "{self.name}"\n' + ("force_backward: true\n" if self.force_backward else "")
         for blob, (shape, _) in self.inputs.items():
             dims = " ".join(f"dim: {d}" for d in shape)
             text += f'layer {{ name: "input_{blob}" type: "Input" top: "{blob}" input_param {{ shape {{ {dims} }} }} }}\n'
@@ -116,10 +122,11 @@ def _skip_blob(name: str) -> bool:
 
 def run_caffe_case(caffe, case: Case, folder: Path) -> dict[str, np.ndarray]:
     """The golden arrays of `case` (keys without the case prefix), computed by pycaffe."""
-    proto = folder / f"{case.name}.prototxt"
+    proto = Path(folder).resolve() / f"{case.name}.prototxt"
     proto.write_text(case.prototxt())
     caffe.set_random_seed(SEED)
-    net = caffe.Net(str(proto), caffe.TRAIN if case.phase == "TRAIN" else caffe.TEST)
+    with contextlib.chdir(LAYERS_DIR):
+        net = caffe.Net(str(proto), caffe.TRAIN if case.phase == "TRAIN" else caffe.TEST)
     golden = {"meta/prototxt": np.array(case.prototxt()), "meta/phase": np.array(case.phase)}
     rng = case.rng("inputs")
     for blob, (shape, kind) in case.inputs.items():
@@ -182,7 +189,8 @@ def run_engine_case(case: Case, golden: dict[str, np.ndarray], device: str = "cp
     from convnet_transfer.training.engine import Net
 
     assert str(golden["meta/prototxt"]) == case.prototxt(), f"{case.name}: golden is stale; rerun make_golden_layers.py"
-    net = Net(parse_text(case.prototxt(), pb.NetParameter()), case.phase, seed=0)
+    with contextlib.chdir(LAYERS_DIR):
+        net = Net(parse_text(case.prototxt(), pb.NetParameter()), case.phase, seed=0)
     shared = {}
     for key, value in golden.items():
         if key.startswith("param/"):
@@ -196,7 +204,8 @@ def run_engine_case(case: Case, golden: dict[str, np.ndarray], device: str = "cp
     for blob in case.inputs:
         value = torch.from_numpy(golden[f"input/{blob}"]).to(device)
         kind = case.inputs[blob][1]
-        inputs[blob] = value.requires_grad_(kind.split(":")[0] in ("normal", "uniform", "positive", "spread"))
+        inputs[blob] = value.requires_grad_(case.force_backward and
+                                            kind.split(":")[0] in ("normal", "uniform", "positive", "spread"))
     blobs = net(dict(inputs))
     errors = {}
     for key, theirs in golden.items():
