@@ -1,10 +1,10 @@
 """Per-layer goldens: one small net per case, run by real Caffe (pycaffe, CPU) and by our engine, compared.
 
 A case (`Case`) is a few layers fed by Input blobs of given shapes and kinds. For each case, Caffe builds the net
-(`force_backward: true`), its parameter blobs are set to seeded random values (or left to Caffe's fillers), it
-runs forward, every net output that is not a loss gets a seeded random top diff (a loss output keeps its loss
-weight, as Caffe sets it), and it runs backward. The golden arrays, in tests/golden/layers/<family>.npz, keyed
-"<case>/<what>/<name>":
+(`force_backward: true` unless the case says otherwise), its parameter blobs are set to seeded random values (or
+left to Caffe's fillers), it runs forward, every net output that is not a loss gets a seeded random top diff (a
+loss output keeps its loss weight, as Caffe sets it), and it runs backward. The golden arrays, in
+tests/golden/layers/<family>.npz, keyed "<case>/<what>/<name>":
 
     meta/prototxt        the net text as Caffe read it (a stale golden is one whose text differs from the case's)
     meta/phase           TRAIN or TEST
@@ -44,7 +44,10 @@ class Case:
     permutation of evenly spaced values in a..b: no ties, for max/argmax layers).
     params: "random" (every parameter blob set to normal values; `param_kinds` {layer: [kind per blob]} overrides
     per blob) or "filler" (Caffe's fillers, seeded). phase: the net's phase. rtol: the tolerance (1e-4 unless a
-    case documents why not)."""
+    case documents why not). force_backward: False for layers real Caffe aborts on under force_backward (ArgMax
+    has no Backward; Embed, Filter, BatchReindex refuse to backpropagate to their index bottom, which
+    force_backward turns on): then, as in Caffe, only loss tops (a `loss_weight`) drive the backward, through
+    learnable blobs (e.g. a Parameter layer's), no random top diffs are drawn and the inputs get no diffs."""
     name: str
     layers: str
     inputs: dict[str, tuple[tuple[int, ...], str]] = dataclasses.field(default_factory=dict)
@@ -52,9 +55,10 @@ class Case:
     params: str = "random"
     param_kinds: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     rtol: float = RTOL
+    force_backward: bool = True
 
     def prototxt(self) -> str:
-        text = f'name: "{self.name}"\nforce_backward: true\n'
+        text = f'name: "{self.name}"\n' + ("force_backward: true\n" if self.force_backward else "")
         for blob, (shape, _) in self.inputs.items():
             dims = " ".join(f"dim: {d}" for d in shape)
             text += f'layer {{ name: "input_{blob}" type: "Input" top: "{blob}" input_param {{ shape {{ {dims} }} }} }}\n'
@@ -140,7 +144,7 @@ def run_caffe_case(caffe, case: Case, folder: Path) -> dict[str, np.ndarray]:
             golden[f"blob/{name}"] = blob.data.copy()
     rng = case.rng("topdiff")
     weights = net.blob_loss_weights
-    for name in net.outputs:
+    for name in net.outputs if case.force_backward else ():
         if not weights.get(name):
             diff = draw("normal", net.blobs[name].diff.shape, rng)
             net.blobs[name].diff[...] = diff
@@ -196,7 +200,8 @@ def run_engine_case(case: Case, golden: dict[str, np.ndarray], device: str = "cp
     for blob in case.inputs:
         value = torch.from_numpy(golden[f"input/{blob}"]).to(device)
         kind = case.inputs[blob][1]
-        inputs[blob] = value.requires_grad_(kind.split(":")[0] in ("normal", "uniform", "positive", "spread"))
+        differentiable = kind.split(":")[0] in ("normal", "uniform", "positive", "spread")
+        inputs[blob] = value.requires_grad_(case.force_backward and differentiable)
     blobs = net(dict(inputs))
     errors = {}
     for key, theirs in golden.items():
