@@ -154,6 +154,16 @@ CASES = [
     Case("filter", parameter("p", (6, 3, 2)) + parameter("q", (6, 2))
          + 'layer { name: "filter" type: "Filter" bottom: "p" bottom: "q" bottom: "s" top: "fp" top: "fq" }\n'
          + sumsq_loss("fp") + sumsq_loss("fq"), {"s": ((6, 1, 1, 1), "binary")}, force_backward=False),
+    # the tops' first dimension changes at each forward, and the layers after it follow (Caffe reshapes them)
+    Case("filter_then_ip", parameter("p", (5, 2, 3))
+         + 'layer { name: "filter" type: "Filter" bottom: "p" bottom: "s" top: "fp" }\n'
+         + 'layer { name: "ip" type: "InnerProduct" bottom: "fp" top: "y" inner_product_param { num_output: 3 } }\n'
+         + sumsq_loss("y"), {"s": ((5, 1), "binary")}, force_backward=False),
+    Case("filter_data_and_labels",
+         'layer { name: "filter" type: "Filter" bottom: "x" bottom: "label" bottom: "s" top: "fx" top: "flabel" }\n'
+         'layer { name: "ip" type: "InnerProduct" bottom: "fx" top: "y" inner_product_param { num_output: 3 } }\n'
+         'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "flabel" top: "loss" }',
+         {"x": ((8, 4), "normal"), "label": ((8,), "labels:3"), "s": ((8, 1, 1, 1), "binary")}, force_backward=False),
     # BatchReindex: items picked (some twice, some never) by a 1-D index blob; repeated items' diffs add
     Case("batch_reindex", parameter("p", (5, 3, 2))
          + 'layer { name: "reindex" type: "BatchReindex" bottom: "p" bottom: "i" top: "y" }\n'

@@ -469,8 +469,8 @@ class ArgMaxLayer(Layer):
             top = [1] * max(len(shape), 3)
             top[0], top[1], top[2] = shape[0], 2 if self.out_max_val else 1, self.k
             self.top_shapes = [tuple(top)]
-        self.message = (f"{self.where}: Caffe's ArgMax layer has no backward (NOT_IMPLEMENTED) and a gradient "
-                        f"reaches it; take its top out of the loss")
+        self.message = (f"{self.where}: a gradient reaches it, but Caffe's ArgMax has no backward (Not Implemented "
+                        f"Yet); take its top out of the loss")
 
     def forward(self, x):
         with torch.no_grad():
@@ -507,7 +507,7 @@ class EmbedLayer(Layer):
 
     def forward(self, x):
         index = x.long()
-        _check_indices(index, x, self.input_dim, self.where, "the index")
+        _check_indices(index, x.detach(), self.input_dim, self.where, "the index")
         top = F.embedding(index, self.blobs[0])
         if self.bias_term:
             top = top + self.blobs[1]
@@ -562,6 +562,7 @@ class BatchReindexLayer(Layer):
         self.top_shapes = [index + shape[1:]]
 
     def forward(self, x, index):
+        index = index.detach()
         if index.numel() and float(index.min()) < 0:
             raise EngineError(f"{self.where}: Index specified for reindex layer was negative.")
         if index.numel() and float(index.max()) >= x.shape[0]:
