@@ -562,10 +562,10 @@ class BatchReindexLayer(Layer):
         self.top_shapes = [index + shape[1:]]
 
     def forward(self, x, index):
-        index = index.detach()
-        if index.numel() and float(index.min()) < 0:
+        values = index.detach()
+        if values.numel() and float(values.min()) < 0:
             raise EngineError(f"{self.where}: Index specified for reindex layer was negative.")
-        if index.numel() and float(index.max()) >= x.shape[0]:
+        if values.numel() and float(values.max()) >= x.shape[0]:
             raise EngineError(f"{self.where}: Index specified for reindex layer was greater than batch size.")
-        item = index.long()
+        item = values.long()
         return [refuse_backward(x.index_select(0, item), index, f"{self.where}: Cannot backprop to index.")]
