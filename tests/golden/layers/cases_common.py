@@ -47,6 +47,14 @@ def argmax(name, param, inputs=None):
     return layer(name, "ArgMax", f"argmax_param {{ {param} }}", inputs, force_backward=False)
 
 
+def embed(name, num_output, input_dim, shape, extra=""):
+    """An Embed of indices (floats) of `shape`, its top's diff random (weighted_loss)."""
+    text = (f'layer {{ name: "embed" type: "Embed" bottom: "x" top: "y" '
+            f'embed_param {{ num_output: {num_output} input_dim: {input_dim}{extra} }} }}\n')
+    inputs = {"x": (shape, f"int:0:{input_dim}"), "w": (shape + (num_output,), "normal")}
+    return Case(name, text + weighted_loss("y", "w"), inputs, force_backward=False)
+
+
 def eltwise(name, param, bottoms=("a", "b", "c"), kind="normal", **kw):
     inputs = {b: ((2, 3, 4, 5), kind) for b in bottoms}
     return layer(name, "Eltwise", f"eltwise_param {{ {param} }}", inputs, bottoms, **kw)
@@ -55,7 +63,8 @@ def eltwise(name, param, bottoms=("a", "b", "c"), kind="normal", **kw):
 def eltwise_on_parameters(name, param, kinds, shape=(2, 3, 4)):
     """Eltwise on three Parameter blobs a, b, c drawn as `kinds` (their diffs show where the gradient went)."""
     layers = "".join(parameter(p, shape) for p in "abc")
-    layers += f'layer {{ name: "{name}" type: "Eltwise" bottom: "a" bottom: "b" bottom: "c" top: "y" eltwise_param {{ {param} }} }}'
+    layers += (f'layer {{ name: "{name}" type: "Eltwise" bottom: "a" bottom: "b" bottom: "c" top: "y" '
+               f'eltwise_param {{ {param} }} }}')
     return Case(name, layers, param_kinds={p: [kind] for p, kind in zip("abc", kinds)})
 
 
@@ -68,7 +77,8 @@ CASES = [
     ip("ip_transpose", "num_output: 4 transpose: true", {"x": ((2, 3, 2, 2), "normal")}),
     ip("ip_no_bias", "num_output: 3 bias_term: false", {"x": ((3, 7), "normal")}),
     ip("ip_axis2", "num_output: 3 axis: 2", {"x": ((2, 3, 4, 2), "normal")}),
-    ip("ip_axis_neg_transpose", "num_output: 3 axis: -1 transpose: true bias_term: false", {"x": ((2, 3, 5), "normal")}),
+    ip("ip_axis_neg_transpose", "num_output: 3 axis: -1 transpose: true bias_term: false",
+       {"x": ((2, 3, 5), "normal")}),
     ip("ip_nobatch", "num_output: 4", {"x": ((1, 2, 3, 2), "normal")}),
     # Softmax along channels (default), along a spatial axis
     layer("softmax", "Softmax", inputs={"x": ((2, 5, 2, 3), "normal")}),
@@ -100,7 +110,8 @@ CASES = [
           tops=("p", "q", "r")),
     layer("slice_dim", "Slice", "slice_param { slice_dim: 2 slice_point: 1 }", {"x": ((2, 3, 3, 2), "normal")},
           tops=("p", "q")),
-    layer("slice_neg_axis_equal", "Slice", "slice_param { axis: -1 }", {"x": ((2, 3, 6), "normal")}, tops=("p", "q", "r")),
+    layer("slice_neg_axis_equal", "Slice", "slice_param { axis: -1 }", {"x": ((2, 3, 6), "normal")},
+          tops=("p", "q", "r")),
     layer("slice_trivial", "Slice", "", {"x": ((2, 3, 2, 2), "normal")}, tops=("p",)),
     # Split, Silence (a bottom's diff from Silence is 0: x's is the Softmax's alone)
     layer("split", "Split", "", {"x": ((2, 3, 2, 2), "normal")}, tops=("p", "q", "r")),
@@ -146,10 +157,8 @@ CASES = [
     argmax("argmax_ties", "out_max_val: true top_k: 3", {"x": ((2, 3, 4), "int:0:3")}),
     argmax("argmax_ties_axis", "axis: 1 top_k: 2", {"x": ((2, 5, 3), "int:0:2")}),
     # Embed: indices as floats, with and without bias; the gradient reaches the blobs only
-    Case("embed", 'layer { name: "embed" type: "Embed" bottom: "x" top: "y" embed_param { num_output: 6 input_dim: 5 } }\n'
-         + weighted_loss("y", "w"), {"x": ((2, 4), "int:0:5"), "w": ((2, 4, 6), "normal")}, force_backward=False),
-    Case("embed_no_bias", 'layer { name: "embed" type: "Embed" bottom: "x" top: "y" embed_param { num_output: 3 input_dim: 4 bias_term: false } }\n'
-         + weighted_loss("y", "w"), {"x": ((5,), "int:0:4"), "w": ((5, 3), "normal")}, force_backward=False),
+    embed("embed", 6, 5, (2, 4)),
+    embed("embed_no_bias", 3, 4, (5,), " bias_term: false"),
     # Filter: two blobs filtered by one selector; the tops' first dimension is the number selected
     Case("filter", parameter("p", (6, 3, 2)) + parameter("q", (6, 2))
          + 'layer { name: "filter" type: "Filter" bottom: "p" bottom: "q" bottom: "s" top: "fp" top: "fq" }\n'
