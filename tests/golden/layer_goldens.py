@@ -1,10 +1,10 @@
 """Per-layer goldens: one small net per case, run by real Caffe (pycaffe, CPU) and by our engine, compared.
 
 A case (`Case`) is a few layers fed by Input blobs of given shapes and kinds. For each case, Caffe builds the net
-(`force_backward: true` unless the case says otherwise), its parameter blobs are set to seeded random values (or left to Caffe's fillers), it
-runs forward, every net output that is not a loss gets a seeded random top diff (a loss output keeps its loss
-weight, as Caffe sets it), and it runs backward. The golden arrays, in tests/golden/layers/<family>.npz, keyed
-"<case>/<what>/<name>":
+(`force_backward: true` unless the case says otherwise), its parameter blobs are set to seeded random values (or
+left to Caffe's fillers), it runs forward, every net output that is not a loss gets a seeded random top diff (a
+loss output keeps its loss weight, as Caffe sets it), and it runs backward. The golden arrays, in
+tests/golden/layers/<family>.npz, keyed "<case>/<what>/<name>":
 
     meta/prototxt        the net text as Caffe read it (a stale golden is one whose text differs from the case's)
     meta/phase           TRAIN or TEST
@@ -45,11 +45,13 @@ class Case:
     "int:a:b" (integers a..b-1), "binary" (0 or 1), "cont:T" (a recurrent layer's sequence-continuation
     indicators for T time steps: 0 at t=0 and at a few random later steps, else 1), "spread:a:b" (a random
     permutation of evenly spaced values in a..b: no ties, for max/argmax layers).
-    force_backward: False for a layer Caffe cannot force back through (Accuracy, an InfogainLoss with its matrix
-    as a bottom: Caffe aborts); the inputs then get no diff and only parameter diffs are compared.
     params: "random" (every parameter blob set to normal values; `param_kinds` {layer: [kind per blob]} overrides
     per blob) or "filler" (Caffe's fillers, seeded). phase: the net's phase. rtol: the tolerance (1e-4 unless a
-    case documents why not)."""
+    case documents why not). force_backward: False for layers real Caffe aborts on under force_backward (ArgMax
+    and Accuracy have no Backward; Embed, Filter, BatchReindex refuse to backpropagate to their index bottom, and
+    an InfogainLoss to its matrix bottom, which force_backward turns on): then, as in Caffe, only loss tops (a
+    `loss_weight`) drive the backward, through learnable blobs (e.g. a Parameter layer's), no random top diffs are
+    drawn and the inputs get no diffs."""
     name: str
     layers: str
     inputs: dict[str, tuple[tuple[int, ...], str]] = dataclasses.field(default_factory=dict)
@@ -147,7 +149,7 @@ def run_caffe_case(caffe, case: Case, folder: Path) -> dict[str, np.ndarray]:
             golden[f"blob/{name}"] = blob.data.copy()
     rng = case.rng("topdiff")
     weights = net.blob_loss_weights
-    for name in net.outputs:
+    for name in net.outputs if case.force_backward else ():
         if not weights.get(name):
             diff = draw("normal", net.blobs[name].diff.shape, rng)
             net.blobs[name].diff[...] = diff
@@ -204,8 +206,8 @@ def run_engine_case(case: Case, golden: dict[str, np.ndarray], device: str = "cp
     for blob in case.inputs:
         value = torch.from_numpy(golden[f"input/{blob}"]).to(device)
         kind = case.inputs[blob][1]
-        inputs[blob] = value.requires_grad_(case.force_backward and
-                                            kind.split(":")[0] in ("normal", "uniform", "positive", "spread"))
+        differentiable = kind.split(":")[0] in ("normal", "uniform", "positive", "spread")
+        inputs[blob] = value.requires_grad_(case.force_backward and differentiable)
     blobs = net(dict(inputs))
     errors = {}
     for key, theirs in golden.items():
