@@ -109,8 +109,8 @@ class SoftmaxLossBase(LossLayer):
     def setup_softmax(self, axis: int, shapes, label_word: str) -> None:
         shape = shapes[0]
         self.axis = canonical_axis(axis, len(shape), self.where)
-        self.outer, self.inner = _outer_inner(shape, self.axis)
-        if self.outer * self.inner != math.prod(shapes[1]):
+        outer, inner = _outer_inner(shape, self.axis)
+        if outer * inner != math.prod(shapes[1]):
             raise EngineError(f"{self.where}: Number of labels must match number of predictions; e.g., if "
                               f"{label_word} axis == 1 and prediction shape is (N, C, H, W), label count (number "
                               f"of labels) must be N*H*W, with integer values in {{0, 1, ..., C-1}}")
@@ -132,7 +132,8 @@ class SoftmaxLossBase(LossLayer):
         """The tops: the loss (sum over non-ignored positions / normalizer), and the probabilities if asked."""
         if valid is not None:
             per_position = per_position * valid
-        tops = [per_position.sum() / _normalizer(self.normalization, self.outer, self.inner, count)]
+        outer, inner = _outer_inner(x.shape, self.axis)     # this forward's shape (Caffe reshapes each time)
+        tops = [per_position.sum() / _normalizer(self.normalization, outer, inner, count)]
         if len(self.lp.top) > 1:
             tops.append(torch.softmax(x.detach(), dim=self.axis))
         return tops
