@@ -11,15 +11,10 @@ An `Architecture` is the net without its data layer, plus the facts the transfer
 `Architecture.units` says which layers each holds), and `classifier`, the last layer whose outputs
 are the classes.
 
-A transferable unit (`units`) is a run of consecutive layers, in the net's order, named by one entry:
-it ends at the last layer whose name is the entry or starts with it followed by a character that is not a
-letter or digit (`res2a` names `res2a_branch1`, `res2a`, `res2a_relu`, not `res2ab`), plus the layers right
-after that work in place on a blob the unit makes (Caffe's in-place BatchNorm, Scale, ReLU, Dropout); it
-starts right after the previous unit (the first unit, at the first layer). A layer a later entry names is
-left to that entry's unit (`conv1,conv1_relu`: conv1_relu is the second unit). So `conv1` is CaffeNet's conv1 (and relu1), and a residual block's name is the whole block: its
-convolutions, BatchNorm and Scale layers, shortcut, Eltwise join and ReLU, whatever their names (Kaiming
-He's `bn2a_branch1`, `scale2a_branch1` lie between `res2a_branch1` and `res2a`). Each unit must hold a
-layer with weights; the classifier is in none.
+A transferable unit (`Architecture.units`) is a run of consecutive layers: up to the last layer its entry names
+(by name, or as a name prefix followed by a separator) and the layers after it working in place on its blobs,
+from right after the previous unit. So a residual block's name is the whole block (BatchNorm, Scale, shortcut,
+join), and CaffeNet's units are its layers with weights one by one. docs/nets.md ("Residual nets") in full.
 """
 from __future__ import annotations
 
@@ -86,8 +81,8 @@ class Architecture:
         raise KeyError(f"architecture {self.name!r} has no layer {name!r}")
 
     def units(self) -> list[list[str]]:
-        """The layer names of each transferable unit, in order (the rule is in this module's docstring);
-        ValueError when an entry names no layer after the previous unit or its unit has no weights."""
+        """The layer names of each transferable unit, in order (docs/nets.md, "Residual nets"); ValueError when
+        an entry names no layer after the previous unit or its unit has no weights."""
         layers, start, units = self.layers, 0, []
         for i, entry in enumerate(self.transferable):
             later = {k for k, layer in enumerate(layers)                 # named by a later entry: left to it
