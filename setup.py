@@ -25,6 +25,7 @@ setup(
     },
     package_data={
         "convnet_transfer.formats.proto": ["caffe.proto"],
+        "convnet_transfer.nets.architectures": ["*.prototxt"],   # resnet_small, a net kept as a prototxt
         "convnet_transfer.templates": ["*.j2", "*/*.j2", "*.txt", "*.md"],
         "convnet_transfer.ilsvrc12": ["*.txt", "*.json", "*.md"],
     },

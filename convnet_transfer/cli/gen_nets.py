@@ -23,6 +23,7 @@ Examples:
   tools/gen_nets --all --format 2014                     # as the 2014 release wrote them
   tools/gen_nets --only 'transfer0A0B_*' --scale 0.001 --mode cpu
   tools/gen_nets --list                                  # names, blocks and dependencies
+  tools/gen_nets --all --prototxt my_resnet.prototxt --transferable conv1,res2a,res2b,res3a --mode cpu
 """)
 @click.option("--all", "all_", is_flag=True, help="Render every net of the catalog.")
 @click.option("--only", metavar="PATTERN", multiple=True,
@@ -37,8 +38,9 @@ Examples:
               help=f"Architecture: {', '.join(architectures.names())}.")
 @click.option("--prototxt", type=click.Path(exists=True, dir_okay=False),
               help="Your own train_val prototxt (current format) instead of --arch.")
-@click.option("--transferable", help="With --prototxt: its transferable layers in order, comma-separated "
-                                     "(split point n copies the first n).")
+@click.option("--transferable", help="With --prototxt: its transferable units in order, comma-separated: a layer, "
+                                     "or a residual block by its name or its layers' name prefix (split point n "
+                                     "copies the first n; docs/nets.md).")
 @click.option("--format", "format_", type=click.Choice(netgen.FORMATS), default="current", show_default=True,
               help="current: Caffe's `layer {}` format; 2014: the release's V0 `layers { layer {} }` format.")
 @click.option("--backend", type=click.Choice(netgen.BACKENDS),
@@ -67,9 +69,13 @@ def main(all_, only, list_, out_root, data_root, arch, prototxt, transferable, f
          templates, quiet):
     transferable = [t.strip() for t in (transferable or "").split(",") if t.strip()]
     if prototxt and not transferable:
-        raise click.UsageError("--prototxt needs --transferable LAYER,LAYER,... (in order)")
-    # the paper's catalog; with your own net, split points 1..len(transferable)
-    catalog = catalog_mod.transfer_catalog(n_layers=len(transferable)) if prototxt else catalog_mod.paper_catalog()
+        raise click.UsageError("--prototxt needs --transferable UNIT,UNIT,... (in order)")
+    try:
+        arch = architectures.from_prototxt(prototxt, transferable) if prototxt else architectures.get(arch)
+    except (KeyError, ValueError) as err:
+        raise click.ClickException(str(err.args[0] if isinstance(err, KeyError) else err)) from None
+    # the paper's protocol, split points 1..the architecture's transferable units (the paper's catalog for CaffeNet)
+    catalog = catalog_mod.transfer_catalog(n_layers=len(arch.transferable))
     patterns = [p for item in only for p in item.split(",") if p.strip()] or None
     try:
         selected = catalog.select(patterns)
@@ -82,11 +88,6 @@ def main(all_, only, list_, out_root, data_root, arch, prototxt, transferable, f
         return
     if not all_ and patterns is None:
         raise click.UsageError("say which nets: --all, or --only PATTERN (see --list)")
-    if prototxt:
-        try:
-            arch = architectures.from_prototxt(prototxt, transferable)
-        except ValueError as err:
-            raise click.ClickException(str(err)) from None
     solver = dict(max_iter=max_iter, test_interval=test_interval, test_iter=test_iter, snapshot=snapshot,
                   stepsize=stepsize, display=display, base_lr=base_lr)
     options = netgen.RenderOptions(format=format_, backend=backend, mode=mode, batch_size=batch_size,

@@ -15,11 +15,15 @@ when its content changes; snapshots, solver states and logs in a net directory a
 changes the prototxts of a net trained before train.sh recorded its settings, it records them in the net's
 trained_with.txt, tree.RECORD: train.sh then refuses to mix the old snapshots with the new settings.)
 
-The transfer protocol on the layers of an architecture (net_layers):
-  - the first n transferable layers keep their names, so `caffe train -weights basenet/...` copies them;
-    frozen nets set their lr_mult and decay_mult to 0, fine-tuned (+) nets keep them;
-  - every later layer with weights is renamed `<name>-new` (its output blob too), so it starts from its filler;
-  - nolearn nets freeze their first n layers with no base net (random features);
+The transfer protocol on the layers of an architecture (net_layers), split point n counting transferable units
+(Architecture.units: a layer, or a residual block with its BatchNorm, Scale, shortcut and join):
+  - the layers of the first n units keep their names, so `caffe train -weights basenet/...` copies them;
+    frozen nets set their lr_mult and decay_mult to 0 and their BatchNorm layers to `use_global_stats: true`
+    (the base net's statistics, kept as they are); fine-tuned (+) nets keep them as the base net has them;
+  - every later layer with weights (BatchNorm statistics count) is renamed `<name>-new` (its output blob too),
+    so it starts from its filler;
+  - nolearn nets freeze their first n units with no base net (random features; their BatchNorm layers, having
+    no statistics to keep, still compute them);
   - the val net has neither fillers nor learning rates (as in 2014).
 """
 from __future__ import annotations
@@ -110,9 +114,10 @@ def net_layers(net: NetSpec, arch: Architecture, phase: str, n_classes: int | di
     n = net.n or 0
     if n > len(arch.transferable):
         raise NetgenError(f"net {net.name}: split point n={n}, but architecture {arch.name} has only "
-                          f"{len(arch.transferable)} transferable layers ({', '.join(arch.transferable)})")
-    copied = set(arch.transferable[:n])
-    frozen = set(arch.transferable[:net.frozen])
+                          f"{len(arch.transferable)} transferable units ({', '.join(arch.transferable)})")
+    units = arch.units()
+    copied = {name for unit in units[:n] for name in unit}
+    frozen = {name for unit in units[:net.frozen] for name in unit}
     layers = [layer.copy() for layer in arch.layers if layer.phase in (None, phase)]
     blobs = {}                              # blob renames: a renamed layer's outputs get "-new" too
     for layer in layers:
@@ -124,6 +129,8 @@ def net_layers(net: NetSpec, arch: Architecture, phase: str, n_classes: int | di
         if layer.name in frozen:
             layer.lr_mult = (0,) * len(layer.lr_mult)
             layer.decay_mult = (0,) * len(layer.decay_mult)
+            if net.renamed and layer.type == "BatchNorm":   # copied and frozen: the base net's statistics stay
+                layer.params.setdefault("batch_norm_param", {})["use_global_stats"] = True
     classifier = arch.classifier + ("-new" if net.renamed else "")
     if isinstance(n_classes, dict):
         n_classes = n_classes.get(net.split)
@@ -136,8 +143,8 @@ def net_layers(net: NetSpec, arch: Architecture, phase: str, n_classes: int | di
         if phase == "val":                  # the val net only runs forward: no fillers, no learning rates
             layer.lr_mult, layer.decay_mult = (), ()
             for group in layer.params.values():
-                group.pop("weight_filler", None)
-                group.pop("bias_filler", None)
+                for filler in ("weight_filler", "bias_filler", "filler"):   # `filler`: Scale's, PReLU's
+                    group.pop(filler, None)
             layer.params = {k: v for k, v in layer.params.items() if v}
     return layers
 

@@ -42,4 +42,4 @@ def get(name: str | Architecture, **changes) -> Architecture:
     return (arch.replace(**changes) if changes else arch).check()
 
 
-from . import caffenet, caffenet_small  # noqa: E402,F401  (register the families)
+from . import caffenet, caffenet_small, resnet_small  # noqa: E402,F401  (register the families)

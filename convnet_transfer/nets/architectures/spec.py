@@ -7,8 +7,14 @@ The Jinja templates in templates/ turn a list of layers into a prototxt, in the 
 in the 2014 ("V0") one.
 
 An `Architecture` is the net without its data layer, plus the facts the transfer protocol needs:
-`transferable`, the ordered names of the layers that can be copied from a base net (split point n
-copies the first n), and `classifier`, the last layer whose outputs are the classes.
+`transferable`, the ordered names of its transferable units (split point n copies the first n units;
+`Architecture.units` says which layers each holds), and `classifier`, the last layer whose outputs
+are the classes.
+
+A transferable unit (`Architecture.units`) is a run of consecutive layers: up to the last layer its entry names
+(by name, or as a name prefix followed by a separator) and the layers after it working in place on its blobs,
+from right after the previous unit. So a residual block's name is the whole block (BatchNorm, Scale, shortcut,
+join), and CaffeNet's units are its layers with weights one by one. docs/nets.md ("Residual nets") in full.
 """
 from __future__ import annotations
 
@@ -74,18 +80,52 @@ class Architecture:
                 return layer
         raise KeyError(f"architecture {self.name!r} has no layer {name!r}")
 
+    def units(self) -> list[list[str]]:
+        """The layer names of each transferable unit, in order (docs/nets.md, "Residual nets"); ValueError when
+        an entry names no layer after the previous unit or its unit has no weights."""
+        layers, start, units = self.layers, 0, []
+        for i, entry in enumerate(self.transferable):
+            later = {k for k, layer in enumerate(layers)                 # named by a later entry: left to it
+                     if any(in_unit(layer.name, other) for other in self.transferable[i + 1:])}
+            named = [k for k in range(start, len(layers)) if in_unit(layers[k].name, entry) and k not in later]
+            if not named:
+                after = f" after unit {self.transferable[i - 1]!r}" if i else ""
+                raise ValueError(f"architecture {self.name!r}: layer {entry!r} (named as transferable) is not in "
+                                 f"the net{after}: no layer is named {entry!r} or starts with {entry + '_'!r}; "
+                                 f"its layers are {[layer.name for layer in layers]}")
+            end, made = named[-1] + 1, {top for layer in layers[start:named[-1] + 1] for top in layer.top}
+            while end < len(layers) and _in_place_on(layers[end], made) and end not in later:
+                end += 1
+            if not any(layer.learnable for layer in layers[start:end]):
+                raise ValueError(f"architecture {self.name!r}: layer {entry!r} has no weights to transfer (its "
+                                 f"unit: {[layer.name for layer in layers[start:end]]})")
+            units.append([layer.name for layer in layers[start:end]])
+            start = end
+        return units
+
     def check(self) -> "Architecture":
-        """Raise ValueError when `transferable` or `classifier` name a layer that is missing or has no weights."""
+        """Raise ValueError when `transferable` or `classifier` name a layer that is missing or has no weights,
+        or the classifier is in a transferable unit."""
         names = {layer.name for layer in self.layers}
-        for name in list(self.transferable) + [self.classifier]:
-            if name not in names:
-                raise ValueError(f"architecture {self.name!r}: layer {name!r} (named as transferable or classifier) "
-                                 f"is not in the net; its layers are {sorted(names)}")
-            if not self.layer(name).learnable:
-                raise ValueError(f"architecture {self.name!r}: layer {name!r} has no weights to transfer")
-        if self.classifier in self.transferable:
+        if self.classifier not in names:
+            raise ValueError(f"architecture {self.name!r}: layer {self.classifier!r} (named as classifier) "
+                             f"is not in the net; its layers are {sorted(names)}")
+        if not self.layer(self.classifier).learnable:
+            raise ValueError(f"architecture {self.name!r}: layer {self.classifier!r} has no weights to transfer")
+        if any(self.classifier in unit for unit in self.units()):
             raise ValueError(f"architecture {self.name!r}: the classifier {self.classifier!r} cannot be transferable")
         return self
+
+
+def in_unit(name: str, entry: str) -> bool:
+    """Whether layer `name` is named by the transferable entry `entry`: equal, or `entry` then a character that
+    is not a letter or digit."""
+    return name == entry or (name.startswith(entry) and not name[len(entry)].isalnum())
+
+
+def _in_place_on(layer: Layer, blobs: set[str]) -> bool:
+    """Whether `layer` works in place (one bottom, the same top) on one of `blobs`."""
+    return len(layer.bottom) == 1 and layer.top == layer.bottom and layer.bottom[0] in blobs
 
 
 # ---------------------------------------------------------------- layer helpers (net_spec style)
@@ -160,9 +200,35 @@ def accuracy(name, bottom) -> Layer:
 DEFAULT_SOLVER = dict(test_iter=100, test_interval=1000, base_lr=0.01, lr_policy="step", gamma=0.1, stepsize=10000,
                       display=100, max_iter=45000, momentum=0.9, weight_decay=0.0005, snapshot=5000)
 
-# Layers whose parameter blobs are weights and, unless bias_term is false, a bias; the message holding bias_term
-WEIGHTED_PARAM = {"Convolution": "convolution_param", "Deconvolution": "convolution_param",
-                  "InnerProduct": "inner_product_param"}
+
+def _bias_term(params: dict, message: str, default: bool) -> int:
+    return int(bool(params.get(message, {}).get("bias_term", default)))
+
+
+# How many parameter blobs a layer of these types has (Caffe's LayerSetUp), from its fields and its number of
+# bottoms; a type not here keeps the multipliers its prototxt gives.
+PARAM_BLOBS = {
+    "Convolution": lambda params, bottoms: 1 + _bias_term(params, "convolution_param", True),
+    "Deconvolution": lambda params, bottoms: 1 + _bias_term(params, "convolution_param", True),
+    "InnerProduct": lambda params, bottoms: 1 + _bias_term(params, "inner_product_param", True),
+    "Embed": lambda params, bottoms: 1 + _bias_term(params, "embed_param", True),
+    "BatchNorm": lambda params, bottoms: 3,               # mean, variance, moving-average factor
+    "Scale": lambda params, bottoms: int(bottoms == 1) + _bias_term(params, "scale_param", False),
+    "Bias": lambda params, bottoms: int(bottoms == 1),    # a second bottom is the scale / the bias
+    "PReLU": lambda params, bottoms: 1,
+}
+
+
+def _multipliers(lp, params: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(lr_mult, decay_mult) of each parameter blob of layer `lp`, one per blob so that the protocol freezes them
+    all: those its prototxt gives, then Caffe's defaults (1 and 1; lr_mult 0 for BatchNorm's statistics, which
+    Caffe never lets the solver learn)."""
+    lr, decay = tuple(p.lr_mult for p in lp.param), tuple(p.decay_mult for p in lp.param)
+    if lp.type in PARAM_BLOBS:
+        blobs = PARAM_BLOBS[lp.type](params, len(lp.bottom))
+        default_lr = 0.0 if lp.type == "BatchNorm" else 1.0
+        lr, decay = lr + (default_lr,) * (blobs - len(lr)), decay + (1.0,) * (blobs - len(decay))
+    return lr, decay
 
 
 def _message_to_dict(message) -> dict:
@@ -232,11 +298,7 @@ def from_prototxt(path: str | os.PathLike, transferable: list[str], *, classifie
             continue
         params = {fd.name: _message_to_dict(value) for fd, value in lp.ListFields()
                   if fd.name.endswith("_param") and fd.type == fd.TYPE_MESSAGE}
-        lr = tuple(p.lr_mult for p in lp.param)
-        decay = tuple(p.decay_mult for p in lp.param)
-        if lp.type in WEIGHTED_PARAM:               # one multiplier per blob (the protocol freezes them all);
-            blobs = 1 + bool(params.get(WEIGHTED_PARAM[lp.type], {}).get("bias_term", True))   # Caffe's default 1
-            lr, decay = lr + (1.0,) * (blobs - len(lr)), decay + (1.0,) * (blobs - len(decay))
+        lr, decay = _multipliers(lp, params)
         layers.append(Layer(lp.name, lp.type, list(lp.bottom), list(lp.top), params, lr, decay, phase))
     _check_bottoms(path, net)
     learnable = [layer.name for layer in layers if layer.learnable]
