@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -26,6 +27,7 @@ from convnet_transfer.training.engine.solver import NetWithData
 from convnet_transfer.training.engine.train import time_net
 
 ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "golden" / "datalayers.npz"
 
 
 @pytest.fixture(scope="module")
@@ -284,12 +286,20 @@ def test_imagedata_shuffle_and_random_crops_keep_caffes_invariants(images):
     assert all(sorted(p) == [3, 4, 5, 7, 8, 9] for p in passes) and len(set(passes)) > 1
 
 
-def test_imagedata_names_a_missing_image(tmp_path):
-    (tmp_path / "list.txt").write_text("nowhere.png 1\n")
+def test_imagedata_names_a_missing_image_and_one_of_another_size(images):
+    (images / "list.txt").write_text("nowhere.png 1\n")
     text = f'''layer {{ name: "i" type: "ImageData" top: "data" top: "label"
-      image_data_param {{ source: "{tmp_path / 'list.txt'}" batch_size: 1 }} }}'''
+      image_data_param {{ source: "{images / 'list.txt'}" batch_size: 2 }} }}'''
     with pytest.raises(EngineError, match="layer 'i': Could not load nowhere.png"):
         NetWithData(parse(text), "TEST", "cpu", log=False)
+    listed = text.replace("list.txt", "images.txt").replace("batch_size", f'root_folder: "{images}/img/" batch_size')
+    fed = NetWithData(parse(listed), "TEST", "cpu", log=False)
+    try:
+        with pytest.raises(EngineError, match="layer 'i': image .*p1.png is 8x6, the first 7x9; .* new_height"):
+            fed.next_batch()
+            fed.next_batch()
+    finally:
+        fed.close()
 
 
 # ---------------------------------------------------------------- WindowData
@@ -399,3 +409,91 @@ def test_caffe_time_runs_a_dummydata_net(tmp_path):
     result = time_net(str(tmp_path / "net.prototxt"), iterations=2)
     assert set(result["layers_ms"]) == {"d", "fc", "loss"} and result["forward_ms"] > 0
     assert torch.isfinite(torch.tensor(result["forward_backward_ms"]))
+
+
+# ---------------------------------------------------------------- without Caffe: a committed golden; CUDA
+
+def golden_net(tmp_path: Path) -> str:
+    """PNG images (lossless: the same pixels wherever they are written), an image list and a window file in
+    tmp_path, and a net of an ImageData and a WindowData layer over them, whose tops do not depend on Caffe's
+    random generator."""
+    rng = np.random.default_rng(5)
+    lines = []
+    for i, (h, w) in enumerate([(7, 9), (8, 6), (10, 10)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"g{i}.png")
+        lines.append(f"g{i}.png {i}")
+    (tmp_path / "golden.txt").write_text("\n".join(lines) + "\n")
+    source = window_file(tmp_path, ["1 0.8 1 2 6 8", "0 0.1 0 0 9 11"])
+    return f'''
+    layer {{ name: "i" type: "ImageData" top: "data" top: "label"
+      image_data_param {{ source: "{tmp_path / 'golden.txt'}" root_folder: "{tmp_path}/" batch_size: 2
+                          new_height: 6 new_width: 5 }}
+      transform_param {{ crop_size: 4 mean_value: 10 mean_value: 20 mean_value: 30 scale: 0.5 }} }}
+    layer {{ name: "w" type: "WindowData" top: "wdata" top: "wlabel"
+      window_data_param {{ source: "{source}" batch_size: 3 context_pad: 2 crop_mode: "square" scale: 0.25 }}
+      transform_param {{ crop_size: 7 mean_value: 100 }} }}'''
+
+
+def test_image_and_window_data_equal_the_committed_caffe_golden(tmp_path):
+    """Caffe's tops for golden_net (tests/golden/datalayers.npz, written by pycaffe: python
+    tests/test_engine_datalayers.py), checked where Caffe is not built."""
+    fed = NetWithData(parse(golden_net(tmp_path)), "TEST", "cpu", log=False)
+    try:
+        with np.load(GOLDEN) as golden:
+            for i in range(2):
+                blobs = fed.net.forward(fed.next_batch())
+                for name in ("data", "label", "wdata", "wlabel"):
+                    np.testing.assert_array_equal(blobs[name].numpy(), golden[f"{i}/{name}"], err_msg=name)
+    finally:
+        fed.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the data layers' CUDA run is skipped here")
+def test_data_layers_on_cuda_equal_the_cpu(tmp_path):
+    """Every data layer's tops made for a net on the GPU equal those made on the CPU (the same seeds)."""
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        f["data2"], f["label2"] = np.random.default_rng(0).normal(size=(5, 2, 3)), np.arange(5.0)
+    (tmp_path / "list.txt").write_text(str(tmp_path / "b.h5"))
+    text = golden_net(tmp_path) + f'''
+    layer {{ name: "h" type: "HDF5Data" top: "data2" top: "label2"
+      hdf5_data_param {{ source: "{tmp_path / 'list.txt'}" batch_size: 3 shuffle: true }} }}
+    layer {{ name: "d" type: "DummyData" top: "dummy" dummy_data_param {{ shape {{ dim: 3 dim: 4 }}
+      data_filler {{ type: "gaussian" }} }} }}
+    layer {{ name: "m" type: "MemoryData" top: "mdata" top: "mlabel"
+      memory_data_param {{ batch_size: 2 channels: 1 height: 2 width: 3 }} }}'''
+    memory = (np.arange(24, dtype=np.float32).reshape(4, 1, 2, 3), np.arange(4, dtype=np.float32))
+    tops = []
+    for device in ("cpu", "cuda"):
+        fed = NetWithData(parse(text), "TRAIN", torch.device(device), seed=3, log=False)
+        fed.net.layer("m").set_input_arrays(*memory)
+        try:
+            blobs = [fed.net.forward(fed.next_batch()) for _ in range(3)]
+            tops.append([{k: v.detach().cpu().numpy() for k, v in b.items()} for b in blobs])
+            assert all(v.device.type == device for v in blobs[0].values())
+        finally:
+            fed.close()
+    for cpu, cuda in zip(*tops):
+        for name in cpu:
+            np.testing.assert_array_equal(cpu[name], cuda[name], err_msg=name)
+
+
+def write_golden() -> None:
+    """tests/golden/datalayers.npz from pycaffe (run where real Caffe is built)."""
+    import tempfile
+    sys.path.insert(0, str(ROOT / "tests" / "golden"))
+    from make_golden import load_caffe
+    caffe_module = load_caffe()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "net.prototxt"
+        path.write_text(golden_net(Path(tmp)))
+        net = caffe_module.Net(str(path), caffe_module.TEST)
+        golden = {}
+        for i in range(2):
+            net.forward()
+            golden.update({f"{i}/{name}": net.blobs[name].data.copy() for name in ("data", "label", "wdata", "wlabel")})
+    np.savez_compressed(GOLDEN, **golden)
+    print(f"wrote {GOLDEN}")
+
+
+if __name__ == "__main__":
+    write_golden()

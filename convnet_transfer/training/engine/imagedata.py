@@ -98,6 +98,11 @@ class _ImageListCursor:
             raise DataError(f"layer '{self.name}': Could not load {self.root + path} ({err})") from None
         return resize_linear(image, *self.new_size) if self.new_size[0] > 0 else image
 
+    def path_of(self, key: bytes) -> str:
+        """The image a record key names."""
+        epoch, index = (int(v) for v in key.split(b":"))
+        return self.root + self.lines[self._order(epoch)[index]][0]
+
     def next(self) -> tuple[bytes, bytes]:
         record = self._lookahead
         self.index += 1
@@ -126,6 +131,15 @@ class ImageDataSource(DataLayerSource):
     def __init__(self, layer: pb.LayerParameter, phase: str, device="cpu", *, seed: int = 0, **kwargs):
         self.rng_seed = seed
         super().__init__(layer, phase, device, seed=seed, **kwargs)
+
+    def _decode(self, key: bytes, value, shape: tuple | None = None) -> tuple[np.ndarray, int]:
+        array, label = super()._decode(key, value)
+        if shape is not None and array.shape != tuple(shape):
+            path = self._cursor.path_of(key)
+            raise DataError(f"layer '{self.name}': image {path} is {array.shape[1]}x{array.shape[2]}, the first "
+                            f"{shape[1]}x{shape[2]}; the engine's tops have one shape: set image_data_param's "
+                            f"new_height and new_width.")
+        return array, label
 
 
 _TRANSFORM_FIELDS = {"scale", "mirror", "crop_size", "mean_file", "mean_value"}
