@@ -7,6 +7,7 @@ kind. Random fillers are compared by distribution; shuffled orders, WindowData's
 invariants (each batch item is one of the window cut-outs the engine computes, labels in Caffe's order)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -171,7 +172,8 @@ def test_hdf5data_shuffle_draws_a_permutation_per_pass(caffe, tmp_path):
 def test_hdf5data_refuses_what_caffe_refuses(tmp_path):
     write_h5(tmp_path / "a.h5", 2, 0)
     (tmp_path / "list.txt").write_text(str(tmp_path / "a.h5"))
-    layer = f'name: "h" type: "HDF5Data" top: "data" hdf5_data_param {{ source: "{tmp_path / "list.txt"}" batch_size: 1 }}'
+    layer = (f'name: "h" type: "HDF5Data" top: "data" '
+             f'hdf5_data_param {{ source: "{tmp_path / "list.txt"}" batch_size: 1 }}')
     cases = [(layer.replace('top: "data"', 'top: "nothing"'), "Failed to find HDF5 dataset nothing"),
              (layer + " transform_param { scale: 2 }", "HDF5Data does not transform data"),
              (layer.replace("list.txt", "missing.txt"), "Failed to open source file"),
@@ -277,7 +279,8 @@ def test_imagedata_with_a_mean_file_and_centre_crop_equals_caffe(caffe, images):
 def test_imagedata_shuffle_and_random_crops_keep_caffes_invariants(images):
     text = f'''layer {{ name: "i" type: "ImageData" top: "data" top: "label"
       image_data_param {{ source: "{images / 'images.txt'}" root_folder: "{images / 'img'}/" batch_size: 6
-                          new_height: 6 new_width: 6 shuffle: true }} transform_param {{ crop_size: 4 mirror: true }} }}'''
+                          new_height: 6 new_width: 6 shuffle: true }}
+      transform_param {{ crop_size: 4 mirror: true }} }}'''
     fed = NetWithData(parse(text), "TRAIN", "cpu", log=False)
     try:
         passes = [tuple(fed.next_batch()["label"].int().tolist()) for _ in range(4)]
@@ -317,9 +320,15 @@ def window_file(tmp_path: Path, windows: list[str]) -> Path:
     ('context_pad: 3', "crop_size: 8 mean_value: 1 mean_value: 2 mean_value: 3"),
     ('crop_mode: "warp" fg_fraction: 0.75', "crop_size: 5"),
     ('crop_mode: "square"', "crop_size: 6"),
+    ('context_pad: 2 scale: 0.5', "crop_size: 6 mean_file: MEAN"),
 ])
 def test_windowdata_with_one_window_of_each_kind_equals_caffe(caffe, tmp_path, params, transform):
     """One foreground and one background window, no mirror: Caffe's batches do not depend on its draws."""
+    mean = np.random.default_rng(2).uniform(0, 255, (3, 9, 9)).astype(np.float32)
+    blob = pb.BlobProto(num=1, channels=3, height=9, width=9)
+    blob.data.extend(mean.ravel().tolist())
+    (tmp_path / "mean.binaryproto").write_bytes(blob.SerializeToString())
+    transform = transform.replace("MEAN", f'"{tmp_path / "mean.binaryproto"}"')
     source = window_file(tmp_path, ["1 0.8 1 2 6 8", "0 0.1 0 0 9 11", "2 0.5 0 0 3 3"])  # the last: neither
     text = f'''layer {{ name: "w" type: "WindowData" top: "data" top: "label"
       window_data_param {{ source: "{source}" batch_size: 4 fg_threshold: 0.7 bg_threshold: 0.2 {params} }}
@@ -355,6 +364,32 @@ def test_windowdata_draws_and_mirrors_as_caffe(caffe, tmp_path):
                 assert matches, f"an item of label {label} is no cut-out of a window of that label"
                 mirrored.add(matches[0] % 2)
         assert mirrored == {0, 1}
+
+
+def test_imagedata_and_windowdata_resume_exactly(images):
+    """A snapshot's source state (JSON, as the solverstate keeps it) gives the same next batches: shuffled order,
+    random crops and mirrors, random windows."""
+    source = window_file(images, ["1 0.9 0 0 4 4", "2 0.7 3 2 9 11", "0 0.2 1 1 8 3", "0 0.0 2 6 6 11"])
+    text = f'''layer {{ name: "i" type: "ImageData" top: "data" top: "label"
+      image_data_param {{ source: "{images / 'images.txt'}" root_folder: "{images / 'img'}/" batch_size: 4
+                          new_height: 6 new_width: 6 shuffle: true }} transform_param {{ crop_size: 4 mirror: true }} }}
+    layer {{ name: "w" type: "WindowData" top: "wdata" top: "wlabel"
+      window_data_param {{ source: "{source}" batch_size: 4 context_pad: 1 }}
+      transform_param {{ crop_size: 5 mirror: true }} }}'''
+    first, second = (NetWithData(parse(text), "TRAIN", "cpu", log=False) for _ in range(2))
+    try:
+        for _ in range(2):
+            first.next_batch()
+        state = json.loads(json.dumps([s.state_dict() for s in first.sources]))
+        expected = [first.next_batch() for _ in range(3)]
+        for source, saved in zip(second.sources, state):
+            source.load_state_dict(saved)
+        for batch, wanted in zip((second.next_batch() for _ in range(3)), expected):
+            for name, value in wanted.items():
+                assert torch.equal(batch[name], value), name
+    finally:
+        first.close()
+        second.close()
 
 
 # ---------------------------------------------------------------- Python layer; the caffe commands

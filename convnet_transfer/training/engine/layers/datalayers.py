@@ -164,13 +164,15 @@ class HDF5DataLayer(_SourceLayer):
         glog.info("hdf5_data_layer.cpp:94", f"Number of HDF5 files: {len(self.files)}")
         if not self.files:
             raise EngineError(f"{self.where}: Must have at least 1 HDF5 filename listed in {p.source}")
-        seed = int(torch.randint(0, 2 ** 62, (1,), generator=ctx.generator)) if ctx.generator is not None else None
+        seed = None   # the net's filler generator draws only for shuffle: the fillers of other layers stay as they were
+        if self.shuffle and ctx.generator is not None:
+            seed = int(torch.randint(0, 2 ** 62, (1,), generator=ctx.generator))
         self.rng = np.random.default_rng(seed)
         self.file_order = self._order(len(self.files))
-        self.current_file = 0
+        self.current_file, self.trailing = 0, None
         self._load()
-        self.top_shapes = [(self.batch_size,) + a.shape[1:] for a in self.arrays]
         self.trailing = [a.shape[1:] for a in self.arrays]
+        self.top_shapes = [(self.batch_size,) + shape for shape in self.trailing]
 
     def _order(self, n: int) -> np.ndarray:
         return self.rng.permutation(n) if self.shuffle else np.arange(n)
@@ -190,7 +192,7 @@ class HDF5DataLayer(_SourceLayer):
                               f"numbers of rows ({', '.join(str(a.shape[0]) for a in self.arrays)})")
         if rows == 0:
             raise EngineError(f"{self.where}: {name} has no rows")
-        if getattr(self, "trailing", None) and [a.shape[1:] for a in self.arrays] != self.trailing:
+        if self.trailing is not None and [a.shape[1:] for a in self.arrays] != self.trailing:
             raise EngineError(f"{self.where}: the datasets of {name} are shaped unlike those of the first file")
         self.permutation = self._order(rows)
         self.row = 0
