@@ -337,6 +337,20 @@ def test_windowdata_with_one_window_of_each_kind_equals_caffe(caffe, tmp_path, p
     assert_equal_tops(ours, theirs)
 
 
+@pytest.mark.parametrize("window, transform, message", [
+    ("crop_size: 5", "", "window_data_param.crop_size is ignored by Caffe's WindowData, which reads transform_param"),
+    ("", "scale: 2", "transform_param.scale is ignored by Caffe's WindowData"),
+    ("", "force_gray: true", "transform_param.force_gray is not supported"),
+])
+def test_windowdata_refuses_the_fields_caffe_ignores(tmp_path, window, transform, message):
+    source = window_file(tmp_path, ["1 0.8 1 2 6 8", "0 0.1 0 0 9 11"])
+    text = f'''layer {{ name: "w" type: "WindowData" top: "data" top: "label"
+      window_data_param {{ source: "{source}" batch_size: 2 {window} }}
+      transform_param {{ crop_size: 5 {transform} }} }}'''
+    with pytest.raises(EngineError, match=message):
+        NetWithData(parse(text), "TRAIN", "cpu", log=False)
+
+
 def test_windowdata_draws_and_mirrors_as_caffe(caffe, tmp_path):
     """Many windows, mirror: every item of Caffe's batches is one of the cut-outs `window_crop` makes (a window,
     mirrored or not), background items (label 0) first; the engine's batches keep the same invariants."""

@@ -124,6 +124,9 @@ class ImageDataSource(DataLayerSource):
     layer_type, params_name = "ImageData", "image_data_param"
 
     def _open_cursor(self, layer: pb.LayerParameter, source: Path) -> _ImageListCursor:
+        if len(layer.top) != 2 or len(layer.bottom):
+            raise DataError(f"layer '{layer.name}': ImageData Layer produces 2 top blob(s) as output, from no "
+                            f"bottom.")
         check_fields(layer, {"image_data_param": None, "transform_param": _TRANSFORM_FIELDS})
         seed = int(np.random.Generator(np.random.PCG64(self.rng_seed)).integers(0, 2 ** 63))
         return _ImageListCursor(layer.name, source, layer.image_data_param, seed)
@@ -221,8 +224,7 @@ class WindowDataSource:
 
     def __init__(self, layer: pb.LayerParameter, phase: str, device: torch.device | str = "cpu", *, seed: int = 0,
                  workers: int | None = None):
-        check_fields(layer, {"window_data_param": _WINDOW_FIELDS, "transform_param": {"mirror", "crop_size",
-                                                                                       "mean_file", "mean_value"}})
+        _check_window_layer(layer)
         p, tp = layer.window_data_param, layer.transform_param
         self.name, self.tops, self.device = layer.name, list(layer.top), torch.device(device)
         self.batch_size, self.crop, self.mirror = int(p.batch_size), int(tp.crop_size), bool(tp.mirror)
@@ -315,6 +317,23 @@ class WindowDataSource:
 
     def close(self) -> None:
         pass
+
+
+def _check_window_layer(layer: pb.LayerParameter) -> None:
+    """The fields Caffe's WindowData reads; those it ignores are refused with where Caffe reads them instead."""
+    where = f"layer '{layer.name}' (type WindowData)"
+    for field in ("mean_file", "crop_size", "mirror"):
+        if layer.window_data_param.HasField(field):
+            raise DataError(f"{where}: window_data_param.{field} is ignored by Caffe's WindowData, which reads "
+                            f"transform_param.{field}: move it there.")
+    if layer.transform_param.HasField("scale"):
+        raise DataError(f"{where}: transform_param.scale is ignored by Caffe's WindowData, which scales by "
+                        f"window_data_param.scale (a V1 net's scale moved there by the upgrade is lost, as in "
+                        f"Caffe): set window_data_param.scale.")
+    if len(layer.top) != 2 or len(layer.bottom):
+        raise DataError(f"{where}: WindowData Layer produces 2 top blob(s) as output, from no bottom.")
+    check_fields(layer, {"window_data_param": _WINDOW_FIELDS,
+                         "transform_param": {"mirror", "crop_size", "mean_file", "mean_value"}})
 
 
 _WINDOW_FIELDS = {"source", "scale", "batch_size", "fg_threshold", "bg_threshold", "fg_fraction", "context_pad",
