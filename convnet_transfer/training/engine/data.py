@@ -1,4 +1,6 @@
-"""The Data layer: batches from a Datum database, transformed as Caffe's DataTransformer does.
+"""The Data layer: batches from a Datum database, transformed as Caffe's DataTransformer does; and
+`open_data_source`, the source of any data layer read outside the net (Data here; ImageData, whose images go through
+this same pipeline, and WindowData in imagedata.py; the other data layers compute their tops in the net).
 
 `DataLayerSource(layer, phase, device, seed=...)` reads the layer's `data_param.source` (LMDB, LevelDB, or a
 key-list view: `convnet_transfer.data.stores`, a backend per kind) in key order, `batch_size` records a
@@ -330,7 +332,7 @@ class DataLayerSource:
         return getattr(layer, self.params_name)
 
     def _open_cursor(self, layer: pb.LayerParameter, source: Path) -> "_Cursor":
-        """The records, in order: key() / next() / seek() / peek_key() / size, seekable, path."""
+        """The records in order, as a _Cursor: next(), seek(), peek_key(), close(), size, seekable, path."""
         return _open_source(layer.name, source, pb.DataParameter.DB.Name(layer.data_param.backend))
 
     def _read_first(self, name: str, source: Path) -> None:
