@@ -39,6 +39,7 @@ setup(
         "tqdm>=4.60",
         "pillow>=10",
         "opencv-python-headless>=4.5",   # cv2.resize: the resize Caffe's convert_imageset calls (numpy fallback)
+        "h5py>=3",                      # HDF5Data and HDF5Output layers (Caffe links libhdf5)
         "torch>=2.1",
     ],
     extras_require={

@@ -1,4 +1,6 @@
-"""The Data layer: batches from a Datum database, transformed as Caffe's DataTransformer does.
+"""The Data layer: batches from a Datum database, transformed as Caffe's DataTransformer does; and
+`open_data_source`, the source of any data layer read outside the net (Data here; ImageData, whose images go through
+this same pipeline, and WindowData in imagedata.py; the other data layers compute their tops in the net).
 
 `DataLayerSource(layer, phase, device, seed=...)` reads the layer's `data_param.source` (LMDB, LevelDB, or a
 key-list view: `convnet_transfer.data.stores`, a backend per kind) in key order, `batch_size` records a
@@ -43,9 +45,11 @@ from . import glog
 from .errors import EngineError
 from .net import channels_last_on
 
-__all__ = ["DataLayerSource", "ENGINE_DATA_LAYER_TYPES", "DataError", "decode_record"]
+__all__ = ["DataLayerSource", "ENGINE_DATA_LAYER_TYPES", "DataError", "decode_record", "open_data_source"]
 
-ENGINE_DATA_LAYER_TYPES = ("Data",)   # the data layer types the engine reads (of layers.CAFFE_DATA_LAYER_TYPES)
+# the data layer types read by a source here (imagedata.py: ImageData, WindowData); the other data layers of
+# layers.CAFFE_DATA_LAYER_TYPES compute their tops in the net (layers/datalayers.py)
+ENGINE_DATA_LAYER_TYPES = ("Data", "ImageData", "WindowData")
 
 
 class DataError(EngineError):
@@ -258,32 +262,47 @@ class _Cursor:
 
 # ---------------------------------------------------------------- the source
 
+def open_data_source(layer: pb.LayerParameter, phase: str, device: torch.device | str = "cpu", *, seed: int = 0,
+                     workers: int | None = None):
+    """The source that feeds a data layer of ENGINE_DATA_LAYER_TYPES: next_batch(), shapes, state_dict()."""
+    from . import imagedata
+    sources = {"Data": DataLayerSource, "ImageData": imagedata.ImageDataSource,
+               "WindowData": imagedata.WindowDataSource}
+    if layer.type not in sources:
+        raise DataError(f"layer '{layer.name}': data layer type '{layer.type}' is not read by a source (these "
+                        f"are: {', '.join(ENGINE_DATA_LAYER_TYPES)}).")
+    return sources[layer.type](layer, phase, device, seed=seed, workers=workers)
+
+
 class DataLayerSource:
-    """Batches {top: tensor} for one Data layer. tops[0]: float32 (N,C,H',W') on `device`; tops[1]: float32 labels."""
+    """Batches {top: tensor} for one Data layer. tops[0]: float32 (N,C,H',W') on `device`; tops[1]: float32 labels.
+    Subclasses read other records through the same pipeline (imagedata.ImageDataSource: `layer_type`, `params_name`,
+    `_open_cursor`)."""
+    layer_type, params_name = "Data", "data_param"
 
     def __init__(self, layer: pb.LayerParameter, phase: str, device: torch.device | str = "cpu", *,
                  seed: int = 0, workers: int | None = None, prefetch: int | None = None,
                  channels_last: bool | None = None):
-        if layer.type not in ENGINE_DATA_LAYER_TYPES:
-            raise DataError(f"layer '{layer.name}': data layer type '{layer.type}' is not supported by the engine "
-                            f"(supported: {', '.join(ENGINE_DATA_LAYER_TYPES)}); convert the data to a Datum LMDB.")
+        if layer.type != self.layer_type:
+            raise DataError(f"layer '{layer.name}': a {type(self).__name__} reads {self.layer_type} layers, not "
+                            f"'{layer.type}' (open_data_source chooses the source of a layer type).")
         self.name = layer.name
         self.tops = list(layer.top)
         self.phase = phase
         self.device = torch.device(device)
         # CPU batches come in the memory layout Net.place gives the net there: no copy per batch
         self.channels_last = channels_last_on(self.device) if channels_last is None else bool(channels_last)
-        dp = layer.data_param
+        dp = self.params(layer)
         self.batch_size = int(dp.batch_size)
         if self.batch_size <= 0:
-            raise DataError(f"layer '{layer.name}': data_param.batch_size must be set and positive.")
-        tp = _transform_param(layer)
+            raise DataError(f"layer '{layer.name}': {self.params_name}.batch_size must be set and positive.")
+        tp = _transform_param(layer, dp)
         self.crop = int(tp.crop_size)
         self.mirror = bool(tp.mirror)
         self.scale = float(tp.scale)
 
         source = Path(dp.source)
-        self._cursor = _open_source(layer.name, source, pb.DataParameter.DB.Name(dp.backend))
+        self._cursor = self._open_cursor(layer, source)
         self.size = self._cursor.size
         self._read_first(layer.name, source)
 
@@ -300,13 +319,21 @@ class DataLayerSource:
             self._position = skip % self.size
         # worker processes decode encoded images; raw pixels are faster copied by the reading thread itself
         self.workers = (_default_workers(self.device) if workers is None else int(workers)) if self.encoded else 0
-        self.prefetch = max(1, int(prefetch if prefetch is not None else dp.prefetch or 4))
+        self.prefetch = max(1, int(prefetch if prefetch is not None else getattr(dp, "prefetch", 0) or 4))
         self._thread = None
         self._pool = None
         self._buffer = None
         self._copy_stream = None
         self._rng_state = self.rng.bit_generator.state   # after the draws of the last batch consumed
         self._start(None)
+
+    def params(self, layer: pb.LayerParameter):
+        """The layer's *_param (`params_name`): source, batch_size, rand_skip, the deprecated transformations."""
+        return getattr(layer, self.params_name)
+
+    def _open_cursor(self, layer: pb.LayerParameter, source: Path) -> "_Cursor":
+        """The records in order, as a _Cursor: next(), seek(), peek_key(), close(), size, seekable, path."""
+        return _open_source(layer.name, source, pb.DataParameter.DB.Name(layer.data_param.backend))
 
     def _read_first(self, name: str, source: Path) -> None:
         """The record shape, dtype and encoding, from the first record; the tops' shapes."""
@@ -579,11 +606,11 @@ def _open_source(name: str, source: Path, backend: str) -> _Cursor:
     return _Cursor(source)
 
 
-def _transform_param(layer: pb.LayerParameter) -> pb.TransformationParameter:
-    """transform_param, with the deprecated data_param fields (scale, mean_file, crop_size, mirror) folded in."""
+def _transform_param(layer: pb.LayerParameter, dp) -> pb.TransformationParameter:
+    """transform_param, with the deprecated fields (scale, mean_file, crop_size, mirror) of the layer's *_param
+    `dp` (data_param, image_data_param) folded in."""
     tp = pb.TransformationParameter()
     tp.CopyFrom(layer.transform_param)
-    dp = layer.data_param
     for field in ("scale", "mean_file", "crop_size", "mirror"):
         if dp.HasField(field) and not tp.HasField(field):
             setattr(tp, field, getattr(dp, field))

@@ -147,7 +147,10 @@ class Net(nn.Module):
 
     def _add_input_layer(self, lp: pb.LayerParameter, input_shapes: dict, ctx: BuildContext) -> list[str]:
         """A data or Input layer: its tops become inputs of forward(), shaped by `input_shapes` (Input layers
-        carry their own shapes). Returns the tops."""
+        carry their own shapes), except for the data layers the engine computes in the net (layers.datalayers:
+        DummyData, MemoryData, HDF5Data), built as computing layers. Returns the tops."""
+        if lp.type in LAYERS and lp.type != "Input":
+            return self._add_computing_layer(lp, ctx)
         shapes = []
         for top in lp.top:
             if top in input_shapes:

@@ -42,8 +42,7 @@ from convnet_transfer.formats import protoio
 from convnet_transfer.formats.snapshots import snapshot_name
 from . import glog
 from .errors import EngineError
-from .data import ENGINE_DATA_LAYER_TYPES, DataLayerSource
-from .layers import CAFFE_DATA_LAYER_TYPES
+from .data import ENGINE_DATA_LAYER_TYPES, DataLayerSource, open_data_source
 from .net import Net
 from .updates import UPDATE_RULES, Hyper, solver_type_problem
 from .upgrade import filter_net, read_net_file, upgrade_net
@@ -167,11 +166,8 @@ class NetWithData:
         self.sources: list[DataLayerSource] = []
         try:
             for layer, layer_seed in zip(filtered.layer, layer_seeds):
-                if layer.type in ENGINE_DATA_LAYER_TYPES:
-                    self.sources.append(DataLayerSource(layer, phase, device, seed=layer_seed, workers=workers))
-                elif layer.type in CAFFE_DATA_LAYER_TYPES:
-                    raise SolverError(f"layer '{layer.name}': data layer type '{layer.type}' is not supported by "
-                                      f"the engine; use a Data layer over an LMDB or LevelDB of Datum records.")
+                if layer.type in ENGINE_DATA_LAYER_TYPES:   # the others compute their tops in the net
+                    self.sources.append(open_data_source(layer, phase, device, seed=layer_seed, workers=workers))
             shapes = {}
             for source in self.sources:
                 shapes.update(source.shapes)

@@ -23,7 +23,8 @@ from convnet_transfer.formats.protoio import pb
 from ..errors import EngineError
 from ..fillers import fill
 
-# Every data layer type of Caffe: the Net takes their tops as inputs (data.ENGINE_DATA_LAYER_TYPES: those it reads).
+# Every data layer type of Caffe: those in LAYERS (datalayers.py) compute their tops in the net; the Net takes the
+# others' tops as inputs, which engine/data.py's sources read (data.ENGINE_DATA_LAYER_TYPES).
 CAFFE_DATA_LAYER_TYPES = {"Data", "ImageData", "WindowData", "MemoryData", "HDF5Data", "DummyData"}
 # Caffe's loss layers: top 0 has loss_weight 1 unless the layer says otherwise.
 LOSS_LAYER_TYPES = {"SoftmaxWithLoss", "EuclideanLoss", "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss",
