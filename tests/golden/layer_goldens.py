@@ -43,8 +43,10 @@ class Case:
     indicators for T time steps: 0 at t=0 and at a few random later steps, else 1), "spread:a:b" (a random
     permutation of evenly spaced values in a..b: no ties, for max/argmax layers).
     params: "random" (every parameter blob set to normal values; `param_kinds` {layer: [kind per blob]} overrides
-    per blob) or "filler" (Caffe's fillers, seeded). phase: the net's phase. rtol: the tolerance (1e-4 unless a
-    case documents why not)."""
+    per blob) or "filler" (Caffe's fillers, seeded); a blob shared by name (`param { name }`) is drawn once, by
+    its owner. phase: the net's phase. rtol: the tolerance (1e-4 unless a case documents why not).
+    force_backward: False for a net without it (Caffe then backpropagates from the losses only, and propagate_down
+    false is not overridden): every net output should then have a loss weight."""
     name: str
     layers: str
     inputs: dict[str, tuple[tuple[int, ...], str]] = dataclasses.field(default_factory=dict)
@@ -52,9 +54,10 @@ class Case:
     params: str = "random"
     param_kinds: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     rtol: float = RTOL
+    force_backward: bool = True
 
     def prototxt(self) -> str:
-        text = f'name: "{self.name}"\nforce_backward: true\n'
+        text = f'name: "{self.name}"\n' + ("force_backward: true\n" if self.force_backward else "")
         for blob, (shape, _) in self.inputs.items():
             dims = " ".join(f"dim: {d}" for d in shape)
             text += f'layer {{ name: "input_{blob}" type: "Input" top: "{blob}" input_param {{ shape {{ {dims} }} }} }}\n'
@@ -127,11 +130,14 @@ def run_caffe_case(caffe, case: Case, folder: Path) -> dict[str, np.ndarray]:
         net.blobs[blob].data[...] = value
         golden[f"input/{blob}"] = value
     rng = case.rng("params")
+    drawn = []
     for layer, blobs in net.params.items():
         kinds = case.param_kinds.get(layer, [])
         for i, blob in enumerate(blobs):
-            if case.params == "random":
+            shared = any(np.shares_memory(blob.data, other) for other in drawn)
+            if case.params == "random" and not shared:
                 blob.data[...] = draw(kinds[i] if i < len(kinds) else "normal", blob.data.shape, rng)
+            drawn.append(blob.data)
             golden[f"param/{layer}/{i}"] = blob.data.copy()
     net.clear_param_diffs()
     net._forward(0, len(net.layers) - 1)
@@ -196,7 +202,8 @@ def run_engine_case(case: Case, golden: dict[str, np.ndarray], device: str = "cp
     for blob in case.inputs:
         value = torch.from_numpy(golden[f"input/{blob}"]).to(device)
         kind = case.inputs[blob][1]
-        inputs[blob] = value.requires_grad_(kind.split(":")[0] in ("normal", "uniform", "positive", "spread"))
+        floating = kind.split(":")[0] in ("normal", "uniform", "positive", "spread")
+        inputs[blob] = value.requires_grad_(floating and case.force_backward)
     blobs = net(dict(inputs))
     errors = {}
     for key, theirs in golden.items():
