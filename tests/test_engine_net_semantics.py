@@ -8,7 +8,6 @@ Golden files: tests/golden/sharing/ (tests/golden/make_golden_sharing.py); live 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -23,18 +22,16 @@ from convnet_transfer.formats import protoio
 from convnet_transfer.formats.protoio import parse_text
 from convnet_transfer.training.engine import EngineError, Net
 
-HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("make_golden_sharing", HERE / "golden" / "make_golden_sharing.py")
-golden = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(golden)
-RTOL = 1e-4
+sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
+import make_golden_sharing as golden  # noqa: E402
+from layer_goldens import RTOL, relative_error  # noqa: E402
+
 ITERS = golden.ITERATIONS
 
 
 def assert_close(ours: np.ndarray, caffe: np.ndarray, what: str) -> None:
-    scale = float(np.abs(caffe).max()) or 1.0
-    assert ours.shape == caffe.shape, what
-    np.testing.assert_allclose(ours, caffe, rtol=RTOL, atol=RTOL * scale, err_msg=what)
+    """Equal shapes, and within 1e-4 of the blob's scale (layer_goldens.relative_error)."""
+    assert ours.shape == caffe.shape and relative_error(ours, caffe) <= RTOL, (what, relative_error(ours, caffe))
 
 
 def train_ours(tmp_path: Path, monkeypatch, capfd) -> tuple[Path, list[float]]:

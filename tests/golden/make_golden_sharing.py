@@ -102,21 +102,14 @@ def initial_weights() -> pb.NetParameter:
 
 def write_case(directory: Path) -> Path:
     """net.prototxt, solver.prototxt, train_lmdb/, mean.binaryproto and init.caffemodel in `directory`."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "net.prototxt").write_text(NET)
-    (directory / "solver.prototxt").write_text(SOLVER)
-    sgd_golden.write_data(directory)
-    protoio.write_binary(directory / "init.caffemodel", initial_weights())
-    return directory
+    return sgd_golden.write_case(directory, NET, SOLVER, initial_weights())
 
 
 def main() -> int:
     from convnet_transfer.training.realcaffe import find_caffe
     caffe = find_caffe()
-    if caffe is None or not caffe.ok:
-        print("real Caffe is needed: build it with tools/install_caffe", file=sys.stderr)
-        return 1
+    if not (caffe and caffe.ok):
+        sys.exit("real Caffe is needed: build it with tools/install_caffe")
     GOLDEN_DIR.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         case = write_case(Path(tmp))

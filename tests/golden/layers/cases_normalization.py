@@ -12,9 +12,14 @@ def layer(name, type_, bottoms, param="", top="y"):
     return f'layer {{ name: "{name}" type: "{type_}" {bottoms} top: "{top}" {param} }}'
 
 
-def bn(name, param="", shape=(2, 3, 4, 5), phase="TRAIN", kinds=None, top="y"):
-    return Case(name, layer("bn", "BatchNorm", ["x"], f"batch_norm_param {{ {param} }}" if param else "", top),
-                {"x": (shape, "normal")}, phase=phase, param_kinds={"bn": kinds or BN_BLOBS["bn"]})
+def single(name, type_, layer_name, field, param="", shape=(2, 3, 4, 5), top="y", **kw):
+    """A layer of `type_` on x of `shape` (in place with top "x"), its `field` message holding `param`."""
+    return Case(name, layer(layer_name, type_, ["x"], f"{field} {{ {param} }}" if param else "", top),
+                {"x": (shape, "normal")}, **kw)
+
+
+def bn(name, param="", kinds=None, **kw):
+    return single(name, "BatchNorm", "bn", "batch_norm_param", param, param_kinds={"bn": kinds or BN_BLOBS["bn"]}, **kw)
 
 
 def broadcast(name, type_, operand=None, param="", in_place=False):
@@ -26,9 +31,8 @@ def broadcast(name, type_, operand=None, param="", in_place=False):
     return Case(name, text, inputs)
 
 
-def mvn(name, param="", shape=(2, 3, 4, 5), top="y"):
-    return Case(name, layer("mvn", "MVN", ["x"], f"mvn_param {{ {param} }}" if param else "", top),
-                {"x": (shape, "normal")})
+def mvn(name, param="", **kw):
+    return single(name, "MVN", "mvn", "mvn_param", param, **kw)
 
 
 CASES = [
@@ -43,32 +47,12 @@ CASES = [
     Case("bn_scale_block", layer("bn", "BatchNorm", ["x"], top="x") + "\n"
          + layer("scale", "Scale", ["x"], "scale_param { bias_term: true }", top="x"),
          {"x": X}, param_kinds=BN_BLOBS),
-    broadcast("scale_eltwise", "Scale", (2, 3, 4, 5), "axis: 0"),
-    broadcast("scale_eltwise_in_place", "Scale", (2, 3, 4, 5), "axis: 0", in_place=True),
-    broadcast("scale_eltwise_param", "Scale", None, 'axis: 0 num_axes: -1 filler { type: "gaussian" }'),
-    broadcast("scale_broadcast_begin", "Scale", (2, 3), "axis: 0"),
-    broadcast("scale_broadcast_middle", "Scale", (3, 4), "axis: 1"),
-    broadcast("scale_broadcast_middle_in_place", "Scale", (3, 4), "axis: 1", in_place=True),
-    broadcast("scale_broadcast_middle_param", "Scale", None, 'axis: 1 num_axes: 2 filler { type: "gaussian" }'),
     broadcast("scale_broadcast_middle_param_bias", "Scale", None,
               'axis: 1 num_axes: 2 filler { type: "gaussian" } bias_term: true bias_filler { type: "gaussian" }'),
-    broadcast("scale_broadcast_end", "Scale", (4, 5), "axis: 2"),
-    broadcast("scale_scalar", "Scale", ()),
-    broadcast("scale_scalar_axis2", "Scale", (), "axis: 2"),
     broadcast("scale_scalar_and_bias", "Scale", (), 'bias_term: true bias_filler { type: "gaussian" }'),
     broadcast("scale_bottom_and_bias", "Scale", (3, 4), "axis: -3 bias_term: true"),
     broadcast("scale_param_channels_bias", "Scale", None, "bias_term: true"),
     broadcast("scale_param_scalar", "Scale", None, "num_axes: 0"),
-    broadcast("bias_eltwise", "Bias", (2, 3, 4, 5), "axis: 0"),
-    broadcast("bias_eltwise_in_place", "Bias", (2, 3, 4, 5), "axis: 0", in_place=True),
-    broadcast("bias_eltwise_param", "Bias", None, 'axis: 0 num_axes: -1 filler { type: "gaussian" }'),
-    broadcast("bias_broadcast_begin", "Bias", (2, 3), "axis: 0"),
-    broadcast("bias_broadcast_middle", "Bias", (3, 4), "axis: 1"),
-    broadcast("bias_broadcast_middle_in_place", "Bias", (3, 4), "axis: 1", in_place=True),
-    broadcast("bias_broadcast_middle_param", "Bias", None, 'axis: 1 num_axes: 2 filler { type: "gaussian" }'),
-    broadcast("bias_broadcast_end", "Bias", (4, 5), "axis: 2"),
-    broadcast("bias_scalar", "Bias", ()),
-    broadcast("bias_scalar_axis2", "Bias", (), "axis: 2"),
     broadcast("bias_param_channels", "Bias", None),
     mvn("mvn"),
     mvn("mvn_mean_only", "normalize_variance: false"),
@@ -78,3 +62,18 @@ CASES = [
     mvn("mvn_mean_only_in_place", "normalize_variance: false", top="x"),   # with variance: refused (engine.md)
     mvn("mvn_2d", shape=(4, 6)),
 ]
+# the variants test_scale_layer.cpp and test_bias_layer.cpp share: (name, bottom 1's shape or None, param, in place)
+SHARED_VARIANTS = [
+    ("eltwise", (2, 3, 4, 5), "axis: 0", False),
+    ("eltwise_in_place", (2, 3, 4, 5), "axis: 0", True),
+    ("eltwise_param", None, 'axis: 0 num_axes: -1 filler { type: "gaussian" }', False),
+    ("broadcast_begin", (2, 3), "axis: 0", False),
+    ("broadcast_middle", (3, 4), "axis: 1", False),
+    ("broadcast_middle_in_place", (3, 4), "axis: 1", True),
+    ("broadcast_middle_param", None, 'axis: 1 num_axes: 2 filler { type: "gaussian" }', False),
+    ("broadcast_end", (4, 5), "axis: 2", False),
+    ("scalar", (), "", False),
+    ("scalar_axis2", (), "axis: 2", False),
+]
+CASES += [broadcast(f"{type_.lower()}_{name}", type_, operand, param, in_place)
+          for type_ in ("Scale", "Bias") for name, operand, param, in_place in SHARED_VARIANTS]

@@ -107,6 +107,14 @@ class _Broadcast(Layer):
                               f"starting with bottom[0] axis = {axis}")
         return tuple(shape[axis:]) if num_axes == -1 else tuple(shape[axis:axis + num_axes])
 
+    def operand_view(self, bottom_shapes, axis: int, num_axes: int, filler: pb.FillerParameter) -> tuple:
+        """The operand's broadcast shape: bottom 1's, or that of a blob added here (LayerSetUp + Reshape)."""
+        shape = tuple(bottom_shapes[0])
+        if len(bottom_shapes) == 1:
+            self.add_blob(self.operand_shape(shape, axis, num_axes), filler)
+        operand = tuple(bottom_shapes[1]) if len(bottom_shapes) > 1 else tuple(self.blobs[0].shape)
+        return self.broadcast_shape(shape, operand, axis)
+
     def broadcast_shape(self, shape: tuple[int, ...], operand: tuple[int, ...], axis: int) -> tuple[int, ...]:
         """Caffe's Reshape checks; the operand's shape padded with 1s to broadcast over bottom 0."""
         axis = 0 if len(operand) == 0 else canonical_axis(axis, len(shape), self.where)
@@ -130,14 +138,8 @@ class BiasLayer(_Broadcast):
     def __init__(self, lp, bottom_shapes, ctx):
         super().__init__(lp, bottom_shapes, ctx)
         p = lp.bias_param
-        shape = tuple(bottom_shapes[0])
-        if len(bottom_shapes) == 1:
-            self.add_blob(self.operand_shape(shape, p.axis, p.num_axes), p.filler)
-            operand = tuple(self.blobs[0].shape)
-        else:
-            operand = tuple(bottom_shapes[1])
-        self.view = self.broadcast_shape(shape, operand, p.axis)
-        self.top_shapes = [shape]
+        self.view = self.operand_view(bottom_shapes, p.axis, p.num_axes, p.filler)
+        self.top_shapes = [tuple(bottom_shapes[0])]
 
     def forward(self, x, bias=None):
         return [x + (self.blobs[0] if bias is None else bias).reshape(self.view)]
@@ -155,13 +157,8 @@ class ScaleLayer(_Broadcast):
         super().__init__(lp, bottom_shapes, ctx)
         p = lp.scale_param
         shape = tuple(bottom_shapes[0])
-        if len(bottom_shapes) == 1:
-            filler = p.filler if p.HasField("filler") else _constant_filler(1.0)
-            self.add_blob(self.operand_shape(shape, p.axis, p.num_axes), filler)
-            operand = tuple(self.blobs[0].shape)
-        else:
-            operand = tuple(bottom_shapes[1])
-        self.view = self.broadcast_shape(shape, operand, p.axis)
+        filler = p.filler if p.HasField("filler") else _constant_filler(1.0)
+        self.view = self.operand_view(bottom_shapes, p.axis, p.num_axes, filler)
         self.bias_view = None
         if p.bias_term:
             # Caffe's inner Bias layer: bias_param { axis num_axes: the scale's } on bottom 0
