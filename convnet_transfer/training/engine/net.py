@@ -9,13 +9,18 @@
 Caffe semantics kept:
 - The net is filtered by phase/level/stages (include/exclude rules) and upgraded from V0/V1 if needed.
 - Blobs are names; a layer whose top is its bottom (in place) rebinds the name, and a blob read by several layers
-  gets the sum of their gradients (what Caffe's inserted Split layers do).
+  gets the sum of their gradients (what Caffe's inserted Split layers do). An in-place write after another use of
+  the blob (a layer reading it, its loss) is refused, as Caffe's Split makes it ("produced by multiple sources").
 - Data layers (Data, ImageData, ...) produce nothing here: their tops, and those of Input layers, are given to
   forward(); `input_shapes` gives their shapes at build time (Input layers carry their own).
-- Parameters: `params` in Caffe's learnable_params order, with lr_mult/decay_mult (default 1, 1). A parameter with
-  lr_mult 0 (frozen) has requires_grad False and no gradient, as Caffe computes no diff for it; layers below the
-  first one that learns get no backward pass at all (Caffe's "does not need backward computation").
-- Loss: sum over tops with a loss weight (top 0 of a *Loss layer: 1 unless `loss_weight` says otherwise).
+- Parameters: `params` in Caffe's learnable_params order, with lr_mult/decay_mult (default 1, 1) from the `param`
+  blocks as the layer's set-up leaves them (BatchNorm adds lr_mult 0 ones). A parameter with lr_mult 0 (frozen)
+  has requires_grad False and no gradient, as Caffe computes no diff for it; layers below the first one that
+  learns get no backward pass at all (Caffe's "does not need backward computation"). `param { name }` shares a
+  blob between layers: one tensor in each (gradients summed), one entry in `params` (the owner's).
+- Loss: sum over tops with a loss weight, any top of any layer (top 0 of a *Loss layer: 1 unless `loss_weight`
+  says otherwise). propagate_down false on a bottom stops its gradient, unless force_backward overrides it
+  (Net::Init; never for a loss layer's labels).
 - Net outputs: the blobs no later layer reads, sorted by name (Caffe keeps them in a std::set).
 """
 from __future__ import annotations
