@@ -80,7 +80,7 @@ def _phase_name(phase) -> str:
 
 
 # Caffe's AllowForceBackward: the bottoms force_backward does not reach (those no gradient is defined for)
-_NOT_FORCED_BACKWARD = {"EuclideanLoss": (), "ContrastiveLoss": (2,), "LSTM": (2,), "RNN": (1,)}
+_NOT_FORCED_BACKWARD = {"EuclideanLoss": (), "ContrastiveLoss": (2,), "RNN": (1,), "LSTM": (1,), "LSTMUnit": (2,)}
 
 
 def _force_backward_reaches(layer_type: str, bottom: int) -> bool:
