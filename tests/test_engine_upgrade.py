@@ -199,8 +199,8 @@ def test_filter_net_rules():
 
 def test_unsupported_layers_and_fields_name_themselves():
     base = 'input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 } '
-    with pytest.raises(EngineError, match=r"layer 'bn'.*'BatchNorm' is not supported"):
-        Net(net_from(base + 'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" }'), "TEST")
+    with pytest.raises(EngineError, match=r"layer 'bn'.*'BatchNormalization' is not supported"):   # not Caffe's
+        Net(net_from(base + 'layer { name: "bn" type: "BatchNormalization" bottom: "data" top: "bn" }'), "TEST")
     with pytest.raises(EngineError, match=r"layer 'p'.*STOCHASTIC"):
         Net(net_from(base + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
                             'pooling_param { pool: STOCHASTIC kernel_size: 2 } }'), "TEST")

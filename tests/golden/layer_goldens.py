@@ -46,12 +46,13 @@ class Case:
     indicators for T time steps: 0 at t=0 and at a few random later steps, else 1), "spread:a:b" (a random
     permutation of evenly spaced values in a..b: no ties, for max/argmax layers).
     params: "random" (every parameter blob set to normal values; `param_kinds` {layer: [kind per blob]} overrides
-    per blob) or "filler" (Caffe's fillers, seeded). phase: the net's phase. rtol: the tolerance (1e-4 unless a
-    case documents why not). force_backward: False for layers real Caffe aborts on under force_backward (ArgMax
+    per blob) or "filler" (Caffe's fillers, seeded); a blob shared by name (`param { name }`) is drawn once, by
+    its owner. phase: the net's phase. rtol: the tolerance (1e-4 unless a case documents why not).
+    force_backward: False for layers real Caffe aborts on under force_backward (ArgMax
     and Accuracy have no Backward; Embed, Filter, BatchReindex refuse to backpropagate to their index bottom, and
     an InfogainLoss to its matrix bottom, which force_backward turns on): then, as in Caffe, only loss tops (a
     `loss_weight`) drive the backward, through learnable blobs (e.g. a Parameter layer's), no random top diffs are
-    drawn and the inputs get no diffs."""
+    drawn and the inputs get no diffs; propagate_down false is then not overridden."""
     name: str
     layers: str
     inputs: dict[str, tuple[tuple[int, ...], str]] = dataclasses.field(default_factory=dict)
@@ -136,11 +137,14 @@ def run_caffe_case(caffe, case: Case, folder: Path) -> dict[str, np.ndarray]:
         net.blobs[blob].data[...] = value
         golden[f"input/{blob}"] = value
     rng = case.rng("params")
+    drawn = []
     for layer, blobs in net.params.items():
         kinds = case.param_kinds.get(layer, [])
         for i, blob in enumerate(blobs):
-            if case.params == "random":
+            shared = any(np.shares_memory(blob.data, other) for other in drawn)
+            if case.params == "random" and not shared:
                 blob.data[...] = draw(kinds[i] if i < len(kinds) else "normal", blob.data.shape, rng)
+            drawn.append(blob.data)
             golden[f"param/{layer}/{i}"] = blob.data.copy()
     net.clear_param_diffs()
     net._forward(0, len(net.layers) - 1)

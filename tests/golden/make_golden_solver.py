@@ -116,14 +116,15 @@ def initial_weights() -> pb.NetParameter:
     return net
 
 
-def write_case(directory: Path) -> Path:
-    """Write net.prototxt, solver.prototxt, train_lmdb/, mean.binaryproto and init.caffemodel into `directory`."""
+def write_case(directory: Path, net: str = NET, solver: str = SOLVER, weights: pb.NetParameter | None = None) -> Path:
+    """Write net.prototxt, solver.prototxt, train_lmdb/, mean.binaryproto and init.caffemodel into `directory`
+    (this case's, or the net, solver and initial weights given: another case on the same images)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "net.prototxt").write_text(NET)
-    (directory / "solver.prototxt").write_text(SOLVER)
+    (directory / "net.prototxt").write_text(net)
+    (directory / "solver.prototxt").write_text(solver)
     write_data(directory)
-    protoio.write_binary(directory / "init.caffemodel", initial_weights())
+    protoio.write_binary(directory / "init.caffemodel", weights if weights is not None else initial_weights())
     return directory
 
 

@@ -9,17 +9,23 @@
 Caffe semantics kept:
 - The net is filtered by phase/level/stages (include/exclude rules) and upgraded from V0/V1 if needed.
 - Blobs are names; a layer whose top is its bottom (in place) rebinds the name, and a blob read by several layers
-  gets the sum of their gradients (what Caffe's inserted Split layers do).
+  gets the sum of their gradients (what Caffe's inserted Split layers do). An in-place write after another use of
+  the blob (a layer reading it, its loss) is refused, as Caffe's Split makes it ("produced by multiple sources").
 - Data layers (Data, ImageData, ...) produce nothing here: their tops, and those of Input layers, are given to
   forward(); `input_shapes` gives their shapes at build time (Input layers carry their own).
-- Parameters: `params` in Caffe's learnable_params order, with lr_mult/decay_mult (default 1, 1). A parameter with
-  lr_mult 0 (frozen) has requires_grad False and no gradient, as Caffe computes no diff for it; layers below the
-  first one that learns get no backward pass at all (Caffe's "does not need backward computation").
-- Loss: sum over tops with a loss weight (top 0 of a *Loss layer: 1 unless `loss_weight` says otherwise).
+- Parameters: `params` in Caffe's learnable_params order, with lr_mult/decay_mult (default 1, 1) from the `param`
+  blocks as the layer's set-up leaves them (BatchNorm adds lr_mult 0 ones). A parameter with lr_mult 0 (frozen)
+  has requires_grad False and no gradient, as Caffe computes no diff for it; layers below the first one that
+  learns get no backward pass at all (Caffe's "does not need backward computation"). `param { name }` shares a
+  blob between layers: one tensor in each (gradients summed), one entry in `params` (the owner's).
+- Loss: sum over tops with a loss weight, any top of any layer (top 0 of a *Loss layer: 1 unless `loss_weight`
+  says otherwise). propagate_down false on a bottom stops its gradient, unless force_backward overrides it
+  (Net::Init; never for a loss layer's labels).
 - Net outputs: the blobs no later layer reads, sorted by name (Caffe keeps them in a std::set).
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Iterable, NamedTuple
 
@@ -73,6 +79,17 @@ def _phase_name(phase) -> str:
     return name
 
 
+# Caffe's AllowForceBackward: the bottoms force_backward does not reach (those no gradient is defined for)
+_NOT_FORCED_BACKWARD = {"EuclideanLoss": (), "ContrastiveLoss": (2,), "RNN": (1,), "LSTM": (1,), "LSTMUnit": (2,)}
+
+
+def _force_backward_reaches(layer_type: str, bottom: int) -> bool:
+    """Whether force_backward makes a layer of `layer_type` backpropagate to its bottom number `bottom`: all but a
+    loss layer's labels (bottom 1; ContrastiveLoss's similarity, bottom 2) and a recurrent layer's `cont`."""
+    default = (1,) if layer_type in LOSS_LAYER_TYPES else ()
+    return bottom not in _NOT_FORCED_BACKWARD.get(layer_type, default)
+
+
 class LayerTape(NamedTuple):
     """What `Net.forward_by_layer` ran: (layer, its bottoms' tensors, its detached inputs, its outputs) per step, and
     every blob by name."""
@@ -107,7 +124,8 @@ class Net(nn.Module):
         self.layers = nn.ModuleList()                     # the computing layers, in order
         self._steps: list[tuple[int, list[str], list[str], list[bool]]] = []
         self.blob_shapes: dict[str, tuple[int, ...]] = {}
-        self.loss_weights: dict[str, float] = {}
+        self.loss_weights: dict[str, float] = {}            # loss top -> its weight
+        self._readers: dict[str, int] = {}                  # blob -> layers that read its latest value so far
         self._layer_index: dict[str, int] = {}            # layer name -> index in self.layers (or -1: data)
         self._layer_tops: dict[str, list[tuple[str, tuple]]] = {}   # for the init log
         available: set[str] = set()   # blobs no later layer has read yet: the net outputs at the end
@@ -144,6 +162,16 @@ class Net(nn.Module):
             in_place = j < len(lp.bottom) and lp.bottom[j] == top
             if top in produced and not in_place:
                 raise EngineError(f"Top blob '{top}' produced by multiple sources ({where})")
+            if in_place and (self._readers.get(top, 0) or top in self.loss_weights or list(lp.bottom).count(top) > 1):
+                # InsertSplits gives a blob with several uses (layers reading it, its loss) a Split whose tops
+                # replace its bottoms: this layer's then differs from its top, and Net::Init fails so
+                raise EngineError(f"Top blob '{top}' produced by multiple sources ({where}): it is overwritten in "
+                                  f"place after another use (a layer reading it, or its loss_weight), which Caffe "
+                                  f"refuses; give this layer its own top")
+        for bottom in lp.bottom:
+            self._readers[bottom] = self._readers.get(bottom, 0) + 1
+        for top in lp.top:
+            self._readers[top] = 0
 
     def _add_input_layer(self, lp: pb.LayerParameter, input_shapes: dict, ctx: BuildContext) -> list[str]:
         """A data or Input layer: its tops become inputs of forward(), shaped by `input_shapes` (Input layers
@@ -193,39 +221,93 @@ class Net(nn.Module):
         if len(lp.param) > n_blobs:
             raise EngineError(f"Too many params specified for layer {lp.name} ({len(lp.param)} `param` blocks, "
                               f"the layer has {n_blobs} parameter blobs)")
-        for spec in lp.param:
-            if spec.name:
-                raise EngineError(f"{where}: parameter sharing (param {{ name: '{spec.name}' }}) is not supported")
         if len(lp.propagate_down) not in (0, len(lp.bottom)):
-            raise EngineError(f"{where}: propagate_down must be given once per bottom")
+            raise EngineError(f"{where}: propagate_down param must be specified either 0 or bottom_size times")
         propagate = list(lp.propagate_down) or [True] * len(lp.bottom)
-        if len(lp.loss_weight) not in (0, len(lp.top)):
-            raise EngineError(f"{where}: loss_weight must be unspecified or specified once per top blob")
-        for j, (top, shape) in enumerate(zip(lp.top, layer.top_shapes)):
-            self.blob_shapes[top] = tuple(shape)
-            weight = lp.loss_weight[j] if len(lp.loss_weight) else (1.0 if j == 0 and lp.type in
-                                                                    LOSS_LAYER_TYPES else 0.0)
-            if weight:
-                self.loss_weights[top] = float(weight)
+        if self.force_backward:      # Net::Init: force_backward overrides propagate_down where the layer allows it
+            propagate = [p or _force_backward_reaches(lp.type, j) for j, p in enumerate(propagate)]
+        self._add_loss_tops(lp, layer.top_shapes)
         self._layer_index[lp.name] = len(self.layers)
         self._layer_tops[lp.name] = list(zip(lp.top, layer.top_shapes))
         self._steps.append((len(self.layers), list(lp.bottom), list(lp.top), propagate))
         self.layers.append(layer)
         return [top for top in lp.top if top not in anonymous]
 
+    def _add_loss_tops(self, lp: pb.LayerParameter, shapes: list[tuple[int, ...]]) -> None:
+        """Record the shapes and loss weights of a layer's tops (Layer::SetLossWeights: any top of any layer may
+        have one; top 0 of a *Loss layer 1 by default, LossLayer::LayerSetUp; its other tops 0 here, where Caffe's
+        check refuses a second top without loss weights)."""
+        weights = list(lp.loss_weight)
+        if not weights and lp.type in LOSS_LAYER_TYPES:
+            weights = [1.0] + [0.0] * (len(lp.top) - 1)
+        if weights and len(weights) != len(lp.top):
+            raise EngineError(f"{layer_where(lp)}: loss_weight must be unspecified or specified once per top blob "
+                              f"({len(lp.top)} tops, {len(weights)} loss_weight)")
+        for j, top in enumerate(lp.top):
+            self.blob_shapes[top] = tuple(shapes[j])
+            if weights and weights[j]:
+                self.loss_weights[top] = float(weights[j])
+
     def _learnable_params(self) -> list[Param]:
-        """Caffe's learnable_params: every computing layer's blobs in layer order, with lr_mult/decay_mult from
-        its `param` blocks (default 1, 1); lr_mult 0 (frozen) gets no gradient."""
-        params = []
-        for lp in self.layer_params:
-            index = self._layer_index[lp.name]
-            if index < 0:
-                continue
-            for i, tensor in enumerate(self.layers[index].blobs):
-                spec = lp.param[i] if i < len(lp.param) else pb.ParamSpec()
-                params.append(Param(lp.name, i, tensor, float(spec.lr_mult), float(spec.decay_mult)))
-                tensor.requires_grad_(not params[-1].frozen)
+        """Caffe's learnable_params (Net::AppendParam): every computing layer's blobs in layer order, with
+        lr_mult/decay_mult from the `param` blocks of the layer after its set-up (default 1, 1). A blob whose
+        `param { name }` an earlier blob has is shared: the layer holds the owner's tensor (one tensor, the
+        gradients of all its layers summed), and only the owner is learnable, its multipliers set by the first
+        sharer that gives them (a different one: an EngineError, as Caffe's check). A tensor no layer learns
+        (lr_mult 0 in each) gets no gradient."""
+        params, owners, given = [], {}, []
+        learns: dict[int, bool] = {}
+        for index, layer in enumerate(self.layers):
+            specs = layer.lp.param
+            for i in range(len(layer.blobs)):
+                spec = specs[i] if i < len(specs) else pb.ParamSpec()
+                if spec.name in owners:
+                    owner = owners[spec.name]
+                    layer.blobs[i] = self._shared_blob(layer, i, spec, params[owner])
+                    params[owner] = self._merge_multipliers(params[owner], spec, given[owner], layer.name)
+                else:
+                    if spec.name:
+                        owners[spec.name] = len(params)
+                    params.append(Param(layer.name, i, layer.blobs[i], float(spec.lr_mult), float(spec.decay_mult)))
+                    given.append([spec.HasField("lr_mult"), spec.HasField("decay_mult")])
+                key = id(layer.blobs[i])
+                learns[key] = learns.get(key, False) or spec.lr_mult != 0
+        for param in params:
+            param.tensor.requires_grad_(learns[id(param.tensor)])
         return params
+
+    def _shared_blob(self, layer, i: int, spec: pb.ParamSpec, owner: Param) -> nn.Parameter:
+        """The owner's tensor for blob `i` of `layer`, after Caffe's checks: the same shape (share_mode STRICT), or
+        the same count (PERMISSIVE; this engine shares only equal shapes)."""
+        own, theirs = tuple(layer.blobs[i].shape), tuple(owner.tensor.shape)
+        say = (f"Cannot share param '{spec.name}' owned by layer '{owner.layer_name}' with layer '{layer.name}'; "
+               f"{{}}.  Owner layer param shape is {theirs}; sharing layer {{}} shape {own}")
+        if spec.share_mode == pb.ParamSpec.PERMISSIVE:
+            if math.prod(own) != math.prod(theirs):
+                raise EngineError(say.format("count mismatch", "shape is"))
+            if own != theirs:
+                raise EngineError(say.format("share_mode PERMISSIVE between different shapes is not supported by "
+                                             "this engine (reshape one of the layers)", "has"))
+        elif own != theirs:
+            raise EngineError(say.format("shape mismatch", "expects"))
+        self._say("net.cpp:467", f"Sharing parameters '{spec.name}' owned by layer '{owner.layer_name}', param "
+                                 f"index {owner.index}")
+        return owner.tensor
+
+    @staticmethod
+    def _merge_multipliers(owner: Param, spec: pb.ParamSpec, given: list[bool], layer_name: str) -> Param:
+        """Caffe's AppendParam for a sharer: an lr_mult/decay_mult it gives must equal the one the owner's
+        first giver gave; the first given one is the shared parameter's."""
+        for k, field in enumerate(("lr_mult", "decay_mult")):
+            if not spec.HasField(field):
+                continue
+            value = float(getattr(spec, field))
+            if given[k] and value != getattr(owner, field):
+                raise EngineError(f"layer '{layer_name}': Shared param '{spec.name}' has mismatched {field} "
+                                  f"({value}; {getattr(owner, field)} before)")
+            given[k] = True
+            owner = owner._replace(**{field: value})
+        return owner
 
     def _log_init(self) -> None:
         """The lines Caffe's Net::Init logs (net.cpp), so that our logs read like Caffe's."""
@@ -251,7 +333,8 @@ class Net(nn.Module):
                 memory += count
             say("net.cpp:139", f"Memory required for data: {memory * 4}")
             index = self._layer_index[lp.name]
-            learns = index >= 0 and any(t.requires_grad for t in self.layers[index].blobs)
+            n_blobs = len(self.layers[index].blobs) if index >= 0 else 0
+            learns = any((lp.param[i].lr_mult if i < len(lp.param) else 1.0) != 0 for i in range(n_blobs))
             need = learns or any(b in grad_blobs for b in lp.bottom)
             needs[lp.name] = need
             for t, _ in self._layer_tops[lp.name]:
@@ -469,6 +552,8 @@ class Net(nn.Module):
             index = self._layer_index.get(lp.name, -1)
             if index < 0:
                 continue
+            del layer.param[:]
+            layer.param.extend(self.layers[index].lp.param)   # as the layer's set-up left them (BatchNorm's)
             for tensor in self.layers[index].blobs:
                 diff = None
                 if write_diff:
