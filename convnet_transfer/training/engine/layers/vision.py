@@ -71,8 +71,11 @@ class ConvGeometry:
         """DeconvolutionLayer::compute_output_shape: stride (in - 1) + extent - 2 pad."""
         return tuple(s * (i - 1) + e - 2 * p for i, p, e, s in zip(spatial, self.pad, self.extents(), self.stride))
 
-    def check_out(self, spatial, out, where: str) -> None:
-        if any(o <= 0 for o in out):
+    def check_out(self, spatial, out, where: str, transposed: bool = False) -> None:
+        """Outputs must exist, and (as torch needs) a convolution's padded input must hold one kernel extent
+        (Caffe would compute a window reaching past the padding with zeros: refused here)."""
+        too_small = not transposed and any(i + 2 * p < e for i, p, e in zip(spatial, self.pad, self.extents()))
+        if too_small or any(o <= 0 for o in out):
             raise EngineError(f"{where}: input {'x'.join(map(str, spatial))} is too small for kernel "
                               f"{'x'.join(map(str, self.kernel))} (pad {', '.join(map(str, self.pad))})")
 
@@ -121,7 +124,7 @@ class _ConvolutionBase(Layer):
                               f"multiples of group {group}")
         spatial = shape[g.axis + 1:]
         out = g.deconv_out(spatial) if self.transposed else g.conv_out(spatial)
-        g.check_out(spatial, out, self.where)
+        g.check_out(spatial, out, self.where, self.transposed)
         self.groups = group
         if self.transposed:
             self.add_blob((channels, outputs // group) + g.kernel, p.weight_filler)
