@@ -175,3 +175,17 @@ def test_a_vision_layer_caffe_would_refuse_is_an_error_naming_it(layer, shapes, 
     with pytest.raises(EngineError) as error:
         make_net('layer { name: "v" %s }' % layer, shapes)
     assert message in str(error.value) and "layer 'v'" in str(error.value)
+
+
+def test_a_net_with_3d_convolutions_runs_channels_last_on_its_4d_blobs():
+    """The CPU keeps 4-D parameters and inputs channels-last (Net.place); 5-D ones stay as they are."""
+    net = make_net('layer { name: "c3" type: "Convolution" bottom: "v" top: "y" convolution_param { num_output: 2 '
+                   'kernel_size: 3 } }\nlayer { name: "c2" type: "Convolution" bottom: "x" top: "z" '
+                   'convolution_param { num_output: 2 kernel_size: 3 } }', {"v": (1, 2, 4, 5, 5), "x": (1, 2, 5, 5)})
+    volume, image = torch.randn(1, 2, 4, 5, 5), torch.randn(1, 2, 5, 5)
+    expected = net({"v": volume, "x": image})
+    net.set_channels_last(True)
+    assert net.layer("c2").blobs[0].is_contiguous(memory_format=torch.channels_last)
+    blobs = net({"v": volume, "x": image})
+    for name in ("y", "z"):
+        torch.testing.assert_close(blobs[name], expected[name], rtol=1e-5, atol=1e-6)
