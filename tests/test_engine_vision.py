@@ -150,10 +150,10 @@ def test_stochastic_spp_levels_are_stochastic_poolings():
      {"x": (1, 1, 2, 2, 2, 2)}, "4 spatial axes; this engine runs convolutions with up to 3"),
     ('type: "Deconvolution" bottom: "x" top: "y" convolution_param { num_output: 2 kernel_size: 1 }',
      {"x": (1, 1, 2, 2, 2, 2)}, "4 spatial axes; this engine runs convolutions with up to 3"),
-    ('type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 2 kernel_size: 3 stride: 2 }',
-     {"x": (1, 1, 2, 5)}, "input 2x5 is too small for kernel 3x3 (pad 0, 0)"),
-    ('type: "Im2col" bottom: "x" top: "y" convolution_param { kernel_size: 3 dilation: 4 pad: 1 }',
-     {"x": (1, 1, 5, 5)}, "input 5x5 is too small for kernel 3x3 (pad 1, 1)"),
+    ('type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 2 kernel_size: 3 }',
+     {"x": (1, 1, 1, 5)}, "input 1x5 is too small for kernel 3x3 (pad 0, 0)"),
+    ('type: "Im2col" bottom: "x" top: "y" convolution_param { kernel_size: 3 dilation: 4 pad: 1 stride: 2 }',
+     {"x": (1, 1, 2, 5)}, "input 2x5 is too small for kernel 3x3 (pad 1, 1)"),
     ('type: "Convolution" bottom: "x" bottom: "x2" top: "y" top: "y2" convolution_param { num_output: 2 '
      'kernel_size: 1 }', {"x": (1, 1, 2, 2), "x2": (1, 1, 2, 3)}, "shape mismatch - bottom[0]: (1, 1, 2, 2) vs. "
      "bottom[1]: (1, 1, 2, 3)"),

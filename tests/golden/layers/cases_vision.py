@@ -60,6 +60,8 @@ CONVOLUTION = [
     conv("conv_0d_axis3", "num_output: 3 axis: 3", {"x": ((2, 3, 4, 5), "normal")}),
     conv("conv_1d", "num_output: 4 kernel_size: 3 pad: 1 stride: 2", {"x": ((2, 3, 9), "normal")}),
     conv("conv_axis2_batch_axes", "num_output: 4 kernel_size: 3 axis: 2", {"x": ((2, 2, 3, 5, 4), "normal")}),
+    conv("conv_input_shorter_than_kernel", "num_output: 2 kernel_size: 3 stride: 2 pad_h: 0 pad_w: 1",
+         {"x": ((2, 3, 2, 5), "normal")}),
     conv("conv_3d", "num_output: 4 kernel_size: 3 stride: 2", VOLUME),
     conv("conv_3d_dilated_group", "num_output: 4 kernel_size: 2 kernel_size: 2 kernel_size: 1 dilation: 2 pad: 1 "
          "group: 2", {"x": ((2, 2, 3, 4, 3), "normal")}),
@@ -122,6 +124,7 @@ IM2COL = [
     im2col("im2col_dilated_force_nd", "kernel_size: 3 stride: 2 dilation: 2 force_nd_im2col: true",
            {"x": ((2, 2, 8, 7), "normal")}),
     im2col("im2col_rect", "kernel_h: 5 kernel_w: 3 stride: 2"),
+    im2col("im2col_input_shorter_than_kernel", "kernel_size: 3 dilation: 2 stride: 4", {"x": ((2, 2, 4, 6), "normal")}),
     im2col("im2col_3d", "kernel_size: 2 kernel_size: 3 kernel_size: 2 stride: 2 stride: 1 stride: 1 pad: 1 pad: 0 pad: 1",
            {"x": ((1, 2, 4, 4, 3), "normal")}),
 ]

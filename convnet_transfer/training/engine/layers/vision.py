@@ -71,11 +71,14 @@ class ConvGeometry:
         """DeconvolutionLayer::compute_output_shape: stride (in - 1) + extent - 2 pad."""
         return tuple(s * (i - 1) + e - 2 * p for i, p, e, s in zip(spatial, self.pad, self.extents(), self.stride))
 
-    def check_out(self, spatial, out, where: str, transposed: bool = False) -> None:
-        """Outputs must exist, and (as torch needs) a convolution's padded input must hold one kernel extent
-        (Caffe would compute a window reaching past the padding with zeros: refused here)."""
-        too_small = not transposed and any(i + 2 * p < e for i, p, e in zip(spatial, self.pad, self.extents()))
-        if too_small or any(o <= 0 for o in out):
+    def tail_padding(self, spatial) -> list[int]:
+        """F.pad's zeros after each spatial axis where the padded input is shorter than one kernel extent (Caffe
+        still makes one output there, its im2col reading zeros past the end); [] when none is needed."""
+        short = [max(0, e - i - 2 * p) for i, p, e in zip(spatial, self.pad, self.extents())]
+        return [v for s in reversed(short) for v in (0, s)] if any(short) else []
+
+    def check_out(self, spatial, out, where: str) -> None:
+        if any(o <= 0 for o in out):
             raise EngineError(f"{where}: input {'x'.join(map(str, spatial))} is too small for kernel "
                               f"{'x'.join(map(str, self.kernel))} (pad {', '.join(map(str, self.pad))})")
 
@@ -124,7 +127,8 @@ class _ConvolutionBase(Layer):
                               f"multiples of group {group}")
         spatial = shape[g.axis + 1:]
         out = g.deconv_out(spatial) if self.transposed else g.conv_out(spatial)
-        g.check_out(spatial, out, self.where, self.transposed)
+        g.check_out(spatial, out, self.where)
+        self.tail = [] if self.transposed else g.tail_padding(spatial)
         self.groups = group
         if self.transposed:
             self.add_blob((channels, outputs // group) + g.kernel, p.weight_filler)
@@ -145,6 +149,8 @@ class _ConvolutionBase(Layer):
     def _convolve(self, x):
         weight, bias = self.blobs[0], (self.blobs[1] if self.bias_term else None)
         axis, zero_d = self.geometry.axis, not self.geometry.kernel
+        if self.tail:
+            x = F.pad(x, self.tail)
         if axis == 1 and not zero_d:
             return self.function(x, weight, bias, **self.options)
         outer = x.shape[:axis]
@@ -213,11 +219,14 @@ class Im2colLayer(Layer):
         spatial = shape[g.axis + 1:]
         out = g.conv_out(spatial)
         g.check_out(spatial, out, self.where)
+        self.tail = g.tail_padding(spatial)
         self.top_shapes = [shape[:g.axis] + (shape[g.axis] * math.prod(g.kernel),) + out]
 
     def forward(self, x):
         axis = self.geometry.axis
         outer = x.shape[:axis]
+        if self.tail:
+            x = F.pad(x, self.tail)
         columns = im2col(x.reshape((-1,) + x.shape[axis:]), self.geometry)
         return [columns.reshape(outer + columns.shape[1:])]
 
