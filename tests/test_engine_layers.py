@@ -197,13 +197,14 @@ def test_lrn_even_size_is_an_error():
      "layer 'c' (type Convolution): input 5x5 is too small for kernel 7x7"),
     ('name: "c" type: "Convolution" bottom: "x" top: "y" '
      'convolution_param { num_output: 4 kernel_size: 1 kernel_size: 1 kernel_size: 1 }',
-     "layer 'c' (type Convolution): kernel_size has 3 values; this engine runs 2-D convolutions only"),
-    ('name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 4 kernel_size: 3 axis: 2 }',
-     "layer 'c' (type Convolution): convolution_param.axis 2 is not supported"),
+     "layer 'c' (type Convolution): kernel_size must be specified once, or once per spatial dimension "
+     "(kernel_size specified 3 times; 2 spatial dims)."),
+    ('name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 4 kernel_size: 3 axis: 4 }',
+     "layer 'c' (type Convolution): axis 4 out of range for a 4-axis blob"),
     ('name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: MAX kernel_size: 2 pad: 2 }',
      "layer 'p' (type Pooling): pad must be smaller than the kernel"),
-    ('name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: STOCHASTIC kernel_size: 2 }',
-     "layer 'p' (type Pooling): pooling_param.pool STOCHASTIC is not supported"),
+    ('name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: STOCHASTIC kernel_size: 2 pad: 1 }',
+     "layer 'p' (type Pooling): Padding implemented only for average and max pooling."),
     ('name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { global_pooling: true kernel_size: 2 }',
      "layer 'p' (type Pooling): with global_pooling, the kernel size cannot be given"),
     ('name: "d" type: "Dropout" bottom: "x" top: "x" dropout_param { dropout_ratio: 1 }',
@@ -212,8 +213,8 @@ def test_lrn_even_size_is_an_error():
      "layer 'f' (type InnerProduct): inner_product_param.num_output must be set"),
     ('name: "f" type: "InnerProduct" bottom: "nothing" top: "y" inner_product_param { num_output: 2 }',
      "Unknown bottom blob 'nothing' (layer 'f' (type InnerProduct), bottom index 0)"),
-    ('name: "u" type: "Deconvolution" bottom: "x" top: "y"',
-     "layer 'u' (type Deconvolution): layer type 'Deconvolution' is not supported by this engine"),
+    ('name: "u" type: "NoSuchLayer" bottom: "x" top: "y"',
+     "layer 'u' (type NoSuchLayer): layer type 'NoSuchLayer' is not supported by this engine"),
     ('name: "in_x" type: "ReLU" bottom: "x" top: "x"', "two layers are named 'in_x'; rename one"),
 ])
 def test_a_layer_that_cannot_be_built_is_an_error_naming_it(layer, message):

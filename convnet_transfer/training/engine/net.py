@@ -369,7 +369,8 @@ class Net(nn.Module):
         """Keep 4-D parameters and inputs in channels-last (NHWC) memory: oneDNN and cuDNN convolutions are often
         faster so; the numbers are the same up to float rounding. Returns the net."""
         self.channels_last = enabled
-        self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+        memory_format = torch.channels_last if enabled else torch.contiguous_format
+        self._apply(lambda t: t.contiguous(memory_format=memory_format) if t.dim() == 4 else t)   # not 3-D convs'
         return self
 
     def place(self, device: torch.device) -> "Net":
