@@ -139,20 +139,6 @@ def register(cls):
     return cls
 
 
-def spatial_pair(values, h, w, has_hw: bool, default: int, where: str, name: str) -> tuple[int, int]:
-    """Caffe's kernel/pad/stride spelling: `x_h`/`x_w`, or a repeated `x` with 0, 1 or 2 values."""
-    if has_hw:
-        return int(h), int(w)
-    values = list(values)
-    if len(values) == 0:
-        return default, default
-    if len(values) == 1:
-        return int(values[0]), int(values[0])
-    if len(values) == 2:
-        return int(values[0]), int(values[1])
-    raise EngineError(f"{where}: {name} has {len(values)} values; this engine runs 2-D convolutions only")
-
-
 class Elementwise(Layer):
     """A neuron layer: one bottom, one top of the same shape (may be in place)."""
 
