@@ -96,8 +96,9 @@ def test_to_caffemodel_has_the_layers_caffe_writes(name, capfd):
 
 
 def test_golden_files_are_small():
+    """All golden files together (the per-layer ones, tests/golden/layers/, have their own 2 MB budget)."""
     total = sum(p.stat().st_size for p in GOLDEN.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    assert total < 2 * 1024 * 1024
+    assert total < 4 * 1024 * 1024
 
 
 def test_golden_nets_exercise_the_paper_layers():

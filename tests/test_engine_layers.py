@@ -215,7 +215,6 @@ def test_lrn_even_size_is_an_error():
      "Unknown bottom blob 'nothing' (layer 'f' (type InnerProduct), bottom index 0)"),
     ('name: "u" type: "NoSuchLayer" bottom: "x" top: "y"',
      "layer 'u' (type NoSuchLayer): layer type 'NoSuchLayer' is not supported by this engine"),
-    ('name: "in_x" type: "ReLU" bottom: "x" top: "x"', "two layers are named 'in_x'; rename one"),
 ])
 def test_a_layer_that_cannot_be_built_is_an_error_naming_it(layer, message):
     with pytest.raises(EngineError) as error:
@@ -670,3 +669,23 @@ def test_label_out_of_range_is_a_clear_error():
                    {"x": (2, 3), "label": (2,)})
     with pytest.raises(EngineError, match=r"layer 'loss'.*label value 3 is outside 0..2"):
         net({"x": torch.zeros(2, 3), "label": torch.tensor([0.0, 3.0])})
+
+
+def test_two_layers_of_one_name_run_as_in_caffe_and_weights_fill_the_first(tmp_path):
+    """Caffe allows it (mnist_autoencoder has two layers named 'loss'); CopyTrainedLayersFrom fills the first."""
+    body = """layer { name: "ip" type: "InnerProduct" bottom: "x" top: "a" inner_product_param { num_output: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "a" top: "b" inner_product_param { num_output: 3 } }"""
+    net = make_net(body, {"x": (4, 5)}, seed=1)
+    assert [lp.name for lp in net.layer_params].count("ip") == 2 and len(net.params) == 4
+    blobs, _ = run(net, {"x": RNG.standard_normal((4, 5))})
+    assert tuple(blobs["b"].shape) == (4, 3)
+    source = net.to_caffemodel()
+    assert [len(lp.blobs) for lp in source.layer if lp.name == "ip"] == [2, 2]
+    with pytest.raises(EngineError, match="Cannot copy param 0 weights from layer 'ip'; shape mismatch"):
+        net.load_caffemodel(source)      # its second 'ip' (3x2) goes to our first too, as in Caffe: no fit
+    first = net.layers[0].blobs[0].detach().clone()
+    del source.layer[2:]                 # in_x (no blobs) and the first 'ip'
+    with torch.no_grad():
+        net.layers[0].blobs[0].zero_()
+    assert net.load_caffemodel(source) == ["in_x", "ip"]
+    assert torch.equal(net.layers[0].blobs[0].detach(), first)

@@ -126,8 +126,11 @@ class Net(nn.Module):
         self.blob_shapes: dict[str, tuple[int, ...]] = {}
         self.loss_weights: dict[str, float] = {}            # loss top -> its weight
         self._readers: dict[str, int] = {}                  # blob -> layers that read its latest value so far
-        self._layer_index: dict[str, int] = {}            # layer name -> index in self.layers (or -1: data)
-        self._layer_tops: dict[str, list[tuple[str, tuple]]] = {}   # for the init log
+        # layer name -> index in self.layers (-1: data/Input), the FIRST layer of that name: Caffe allows two layers
+        # of one name and CopyTrainedLayersFrom fills the first
+        self._layer_index: dict[str, int] = {}
+        self._positions: list[int] = []                   # per layer_params entry: its index in self.layers, or -1
+        self._layer_tops: list[list[tuple[str, tuple]]] = []   # per layer_params entry: its tops and shapes (init log)
         available: set[str] = set()   # blobs no later layer has read yet: the net outputs at the end
         produced: set[str] = set()
         for lp in self.net_param.layer:
@@ -151,9 +154,6 @@ class Net(nn.Module):
 
     def _check_blobs(self, lp: pb.LayerParameter, produced: set[str]) -> None:
         """Caffe's AppendBottom/AppendTop checks: bottoms exist, a top is produced once (unless in place)."""
-        if lp.name in self._layer_index:
-            # Caffe allows duplicate names but copies weights into the first; keep it simple and explicit
-            raise EngineError(f"two layers are named '{lp.name}'; rename one")
         where = layer_where(lp)
         for j, bottom in enumerate(lp.bottom):
             if bottom not in self.blob_shapes:
@@ -193,8 +193,7 @@ class Net(nn.Module):
             shapes = [input_shapes.get(t, s) for t, s in zip(lp.top, layer.top_shapes)]
         else:
             self.data_layers.append(lp)
-        self._layer_index[lp.name] = -1
-        self._layer_tops[lp.name] = list(zip(lp.top, shapes))
+        self._record_layer(lp, -1, shapes)
         for top, shape in zip(lp.top, shapes):
             self.blob_shapes[top] = shape
             self.input_blobs.append(top)
@@ -227,11 +226,15 @@ class Net(nn.Module):
         if self.force_backward:      # Net::Init: force_backward overrides propagate_down where the layer allows it
             propagate = [p or _force_backward_reaches(lp.type, j) for j, p in enumerate(propagate)]
         self._add_loss_tops(lp, layer.top_shapes)
-        self._layer_index[lp.name] = len(self.layers)
-        self._layer_tops[lp.name] = list(zip(lp.top, layer.top_shapes))
+        self._record_layer(lp, len(self.layers), layer.top_shapes)
         self._steps.append((len(self.layers), list(lp.bottom), list(lp.top), propagate))
         self.layers.append(layer)
         return [top for top in lp.top if top not in anonymous]
+
+    def _record_layer(self, lp: pb.LayerParameter, position: int, shapes) -> None:
+        self._layer_index.setdefault(lp.name, position)
+        self._positions.append(position)
+        self._layer_tops.append(list(zip(lp.top, shapes)))
 
     def _add_loss_tops(self, lp: pb.LayerParameter, shapes: list[tuple[int, ...]]) -> None:
         """Record the shapes and loss weights of a layer's tops (Layer::SetLossWeights: any top of any layer may
@@ -317,7 +320,7 @@ class Net(nn.Module):
         memory = 0
         needs = {}
         grad_blobs: set[str] = set()
-        for lp in self.layer_params:
+        for k, lp in enumerate(self.layer_params):
             say("net.cpp:86", f"Creating Layer {lp.name}")
             for b in lp.bottom:
                 say("net.cpp:408", f"{lp.name} <- {b}")
@@ -325,27 +328,28 @@ class Net(nn.Module):
                 in_place = j < len(lp.bottom) and lp.bottom[j] == t
                 say("net.cpp:370" if in_place else "net.cpp:382", f"{lp.name} -> {t}" + (" (in-place)" * in_place))
             say("net.cpp:124", f"Setting up {lp.name}")
-            for top, shape in self._layer_tops[lp.name]:
+            for top, shape in self._layer_tops[k]:
                 count = int(np.prod(shape)) if len(shape) else 1
                 say("net.cpp:131", "Top shape: " + "".join(f"{d} " for d in shape) + f"({count})")
                 if top in self.loss_weights:
                     say("net.cpp:134", f"    with loss weight {glog.fmt(self.loss_weights[top])}")
                 memory += count
             say("net.cpp:139", f"Memory required for data: {memory * 4}")
-            index = self._layer_index[lp.name]
+            index = self._positions[k]
             n_blobs = len(self.layers[index].blobs) if index >= 0 else 0
             learns = any((lp.param[i].lr_mult if i < len(lp.param) else 1.0) != 0 for i in range(n_blobs))
             need = learns or any(b in grad_blobs for b in lp.bottom)
-            needs[lp.name] = need
-            for t, _ in self._layer_tops[lp.name]:
+            needs[k] = need
+            for t, _ in self._layer_tops[k]:
                 (grad_blobs.add if need else grad_blobs.discard)(t)
         # a layer that no loss depends on needs no backward either (Net::Init's second pass)
         wanted = set(self.loss_weights)
-        for lp in reversed(self.layer_params):
-            contributes = any(t in wanted for t, _ in self._layer_tops[lp.name])
+        for k in reversed(range(len(self.layer_params))):
+            lp = self.layer_params[k]
+            contributes = any(t in wanted for t, _ in self._layer_tops[k])
             if contributes:
                 wanted.update(lp.bottom)
-            if needs[lp.name] and contributes:
+            if needs[k] and contributes:
                 say("net.cpp:200", f"{lp.name} needs backward computation.")
             else:
                 say("net.cpp:202", f"{lp.name} does not need backward computation.")
@@ -525,8 +529,8 @@ class Net(nn.Module):
 
     def weighted_layers(self) -> list[str]:
         """The names of the layers that have parameter blobs (what CopyTrainedLayersFrom can copy), in order."""
-        return [lp.name for lp in self.layer_params
-                if self._layer_index[lp.name] >= 0 and len(self.layers[self._layer_index[lp.name]].blobs)]
+        return [lp.name for lp, index in zip(self.layer_params, self._positions)
+                if index >= 0 and len(self.layers[index].blobs)]
 
     def _split_layer_names(self) -> set[str]:
         source = pb.NetParameter()
@@ -542,7 +546,10 @@ class Net(nn.Module):
         out.name = self.name
         source = pb.NetParameter()
         source.layer.extend(self.layer_params)
+        positions = iter(self._positions)        # the original layers, in order, between the inserted Splits
         for lp in insert_splits(source).layer:
+            inserted = lp.name not in self._layer_index
+            index = -1 if inserted else next(positions)
             layer = out.layer.add()
             layer.CopyFrom(lp)
             if not layer.HasField("phase"):
@@ -550,7 +557,6 @@ class Net(nn.Module):
             if layer.type in LOSS_LAYER_TYPES and not len(layer.loss_weight):
                 layer.loss_weight.append(1.0)      # LossLayer::LayerSetUp adds it to its layer_param_
             del layer.blobs[:]
-            index = self._layer_index.get(lp.name, -1)
             if index < 0:
                 continue
             del layer.param[:]
