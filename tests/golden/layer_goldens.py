@@ -44,7 +44,8 @@ class Case:
     permutation of evenly spaced values in a..b: no ties, for max/argmax layers).
     params: "random" (every parameter blob set to normal values; `param_kinds` {layer: [kind per blob]} overrides
     per blob) or "filler" (Caffe's fillers, seeded). phase: the net's phase. rtol: the tolerance (1e-4 unless a
-    case documents why not)."""
+    case documents why not). force_backward: False for a layer Caffe cannot run backward (Threshold: its
+    Backward aborts): the net then has no backward pass, and the golden's diffs are Caffe's zeros."""
     name: str
     layers: str
     inputs: dict[str, tuple[tuple[int, ...], str]] = dataclasses.field(default_factory=dict)
@@ -52,9 +53,10 @@ class Case:
     params: str = "random"
     param_kinds: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     rtol: float = RTOL
+    force_backward: bool = True
 
     def prototxt(self) -> str:
-        text = f'name: "{self.name}"\nforce_backward: true\n'
+        text = f'name: "{self.name}"\n' + ("force_backward: true\n" if self.force_backward else "")
         for blob, (shape, _) in self.inputs.items():
             dims = " ".join(f"dim: {d}" for d in shape)
             text += f'layer {{ name: "input_{blob}" type: "Input" top: "{blob}" input_param {{ shape {{ {dims} }} }} }}\n'
@@ -196,7 +198,8 @@ def run_engine_case(case: Case, golden: dict[str, np.ndarray], device: str = "cp
     for blob in case.inputs:
         value = torch.from_numpy(golden[f"input/{blob}"]).to(device)
         kind = case.inputs[blob][1]
-        inputs[blob] = value.requires_grad_(kind.split(":")[0] in ("normal", "uniform", "positive", "spread"))
+        floating = kind.split(":")[0] in ("normal", "uniform", "positive", "spread")
+        inputs[blob] = value.requires_grad_(case.force_backward and floating)
     blobs = net(dict(inputs))
     errors = {}
     for key, theirs in golden.items():
