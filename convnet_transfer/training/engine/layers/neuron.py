@@ -158,6 +158,11 @@ class PReLULayer(Layer):
         return [torch.where(x > 0, x, x * slope)]
 
 
+# Why an in-place Log or Power cannot run backward (their Backward_cpu writes bottom_diff = top_diff, then reads it)
+OVERWRITES_TOP_DIFF = ("Caffe's Backward overwrites the top diff before reading it (the bottom's gradient would be "
+                       "the squared derivative, whatever the top diff)")
+
+
 def _log_base(base: float, where: str, field: str) -> float:
     """log(base), base -1 meaning e (Caffe's Exp/Log LayerSetUp, its checks)."""
     if base == -1:
@@ -189,8 +194,7 @@ class LogLayer(Neuron):
     """top = log_base(shift + scale x); base -1 is e."""
     type_name = "Log"
     allowed = {"log_param": {"base", "scale", "shift"}}
-    in_place_refused = ("Caffe's Backward overwrites the top diff before reading it (the bottom's gradient "
-                        "would be the squared derivative, whatever the top diff)")
+    in_place_refused = OVERWRITES_TOP_DIFF
 
     def __init__(self, lp, bottom_shapes, ctx):
         super().__init__(lp, bottom_shapes, ctx)
@@ -214,8 +218,7 @@ class PowerLayer(Neuron):
     """top = (shift + scale x)^power; scale or power 0 gives a constant top (1, or shift^power) and gradient 0."""
     type_name = "Power"
     allowed = {"power_param": {"power", "scale", "shift"}}
-    in_place_refused = ("Caffe's Backward overwrites the top diff before reading it (the bottom's gradient "
-                        "would be the squared derivative, whatever the top diff)")
+    in_place_refused = OVERWRITES_TOP_DIFF
 
     def forward(self, x):
         p = self.lp.power_param

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from convnet_transfer.formats.protoio import pb
 from ..errors import EngineError
 from .base import Elementwise, Layer, register, spatial_pair
+from .conv_gradients import convolution
 
 
 @register
@@ -47,7 +48,7 @@ class ConvolutionLayer(Layer):
 
     def forward(self, x):
         bias = self.blobs[1] if self.bias_term else None
-        return [F.conv2d(x, self.blobs[0], bias, self.stride, self.padding, self.dilation, self.groups)]
+        return [convolution(x, self.blobs[0], bias, self.stride, self.padding, self.dilation, self.groups)]
 
 
 def caffe_pool_output_size(size: int, kernel: int, pad: int, stride: int, ceil: bool = True,
