@@ -4,7 +4,7 @@ Caffe's Convolution backward computes each image's weight gradient (one im2col +
 and adds the images' gradients up; the bias gradient is a sum over the batch's output positions. oneDNN (torch's
 CPU convolution) accumulates the weight gradient over the whole batch's positions in one fp32 accumulator per
 thread, and the bias gradient likewise: measured against float64, its parameter gradients were 3-15x further off
-than Caffe's (CaffeNet's conv2 at batch 32: weights 4e-6, bias 4e-6 relative; Caffe's 3e-7; docs/engine.md).
+than Caffe's (CaffeNet's conv2 at batch 32: weights 4e-6, bias 4e-6 relative; per image as Caffe: 3e-7).
 Here the forward and the bottom gradient are torch's own, the bias is added after the convolution so autograd
 sums its gradient with torch's pairwise reduction, and on the CPU the weight gradient is computed for groups of
 images of at most POSITIONS output positions each (one image when an image has more), then added up. On other
@@ -49,6 +49,12 @@ class _Convolution(torch.autograd.Function):
 
 
 def convolution(x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
-    """Caffe's Convolution forward, as F.conv2d; its parameter gradients summed as accurately as Caffe's."""
-    top = _Convolution.apply(x, weight, stride, padding, dilation, groups)
-    return top if bias is None else top + bias.view(1, -1, 1, 1)
+    """Caffe's Convolution forward, as F.conv2d; its parameter gradients summed as accurately as Caffe's. Under
+    autocast, computed in the autocast dtype as F.conv2d would be (the casts are differentiable)."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        x, weight, bias = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+    with torch.autocast(device, enabled=False):
+        top = _Convolution.apply(x, weight, stride, padding, dilation, groups)
+        return top if bias is None else top + bias.view(1, -1, 1, 1)
