@@ -8,9 +8,9 @@ than Caffe's (CaffeNet's conv2 at batch 32: weights 4e-6, bias 4e-6 relative; pe
 Here the forward and the bottom gradient are torch's own, the bias is added after the convolution so autograd
 sums its gradient with torch's pairwise reduction, and on the CPU the weight gradient is computed for groups of
 images of at most POSITIONS output positions each (one image when an image has more), then added up. On other
-devices the weight gradient is one call (cuDNN's accuracy there is not measured yet). The price on the CPU: CaffeNet's
-five convolutions, forward + backward at batch 32 on 2 threads, took 2.7x as long (conv1, one image per call:
-4.8x); POSITIONS = 0 gives back oneDNN's single call and its sums.
+devices the weight gradient is one call (cuDNN's accuracy there is not measured yet). The price on the CPU:
+CaffeNet's five convolutions, forward + backward at batch 32 on 2 threads, took about 2x as long (1.6-3.6x
+measured); POSITIONS = 0 gives back oneDNN's single call and its sums.
 """
 from __future__ import annotations
 
