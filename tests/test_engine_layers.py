@@ -377,6 +377,34 @@ def test_relu_negative_slope_and_dropout():
     np.testing.assert_array_equal(run(again, {"x": x})[0]["x"].detach().numpy(), y)   # same seed, same mask
 
 
+@pytest.mark.parametrize("layer, message", [
+    ('name: "a" type: "AbsVal" bottom: "x" top: "x"',
+     "layer 'a' (type AbsVal): AbsVal Layer does not allow in-place computation."),
+    ('name: "e" type: "Exp" bottom: "x" top: "y" exp_param { base: -2 }',
+     "layer 'e' (type Exp): exp_param.base must be strictly positive (or -1 for e), got -2.0"),
+    ('name: "l" type: "Log" bottom: "x" top: "y" log_param { base: 1 }', "layer 'l' (type Log): log_param.base 1"),
+])
+def test_a_neuron_caffe_refuses_is_an_error(layer, message):
+    with pytest.raises(EngineError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        make_net("layer { %s }" % layer, {"x": (2, 4, 5, 5)})
+
+
+@pytest.mark.parametrize("layer, message", [
+    ('name: "t" type: "Threshold" bottom: "x" top: "y"', "Caffe has no backward for Threshold"),
+    ('name: "p" type: "Power" bottom: "x" top: "x" power_param { power: 2 }', "in place, Caffe's Backward overwrites"),
+    ('name: "l" type: "Log" bottom: "x" top: "x"', "in place, Caffe's Backward overwrites"),
+])
+def test_a_backward_caffe_cannot_do_is_an_error_forward_runs(layer, message):
+    """Caffe aborts in Threshold's Backward (NOT_IMPLEMENTED); its in-place Power/Log Backward overwrites the top
+    diff it reads. The forward runs; the backward pass is an EngineError naming the layer."""
+    x = RNG.uniform(0.5, 2.0, (2, 3)).astype(np.float32)
+    net = make_net("layer { %s }" % layer, {"x": x.shape})
+    top = net.outputs[0]
+    assert run(net, {"x": x})[0][top].shape == x.shape
+    with pytest.raises(EngineError, match=message):
+        run(net, {"x": x}, grad_of=top)
+
+
 # ---------------------------------------------------------------- fillers
 
 def filler(text):

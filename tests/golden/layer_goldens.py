@@ -48,8 +48,8 @@ class Case:
     params: "random" (every parameter blob set to normal values; `param_kinds` {layer: [kind per blob]} overrides
     per blob) or "filler" (Caffe's fillers, seeded); a blob shared by name (`param { name }`) is drawn once, by
     its owner. phase: the net's phase. rtol: the tolerance (1e-4 unless a case documents why not).
-    force_backward: False for layers real Caffe aborts on under force_backward (ArgMax
-    and Accuracy have no Backward; Embed, Filter, BatchReindex refuse to backpropagate to their index bottom, and
+    force_backward: False for layers real Caffe aborts on under force_backward (ArgMax,
+    Accuracy and Threshold have no Backward; Embed, Filter, BatchReindex refuse to backpropagate to their index bottom, and
     an InfogainLoss to its matrix bottom, which force_backward turns on): then, as in Caffe, only loss tops (a
     `loss_weight`) drive the backward, through learnable blobs (e.g. a Parameter layer's), no random top diffs are
     drawn and the inputs get no diffs; propagate_down false is then not overridden."""

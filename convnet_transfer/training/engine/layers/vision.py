@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from convnet_transfer.formats.protoio import pb
 from ..errors import EngineError
 from .base import Elementwise, Layer, canonical_axis, register
+from .conv_gradients import convolution
 
 CONV_FIELDS = {"num_output", "bias_term", "pad", "kernel_size", "stride", "dilation", "pad_h", "pad_w", "kernel_h",
                "kernel_w", "stride_h", "stride_w", "group", "weight_filler", "bias_filler", "engine",
@@ -100,7 +101,7 @@ def conv_geometry(p: pb.ConvolutionParameter, shape, where: str, min_spatial: in
     return ConvGeometry(axis, kernel, pad, stride, dilation)
 
 
-TORCH_CONV = {False: {1: F.conv1d, 2: F.conv2d, 3: F.conv3d},
+TORCH_CONV = {False: {1: F.conv1d, 2: convolution, 3: F.conv3d},   # 2-D: parameter gradients summed as Caffe
               True: {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}}
 
 
