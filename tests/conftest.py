@@ -31,12 +31,16 @@ def real_caffe():
     found = realcaffe.find_caffe()
     if found is None or not found.ok:
         why = "no Caffe build found" if found is None else found.problem
-        message = (f"real Caffe is needed for this fidelity test ({why}); build it with tools/install_caffe "
-                   f"and follow the environment lines it prints")
-        if os.environ.get(REQUIRE_CAFFE_ENV) == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        caffe_missing(f"real Caffe is needed for this fidelity test ({why}); build it with tools/install_caffe "
+                      f"and follow the environment lines it prints")
     return found
+
+
+def caffe_missing(message: str) -> None:
+    """Fail where a Caffe build is required ($CONVNET_TRANSFER_REQUIRE_CAFFE=1, CI), else skip saying why."""
+    if os.environ.get(REQUIRE_CAFFE_ENV) == "1":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -47,9 +51,6 @@ def caffe_source_prototxts(real_caffe) -> list[Path]:
     folder = real_caffe.root / SOURCE_PROTOTXTS
     paths = sorted(folder.rglob("*.prototxt"))
     if not paths:
-        message = (f"{folder} holds no prototxt: this Caffe build predates keeping them; rebuild with "
-                   f"tools/install_caffe --force")
-        if os.environ.get(REQUIRE_CAFFE_ENV) == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        caffe_missing(f"{folder} holds no prototxt: this Caffe build predates keeping them; rebuild with "
+                      f"tools/install_caffe --force")
     return paths
