@@ -10,14 +10,22 @@ sums its gradient with torch's pairwise reduction, and on the CPU the weight gra
 images of at most POSITIONS output positions each (one image when an image has more), then added up. On other
 devices the weight gradient is one call (cuDNN's accuracy there is not measured yet). The price on the CPU:
 CaffeNet's five convolutions, forward + backward at batch 32 on 2 threads, took about 2x as long (1.6-3.6x
-measured); POSITIONS = 0 gives back oneDNN's single call and its sums.
+measured), and with `caffe_torch`'s malloc setting (engine.train.keep_freed_memory) training CaffeNet at batch 32
+ran at a fifth of the speed (8 img/s against 41, bench/bench_train.py). So it is opt-in: $CAFFE_TORCH_SUMS=caffe
+(or SUMS = "caffe") turns it on; by default ("fast") `convolution` is F.conv2d itself, bit for bit the engine's
+earlier numbers (the default run's, the goldens').
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["convolution", "POSITIONS"]
+__all__ = ["convolution", "POSITIONS", "SUMS", "SUMS_ENV"]
+
+SUMS_ENV = "CAFFE_TORCH_SUMS"
+SUMS = os.environ.get(SUMS_ENV, "fast")   # "caffe": parameter gradients summed as Caffe sums them (slower)
 
 POSITIONS = 512       # output positions one oneDNN weight-gradient call may sum (0: the whole batch in one call)
 
@@ -50,7 +58,10 @@ class _Convolution(torch.autograd.Function):
 
 def convolution(x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
     """Caffe's Convolution forward, as F.conv2d; its parameter gradients summed as accurately as Caffe's. Under
-    autocast, computed in the autocast dtype as F.conv2d would be (the casts are differentiable)."""
+    autocast, computed in the autocast dtype as F.conv2d would be (the casts are differentiable). With SUMS "fast"
+    (the default), F.conv2d itself."""
+    if SUMS != "caffe":
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     device = x.device.type
     if torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
