@@ -97,3 +97,23 @@ def test_every_layer_type_caffe_registers_runs_in_the_engine_and_has_goldens():
 def test_the_layer_types_caffe_registers_are_the_ones_we_list(real_caffe):
     from convnet_transfer.formats.protoio import CAFFE_LAYER_TYPES
     assert set(real_caffe.import_pycaffe().layer_type_list()) == set(CAFFE_LAYER_TYPES)
+
+
+FILLER_CASES = [(family, case) for family, case in CASES if case.params == "filler"]
+
+
+@pytest.mark.parametrize("family,case", FILLER_CASES, ids=[f"{f}-{c.name}" for f, c in FILLER_CASES])
+def test_fillers_without_random_draws_equal_caffes(family, case):
+    """Cases with params "filler" use only fillers without random draws (constant, bilinear, ...): the engine's
+    own filled blobs equal the ones Caffe filled."""
+    from convnet_transfer.formats.protoio import parse_text, pb
+    from convnet_transfer.training.engine import Net
+
+    golden = layer_goldens.split_golden(_golden(layer_goldens.LAYERS_DIR, family), case.name)
+    net = Net(parse_text(case.prototxt(), pb.NetParameter()), case.phase, seed=0)
+    params = [k for k in golden if k.startswith("param/")]
+    assert params
+    for key in params:
+        _, layer, i = key.split("/")
+        ours = net.layer(layer).blobs[int(i)].detach().numpy()
+        assert layer_goldens.relative_error(ours, golden[key]) <= 1e-7, key

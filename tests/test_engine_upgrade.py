@@ -201,18 +201,18 @@ def test_unsupported_layers_and_fields_name_themselves():
     base = 'input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 } '
     with pytest.raises(EngineError, match=r"layer 'bn'.*'BatchNormalization' is not supported"):   # not Caffe's
         Net(net_from(base + 'layer { name: "bn" type: "BatchNormalization" bottom: "data" top: "bn" }'), "TEST")
-    with pytest.raises(EngineError, match=r"layer 'p'.*STOCHASTIC"):
+    with pytest.raises(EngineError, match=r"layer 'p'.*Padding implemented only for average and max pooling"):
         Net(net_from(base + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
-                            'pooling_param { pool: STOCHASTIC kernel_size: 2 } }'), "TEST")
-    with pytest.raises(EngineError, match=r"layer 'c'.*convolution_param.axis"):
+                            'pooling_param { pool: STOCHASTIC kernel_size: 2 pad: 1 } }'), "TEST")
+    with pytest.raises(EngineError, match=r"layer 'c'.*axis 4 out of range"):
         Net(net_from(base + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
-                            'convolution_param { num_output: 2 kernel_size: 3 axis: 2 } }'), "TEST")
+                            'convolution_param { num_output: 2 kernel_size: 3 axis: 4 } }'), "TEST")
     with pytest.raises(EngineError, match=r"layer 'r'.*'pooling_param'"):
         Net(net_from(base + 'layer { name: "r" type: "ReLU" bottom: "data" top: "data" '
                             'pooling_param { kernel_size: 2 } }'), "TEST")
-    with pytest.raises(EngineError, match=r"filler type 'bilinear'"):
+    with pytest.raises(EngineError, match=r"filler type 'nosuch'"):
         Net(net_from(base + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param '
-                            '{ num_output: 2 kernel_size: 3 weight_filler { type: "bilinear" } } }'), "TEST")
+                            '{ num_output: 2 kernel_size: 3 weight_filler { type: "nosuch" } } }'), "TEST")
     with pytest.raises(EngineError, match="Unknown bottom blob 'nope'"):
         Net(net_from(base + 'layer { name: "r" type: "ReLU" bottom: "nope" top: "r" }'), "TEST")
     with pytest.raises(EngineError, match="input_shapes"):

@@ -10,6 +10,7 @@ always draw on the CPU), but not Caffe's numbers.
     xavier              uniform(-sqrt(3/n), sqrt(3/n)),  n from variance_norm: FAN_IN, FAN_OUT, AVERAGE
     msra                gaussian(0, sqrt(2/n)),          n likewise
     positive_unitball   uniform(0, 1), each row (per shape[0]) divided by its sum
+    bilinear            a 4-D square kernel of bilinear upsampling weights (for Deconvolution; no random draw)
 """
 from __future__ import annotations
 
@@ -71,6 +72,17 @@ def _positive_unitball(shape, param, gen):
     return data
 
 
+def _bilinear(shape, param, gen):
+    """BilinearFiller: w[..., y, x] = (1 - |x/f - c|)(1 - |y/f - c|), f = ceil(k/2), c = (k - 1) / (2f)."""
+    if len(shape) != 4 or shape[2] != shape[3]:
+        raise EngineError(f"the bilinear filler needs a 4-D blob with a square kernel, got shape {shape}")
+    k = shape[3]
+    f = math.ceil(k / 2.0)
+    c = (k - 1) / (2.0 * f)
+    ramp = 1.0 - (torch.arange(k, dtype=torch.float64) / f - c).abs()
+    return (ramp[:, None] * ramp[None, :]).to(torch.float32).expand(shape).contiguous()
+
+
 FILLERS = {
     "constant": _constant,
     "gaussian": _gaussian,
@@ -78,6 +90,7 @@ FILLERS = {
     "xavier": _xavier,
     "msra": _msra,
     "positive_unitball": _positive_unitball,
+    "bilinear": _bilinear,
 }
 
 

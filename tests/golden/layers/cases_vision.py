@@ -130,3 +130,12 @@ IM2COL = [
 ]
 
 CASES = CONVOLUTION + DECONVOLUTION + POOLING + LRN + CROP + SPP + IM2COL
+
+# Caffe's deterministic fillers, drawn by Caffe itself (params "filler"): bilinear upsampling weights (FCN's
+# Deconvolution), constant bias
+FILLERS = [
+    Case("deconv_bilinear_filler", 'layer { name: "up" type: "Deconvolution" bottom: "x" top: "y" convolution_param '
+         '{ num_output: 3 group: 3 kernel_size: 4 stride: 2 pad: 1 weight_filler { type: "bilinear" } '
+         'bias_filler { type: "constant" value: 0.5 } } }', {"x": ((1, 3, 4, 5), "normal")}, params="filler"),
+]
+CASES += FILLERS
