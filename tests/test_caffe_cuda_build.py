@@ -1,0 +1,232 @@
+"""Real BVLC Caffe for NVIDIA GPUs (`tools/install_caffe --cuda`, convnet_transfer.training.caffe_cuda).
+
+The first tests need no build: the CMake command lines (the CPU one unchanged), the CUDA edits on Caffe's own
+lines, the toolkit assembled from wheels, how a build is found and how `caffe device_query` is read. The last
+ones check the CUDA build in the cache (caffe-9b89154-cuda13.0-sm80-sm90): they skip, saying so, when it is not
+built, and fail instead where $CONVNET_TRANSFER_REQUIRE_CAFFE_CUDA=1 (CI once it builds the CUDA variant). They
+need no GPU: on a machine without one, device_query must end with one clean line.
+"""
+import json
+import os
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from convnet_transfer.training import caffe_build, caffe_cuda, realcaffe
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRE_ENV = "CONVNET_TRANSFER_REQUIRE_CAFFE_CUDA"
+FACTS = {"executable": "/py/bin/python", "include": "/py/include/python3.11", "numpy_include": "/np/include",
+         "shared": True, "libdir": "/py/lib", "ldlibrary": "libpython3.11.so"}
+
+# ------------------------------------------------------------------------------------------ no build needed
+
+
+def test_cpu_cmake_command_is_unchanged():
+    expected = ["cmake", "/src", "-DCMAKE_BUILD_TYPE=Release", "-DCMAKE_INSTALL_PREFIX=/prefix", "-DCPU_ONLY=ON",
+                "-DUSE_CUDNN=OFF", "-DUSE_NCCL=OFF", "-DBLAS=Open", "-DBUILD_docs=OFF", "-DBUILD_matlab=OFF",
+                "-DBUILD_python=ON", "-DBUILD_python_layer=ON", "-Dpython_version=3",
+                "-DPYTHON_EXECUTABLE=/py/bin/python", "-DPYTHON_INCLUDE_DIR=/py/include/python3.11",
+                "-DNUMPY_INCLUDE_DIR=/np/include", "-Wno-dev", "-DPYTHON_LIBRARY=/py/lib/libpython3.11.so"]
+    assert caffe_build.cmake_command(Path("/src"), Path("/prefix"), FACTS) == expected
+
+
+def test_cuda_cmake_command():
+    spec = caffe_cuda.CudaSpec()
+    cmake = caffe_build.cmake_command(Path("/src"), Path("/prefix"), FACTS,
+                                      caffe_cuda.cmake_options(spec, Path("/cuda")))
+    assert "-DCPU_ONLY=ON" not in cmake and "-DUSE_CUDNN=OFF" in cmake
+    assert cmake[-6:] == ["-DCPU_ONLY=OFF", "-DCUDA_TOOLKIT_ROOT_DIR=/cuda", "-DCUDA_USE_STATIC_CUDA_RUNTIME=OFF",
+                          "-DCUDA_ARCH_NAME=Manual", "-DCUDA_ARCH_BIN=80 90", "-DCUDA_ARCH_PTX=90"]
+    assert spec.prefix_name == "caffe-9b89154-cuda13.0-sm80-sm90"
+    assert all("==" in w for w in spec.wheels) and any(w.startswith("nvidia-cuda-nvcc==13.0") for w in spec.wheels)
+
+
+# Caffe's own lines (9b89154) that the CUDA edits change, verbatim.
+CAFFE_LINES = {
+    "src/caffe/common.cpp": (
+        '  LOG(INFO) << "Clock rate:                    " << prop.clockRate;\n'
+        '  LOG(INFO) << "Concurrent copy and execution: "\n      << (prop.deviceOverlap ? "Yes" : "No");\n'
+        '  LOG(INFO) << "Kernel execution timeout:      "\n      << (prop.kernelExecTimeoutEnabled ? "Yes" : "No");\n'),
+    "src/caffe/test/test_platform.cpp": (
+        '  printf("Clock rate:                    %d\\n", CAFFE_TEST_CUDA_PROP.clockRate);\n'
+        '         (CAFFE_TEST_CUDA_PROP.deviceOverlap ? "Yes" : "No"));\n'
+        '         (CAFFE_TEST_CUDA_PROP.kernelExecTimeoutEnabled ? "Yes" : "No"));\n'),
+    "src/caffe/util/math_functions.cu": "#include <math_functions.h>  // CUDA's, not caffe's, for fabs, signbit\n",
+    "cmake/Cuda.cmake": (
+        '  string(COMPARE LESS "${CUDA_VERSION}" "9.0" iscudaolderthan90)\n  if(NOT iscudaolderthan90)\n'
+        '    string(REPLACE "21(20)" "" __cuda_arch_bin "${__cuda_arch_bin}")\n'
+        '    string(REPLACE "20" "" __cuda_arch_bin "${__cuda_arch_bin}")\n  endif()\n'),
+}
+
+
+def test_cuda_fixes_on_caffes_lines(tmp_path):
+    for rel, text in CAFFE_LINES.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    done = caffe_build.apply_fixes(tmp_path, caffe_cuda.CUDA_FIXES)
+    assert len(done) == len(caffe_cuda.CUDA_FIXES)
+    common = (tmp_path / "src/caffe/common.cpp").read_text()
+    assert "prop." not in common and common.count("cudaDeviceGetAttribute(&v, cudaDevAttr") == 3
+    assert "CAFFE_TEST_CUDA_PROP." not in (tmp_path / "src/caffe/test/test_platform.cpp").read_text()
+    assert "<cuda_runtime.h>" in (tmp_path / "src/caffe/util/math_functions.cu").read_text()
+    cmake = (tmp_path / "cmake/Cuda.cmake").read_text()
+    assert 'VERSION_LESS "9.0"' in cmake and 'REMOVE_ITEM __cuda_arch_bin "20" "21(20)"' in cmake
+    with pytest.raises(caffe_build.InstallError, match="not applicable"):    # a second time: nothing to edit
+        caffe_build.apply_fixes(tmp_path, caffe_cuda.CUDA_FIXES)
+
+
+def _wheel(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o755 if "/bin/" in name else 0o644) << 16
+            z.writestr(info, data)
+    return path
+
+
+def test_toolkit_assembled_from_wheels(tmp_path):
+    wheels = [_wheel(tmp_path / "nvcc.whl", {"nvidia/cu13/bin/nvcc": b"#!/bin/sh\n", "nvidia/__init__.py": b""}),
+              _wheel(tmp_path / "rt.whl", {"nvidia/cu13/lib/libcudart.so.13": b"elf",
+                                           "nvidia/cu13/include/cuda_runtime.h": b"//"})]
+    root = caffe_cuda.assemble_toolkit(wheels, tmp_path / "root", "nvidia/cu13/")
+    assert os.access(root / "bin" / "nvcc", os.X_OK)
+    assert os.readlink(root / "lib" / "libcudart.so") == "libcudart.so.13"
+    assert (root / "lib64" / "libcudart.so.13").is_file()
+    assert (root / "targets" / "x86_64-linux" / "include" / "cuda_runtime.h").is_file()
+    assert not (root / "__init__.py").exists()
+
+
+def _fake_build(prefix: Path, script: str, cuda: dict | None = None) -> Path:
+    (prefix / "bin").mkdir(parents=True)
+    caffe = prefix / "bin" / "caffe"
+    caffe.write_text("#!/bin/sh\n" + script)
+    caffe.chmod(caffe.stat().st_mode | stat.S_IXUSR)
+    info = {"commit": realcaffe.CAFFE_COMMIT, **({"cuda": cuda} if cuda else {})}
+    (prefix / realcaffe.INFO_FILE).write_text(json.dumps(info))
+    return prefix
+
+
+VERSION = 'if [ "$1" = --version ]; then echo "caffe version 1.0.0"; exit 0; fi\n'
+ABORT = (VERSION + 'echo "I1205 02:50:00.1 1 caffe.cpp:138] Querying GPUs 0" >&2\n'
+         'echo "F1205 02:50:00.2 1 common.cpp:152] Check failed: error == cudaSuccess (35 vs. 0)  CUDA driver '
+         'version is insufficient for CUDA runtime version" >&2\necho "*** Check failure stack trace: ***" >&2\n'
+         'echo "    @     0x7f00 google::LogMessage::Fail()" >&2\nexit 134\n')
+
+
+def test_cuda_build_preferred_when_a_gpu_is_asked_for(monkeypatch, tmp_path):
+    for name in ("CAFFE_ROOT", "CAFFE", realcaffe.PREFIX_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = tmp_path / "convnet_transfer"
+    _fake_build(cache / "caffe-9b89154", VERSION)
+    cuda = _fake_build(cache / "caffe-9b89154-cuda13.0-sm80-sm90", VERSION, {"version": "13.0"})
+    assert realcaffe.cuda_prefixes() == [cuda]
+    assert realcaffe.find_caffe(gpu=False).root == (cache / "caffe-9b89154").resolve()
+    assert realcaffe.find_caffe(gpu=True).root == cuda.resolve()
+    assert realcaffe.find_caffe(gpu=True).cuda == {"version": "13.0"}
+    monkeypatch.setattr(realcaffe, "gpu_driver_present", lambda: True)
+    assert realcaffe.resolve_engine("caffe")[1].root == cuda.resolve()     # --engine caffe on a GPU machine
+    monkeypatch.setattr(realcaffe, "gpu_driver_present", lambda: False)
+    assert realcaffe.resolve_engine("caffe")[1].root == (cache / "caffe-9b89154").resolve()
+
+
+def test_device_query_abort_is_one_line(tmp_path):
+    found = realcaffe.inspect_caffe(_fake_build(tmp_path / "p", ABORT))
+    query = realcaffe.device_query(found, 0)
+    assert not query.ok and "\n" not in query.message
+    assert query.message.startswith("no usable GPU 0: CUDA driver version is insufficient for CUDA runtime version")
+    assert "stack trace" in query.output
+
+
+def test_device_query_answer(tmp_path):
+    lines = ["Device id:                     0", "Major revision number:         9",
+             "Minor revision number:         0", "Name:                          NVIDIA H200",
+             f"Total global memory:           {141 * 2 ** 30}"]
+    script = VERSION + "".join(f'echo "I1205 02:50:00.3 1 common.cpp:178] {line}" >&2\n' for line in lines)
+    query = realcaffe.device_query(realcaffe.inspect_caffe(_fake_build(tmp_path / "p", script)), 0)
+    assert query.ok and query.message == "GPU 0: NVIDIA H200 (compute capability 9.0, 141 GiB)"
+
+
+def test_gpu_code_from_cuobjdump(tmp_path):
+    fake = tmp_path / "cuobjdump"
+    fake.write_text('#!/bin/sh\nif [ "$1" = --list-elf ]; then\n'
+                    'echo "ELF file    1: libcaffe.1.sm_80.cubin"; echo "ELF file    2: libcaffe.2.sm_90.cubin"\n'
+                    'else echo "PTX file    1: libcaffe.1.sm_90.ptx"; fi\n')
+    fake.chmod(0o755)
+    assert caffe_cuda.gpu_code(tmp_path / "libcaffe.so", fake) == {"sass": ["sm_80", "sm_90"], "ptx": ["compute_90"]}
+
+
+def test_install_caffe_cli_cuda_options():
+    from click.testing import CliRunner
+    from convnet_transfer.cli import install_caffe
+    runner = CliRunner()
+    assert "--cuda-arch" in runner.invoke(install_caffe.main, ["--help"]).output
+    for args, message in ((["--cudnn"], "go with --cuda"), (["--cuda", "--cudnn"], "not supported yet"),
+                          (["--cuda", "--cuda-arch", "eighty"], "compute capabilities")):
+        result = runner.invoke(install_caffe.main, args)
+        assert result.exit_code == 2 and message in result.output, result.output
+    spec = install_caffe._cuda_spec(True, "13.0", None, "sm_90, 8.0,90", False)
+    assert (spec.sass, spec.ptx) == (("80", "90"), ("90",))
+
+
+# ------------------------------------------------------------------------------------------ the CUDA build
+
+
+@pytest.fixture(scope="module")
+def cuda_build():
+    prefix = realcaffe.cache_dir() / caffe_cuda.CudaSpec().prefix_name
+    found = realcaffe.inspect_caffe(prefix) if caffe_build.is_built(prefix) else None
+    if found is None or not found.ok:
+        why = f"no CUDA build in {prefix}" if found is None else found.problem
+        message = f"the CUDA Caffe build is needed ({why}); build it with tools/install_caffe --cuda (~35 min)"
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def test_cuda_build_links_the_wheels_libraries(cuda_build):
+    libs = caffe_cuda.linked_libraries(cuda_build.caffe)       # the binary's own rpath, no LD_LIBRARY_PATH
+    toolkit = (cuda_build.root / caffe_cuda.CUDA_DIR / "lib").resolve()
+    for name in ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10"):
+        assert name in libs and Path(libs[name]).resolve().parent == toolkit, libs
+    assert not any(name.startswith("libcudnn") for name in libs)
+    assert cuda_build.cuda["libraries"].keys() == libs.keys()
+
+
+def test_cuda_build_carries_sm80_sm90_and_ptx(cuda_build):
+    cuobjdump = caffe_cuda.cuobjdump_path(cuda_build.root)
+    library = next(p for p in sorted((cuda_build.root / "lib").glob("libcaffe.so*")) if not p.is_symlink())
+    elf = subprocess.run([str(cuobjdump), "--list-elf", str(library)], capture_output=True, text=True).stdout
+    ptx = subprocess.run([str(cuobjdump), "--list-ptx", str(library)], capture_output=True, text=True).stdout
+    assert ".sm_80.cubin" in elf and ".sm_90.cubin" in elf
+    assert ".sm_90.ptx" in ptx and ".sm_80.ptx" not in ptx
+    assert caffe_cuda.gpu_code(library, cuobjdump) == {"sass": ["sm_80", "sm_90"], "ptx": ["compute_90"]}
+    info = cuda_build.cuda
+    assert (info["version"], info["sass"], info["ptx"], info["cudnn"]) == \
+        ("13.0", ["sm_80", "sm_90"], ["compute_90"], False)
+
+
+def test_cuda_build_device_query(cuda_build):
+    query = realcaffe.device_query(cuda_build, 0)
+    if realcaffe.gpu_driver_present():
+        assert query.ok, query.output[-2000:]
+        return
+    assert not query.ok and "\n" not in query.message and query.message.startswith("no usable GPU 0: ")
+    assert "this machine has no NVIDIA driver" in query.message
+
+
+def test_caffe_check_reports_the_cuda_build(cuda_build):
+    env = {**os.environ, "CAFFE_ROOT": str(cuda_build.root), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "caffe_check"), "--no-python", "--gpu", "0"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "CUDA:    13.0; GPU code sm_80 sm_90 compute_90; no cuDNN; toolkit: PyPI wheels" in proc.stdout
+    device = next(line for line in proc.stdout.splitlines() if line.startswith("device:"))
+    assert "Check failure stack trace" not in proc.stdout and device.count("\n") == 0
