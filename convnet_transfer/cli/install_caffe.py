@@ -19,7 +19,7 @@ Prints the environment lines that make the toolkit (and your shell) use this Caf
 --cuda builds for NVIDIA GPUs instead (no GPU needed to build): the CUDA {caffe_cuda.DEFAULT_CUDA} toolkit from
 PyPI's wheels (about 590 MB, unpacked into PREFIX/cuda; its compiler removed after the build), SASS for sm_80 and
 sm_90 plus compute_90 PTX, no cuDNN, into its own prefix
-({realcaffe.cache_dir() / caffe_cuda.CudaSpec().prefix_name}); about 35 minutes on 2 cores.""")
+({realcaffe.cache_dir() / caffe_cuda.CudaSpec().prefix_name}); about 15 minutes on 2 cores.""")
 @click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="install folder (default: the user's cache, see above)")
 @click.option("--source", type=click.Path(exists=True, path_type=Path), default=None,

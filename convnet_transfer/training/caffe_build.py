@@ -432,7 +432,7 @@ def _compile_install(tree, work, prefix, facts, jobs, log, log_path, progress, c
              f"compute_{' compute_'.join(spec.ptx)}, no cuDNN, OpenBLAS, pycaffe)")
     _run_logged(cmake, build, log, "CMake configuration")
     jobs = jobs or os.cpu_count() or 1
-    minutes = "a few minutes" if cuda_info is None else "about half an hour on 2 cores"
+    minutes = "a few minutes" if cuda_info is None else "about 15 minutes on 2 cores"
     _say(f"compiling with make -j{jobs} ({minutes}; log: {log_path})")
     _run_logged(["make", f"-j{jobs}"], build, log, "compilation (make)", _progress_bar(progress))
     _say("installing into the prefix")

@@ -28,7 +28,7 @@ from .realcaffe import CAFFE_COMMIT
 
 __all__ = ["CUDA_WHEELS", "DEFAULT_CUDA", "DEFAULT_SASS", "DEFAULT_PTX", "CUDA_FIXES", "CUDA_DIR", "CudaSpec",
            "fetch_toolkit", "assemble_toolkit", "toolkit_version", "cmake_options", "prune_toolkit", "gpu_code",
-           "linked_libraries", "cuobjdump_path", "check_build", "RUNTIME_LIBRARIES"]
+           "linked_libraries", "cuobjdump_path", "check_build"]
 
 # The CUDA 13.0 toolkit as PyPI wheels (the release PyTorch's cu130 builds use, so a GPU machine's driver runs it),
 # each pinned; cuobjdump is a tool only (the first version on PyPI is 13.2). Wheels unpack under nvidia/cu13/.
@@ -44,8 +44,6 @@ DEFAULT_CUDA = "13.0"
 DEFAULT_SASS = ("80", "90")      # Ampere (A100) and Hopper (H100, H200) machine code
 DEFAULT_PTX = ("90",)            # plus compute_90 PTX, which the driver compiles for newer GPUs (Blackwell)
 CUDA_DIR = "cuda"                # <prefix>/cuda: the toolkit unpacked from the wheels (its libraries stay there)
-# The CUDA libraries Caffe links (CMake's FindCUDA looks for the unversioned names)
-RUNTIME_LIBRARIES = ("libcudart.so", "libcublas.so", "libcublasLt.so", "libcurand.so")
 
 
 def _attribute(field: str, attribute: str) -> Fix:
@@ -68,6 +66,16 @@ CUDA_FIXES = (
         r'\s*string\(REPLACE "21\(20\)" "" __cuda_arch_bin "\$\{__cuda_arch_bin\}"\)\n'
         r'\s*string\(REPLACE "20" "" __cuda_arch_bin "\$\{__cuda_arch_bin\}"\)\n\s*endif\(\)',
         'if(NOT CUDA_VERSION VERSION_LESS "9.0")\n    list(REMOVE_ITEM __cuda_arch_bin "20" "21(20)")\n  endif()'),
+    # Two edits for machines without a GPU (a login node, CI); nothing changes where there is one.
+    Fix("without a GPU, a CPU solver aborted as the data layers' prefetch thread started (it asked the driver for "
+        "the current device in any mode): ask in GPU mode only", ("src/caffe/internal_thread.cpp",),
+        r"(CUDA_CHECK\(cudaGetDevice\(&device\)\);)", r"if (Caffe::mode() == Caffe::GPU) \1"),
+    Fix("... and the prefetch thread sets its device in GPU mode only", ("src/caffe/internal_thread.cpp",),
+        r"(CUDA_CHECK\(cudaSetDevice\(device\)\);)", r"if (mode == Caffe::GPU) \1"),
+    Fix("without a GPU, `caffe device_query` aborted with glog's stack trace: it says why in one line and exits 1",
+        ("tools/caffe.cpp",), r'(int device_query\(\) \{\n  LOG\(INFO\) << "Querying GPUs " << FLAGS_gpu;\n)',
+        r'\1  int count = 0;\n  cudaError_t error = cudaGetDeviceCount(&count);\n  if (error != cudaSuccess) {\n'
+        r'    LOG(ERROR) << "No usable GPU: " << cudaGetErrorString(error);\n    return 1;\n  }\n'),
 )
 
 

@@ -319,7 +319,7 @@ def device_query(found: CaffeInstall, gpu: int = 0, timeout: float = 120) -> Dev
                                  f"{memory:.0f} GiB)", out)
     if "CPU-only" in out or "Cannot use GPU in CPU-only Caffe" in out:
         return DeviceQuery(False, "this Caffe is a CPU-only build (build one with tools/install_caffe --cuda)", out)
-    check = re.search(r"Check failed: [^\n]*?\)\s+(.+)", out)
+    check = re.search(r"No usable GPU: (.+)", out) or re.search(r"Check failed: [^\n]*?\)\s+(.+)", out)
     why = check.group(1).strip() if check else (out.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
     hint = "" if gpu_driver_present() else " (this machine has no NVIDIA driver)"
     return DeviceQuery(False, f"no usable GPU {gpu}: {why}{hint}", out)
