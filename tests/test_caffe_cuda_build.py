@@ -8,9 +8,11 @@ need no GPU: on a machine without one, device_query must end with one clean line
 """
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -157,7 +159,8 @@ def test_device_query_abort_is_one_line(tmp_path):
 def test_device_query_clean_failure_is_one_line(tmp_path):
     # what the CUDA build's own device_query says without a GPU (CUDA_FIXES): an error line, exit status 1
     script = (VERSION + 'echo "I1205 02:50:00.1 1 caffe.cpp:138] Querying GPUs 0" >&2\n'
-              'echo "E1205 02:50:00.2 1 caffe.cpp:142] No usable GPU: no CUDA-capable device is detected" >&2\nexit 1\n')
+              'echo "E1205 02:50:00.2 1 caffe.cpp:142] No usable GPU: no CUDA-capable device is detected" >&2\n'
+              'exit 1\n')
     query = realcaffe.device_query(realcaffe.inspect_caffe(_fake_build(tmp_path / "p", script)), 0)
     assert not query.ok and query.message.startswith("no usable GPU 0: no CUDA-capable device is detected")
 
@@ -193,12 +196,49 @@ def test_install_caffe_cli_cuda_options():
     assert (spec.sass, spec.ptx) == (("80", "90"), ("90",))
 
 
+def test_bundle_finds_the_machines_cuda_libraries(tmp_path):
+    from convnet_transfer.training import caffe_bundle
+    need = ["libcudart.so.13", "libcublas.so.13", "libcurand.so.10"]
+    script = tmp_path / "caffe-cuda-libs"
+    script.write_text(caffe_bundle.cuda_libs_script(need, "13", "nvidia-cuda-runtime==13.0.96"))
+    script.chmod(0o755)
+    wheels = tmp_path / "site" / "nvidia" / "cu13" / "lib"
+    partial = tmp_path / "partial"
+    for folder, names in ((wheels, need), (partial, need[:2])):
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / name).touch()
+    python = tmp_path / "bin" / "python3"          # a python3 whose sys.path holds the wheels' site-packages
+    python.parent.mkdir()
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={tmp_path / 'site'} exec {sys.executable} -S \"$@\"\n")
+    python.chmod(0o755)
+    env = {"PATH": f"{python.parent}:/usr/bin:/bin", "LD_LIBRARY_PATH": str(partial), "CUDA_HOME": str(tmp_path)}
+    run = subprocess.run([str(script)], env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout == f"CUDA libraries: {wheels} (from the nvidia-* wheels of {python})\n"
+    chosen = subprocess.run([str(script), "--dir"], env={**env, "CAFFE_CUDA_LIBS": str(wheels)},
+                            capture_output=True, text=True)
+    assert chosen.stdout == f"{wheels}\n"
+    none = subprocess.run([str(script), "--dir"], env={**env, "PATH": "/nonexistent"}, capture_output=True, text=True)
+    if none.returncode == 0:       # this machine has CUDA 13 in a system folder
+        assert none.stdout.strip() != str(wheels)
+    else:
+        assert none.stdout == "" and "pip install nvidia-cuda-runtime==13.0.96" in none.stderr
+
+
+def test_bundle_carries_what_is_not_glibc_or_cuda():
+    from convnet_transfer.training import caffe_bundle
+    ls = Path(subprocess.run(["sh", "-c", "command -v ls"], capture_output=True, text=True).stdout.strip())
+    carry, cuda = caffe_bundle.dependencies([ls.resolve()])
+    assert cuda == [] and not any(name.startswith(("libc.so", "ld-linux", "libm.so")) for name in carry)
+    assert all(path.is_file() for path in carry.values())
+
+
 # ------------------------------------------------------------------------------------------ the CUDA build
 
 
 @pytest.fixture(scope="module")
 def cuda_build():
-    prefix = realcaffe.cache_dir() / caffe_cuda.CudaSpec().prefix_name
+    prefix = realcaffe.builds_dir() / caffe_cuda.CudaSpec().prefix_name
     found = realcaffe.inspect_caffe(prefix) if caffe_build.is_built(prefix) else None
     if found is None or not found.ok:
         why = f"no CUDA build in {prefix}" if found is None else found.problem
@@ -272,14 +312,14 @@ display: 1 max_iter: 5 snapshot_prefix: "snap/tiny" solver_mode: CPU random_seed
 """
 
 
-def _train_tiny(found, folder: Path) -> bytes:
+def _train_tiny(found, folder: Path, env: dict | None = None) -> bytes:
     from test_realcaffe import _tiny_lmdb
     folder.mkdir()
     _tiny_lmdb(folder / "train_lmdb")
     (folder / "net.prototxt").write_text(TINY_NET)
     (folder / "solver.prototxt").write_text(TINY_SOLVER)
     (folder / "snap").mkdir()
-    proc = subprocess.run([str(found.caffe), "train", "-solver", "solver.prototxt"], cwd=folder, env=found.env(),
+    proc = subprocess.run([str(found.caffe), "train", "-solver", "solver.prototxt"], cwd=folder, env=env or found.env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "Optimization Done." in proc.stderr + proc.stdout, proc.stderr[-3000:]
     return (folder / "snap" / "tiny_iter_5.caffemodel").read_bytes()
@@ -293,3 +333,74 @@ def test_cuda_build_trains_on_the_cpu_as_the_cpu_build(cuda_build, tmp_path):
     cpu = realcaffe.default_prefix()
     if caffe_build.is_built(cpu):
         assert ours == _train_tiny(realcaffe.inspect_caffe(cpu), tmp_path / "cpu")
+
+
+# ------------------------------------------------------------------------------------------ the bundle
+
+BUNDLE_ENV = "CONVNET_TRANSFER_REQUIRE_CAFFE_BUNDLE"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """The bundle packed from the lean CUDA build (tools/install_caffe --cuda --bundle FILE builds it), unpacked."""
+    from convnet_transfer.training import caffe_bundle
+    prefix = realcaffe.builds_dir() / caffe_cuda.CudaSpec(lean=True).prefix_name
+    if not caffe_build.is_built(prefix):
+        message = f"no lean CUDA build in {prefix}: tools/install_caffe --cuda --bundle FILE builds it (~15 min)"
+        if os.environ.get(BUNDLE_ENV) == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    folder = tmp_path_factory.mktemp("bundle")
+    out = folder / "caffe-bundle.tar.xz"
+    info = caffe_bundle.make_bundle(prefix, out, say=lambda line: None)
+    with tarfile.open(out) as tar:
+        tar.extractall(folder / "unpacked", filter="data")
+    return {"info": info, "file": out, "top": folder / "unpacked" / "caffe-bundle",
+            "cuda": prefix / caffe_cuda.CUDA_DIR / "lib"}
+
+
+def _bare_env(**extra):
+    return {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), **extra}
+
+
+def test_bundle_size_and_libraries(bundle):
+    from convnet_transfer.training import caffe_bundle
+    info, top = bundle["info"], bundle["top"]
+    assert bundle["file"].stat().st_size == info["bytes"] <= caffe_bundle.MAX_BYTES
+    carried = set(os.listdir(top / "lib"))
+    assert carried == set(info["carried"]) and "libcaffe.so.1.0.0" in carried
+    assert {"libglog.so.1", "libprotobuf.so.32", "libopenblas.so.0"} <= carried
+    assert not any(name.startswith(("libopencv", "libcudart", "libcublas", "libc.so", "libstdc++")) for name in carried)
+    assert info["cuda_libraries_needed"] == ["libcublas.so.13", "libcublasLt.so.13", "libcudart.so.13",
+                                             "libcurand.so.10"]
+    # every library of the tools resolves inside the bundle, the CUDA folder or glibc/the C++ runtime
+    env = _bare_env(LD_LIBRARY_PATH=f"{top / 'lib'}:{bundle['cuda']}")
+    for tool in caffe_bundle.BUNDLE_TOOLS:
+        out = subprocess.run(["ldd", str(top / "libexec" / tool)], env=env, capture_output=True, text=True).stdout
+        for name, path in re.findall(r"^\s*(\S+)\s+=>\s+(\S+)", out, re.M):
+            assert path != "not found", (tool, name)
+            where = Path(path).resolve().parent
+            assert where in ((top / "lib").resolve(), bundle["cuda"].resolve()) or \
+                caffe_bundle._SYSTEM.match(name), (tool, name, path)
+
+
+def test_bundle_runs_with_the_machines_cuda_libraries(bundle, tmp_path):
+    top = bundle["top"]
+    env = _bare_env(CAFFE_CUDA_LIBS=str(bundle["cuda"]))
+    said = subprocess.run([str(top / "bin" / "caffe-cuda-libs")], env=env, capture_output=True, text=True)
+    assert said.stdout == f"CUDA libraries: {bundle['cuda']} (from $CAFFE_CUDA_LIBS)\n"
+    version = subprocess.run([str(top / "bin" / "caffe"), "--version"], env=env, capture_output=True, text=True)
+    assert version.returncode == 0 and "caffe version 1.0.0" in version.stdout + version.stderr
+    if not realcaffe.gpu_driver_present():
+        query = subprocess.run([str(top / "bin" / "caffe"), "device_query", "-gpu", "0"],
+                               env={**env, "GLOG_logtostderr": "1"}, capture_output=True, text=True)
+        assert query.returncode == 1 and "] No usable GPU: " in query.stderr.strip().splitlines()[-1]
+    found = realcaffe.CaffeInstall(root=top, caffe=top / "bin" / "caffe", how="bundle", python_dir=None, ok=True)
+    trained = _train_tiny(found, tmp_path / "bundle", env={**env, "GLOG_logtostderr": "1"})
+    cpu = realcaffe.default_prefix()
+    if caffe_build.is_built(cpu):
+        assert trained == _train_tiny(realcaffe.inspect_caffe(cpu), tmp_path / "cpu")
+    missing = subprocess.run([str(top / "bin" / "caffe"), "--version"], env=_bare_env(), capture_output=True,
+                             text=True)
+    if missing.returncode != 0:      # no CUDA 13 libraries on this machine's own paths: one line says so
+        assert missing.stderr.count("\n") == 1 and "CAFFE_CUDA_LIBS" in missing.stderr

@@ -43,17 +43,20 @@ def main(no_python, gpu):
     if not no_python:
         # In a child process: a broken _caffe.so may crash the interpreter, not just raise.
         code = ("import sys, numpy, google.protobuf as p; from convnet_transfer.training import realcaffe; "
-                "c = realcaffe.find_caffe().import_pycaffe(); from caffe.proto import caffe_pb2; "
+                "c = realcaffe.find_caffe(sys.argv[1] == 'gpu' or None).import_pycaffe(); "
+                "from caffe.proto import caffe_pb2; "
                 "from convnet_transfer.formats import caffe_pb2 as ours; "
                 "print(f'{c.__file__} (numpy {numpy.__version__}, protobuf {p.__version__}, '"
                 "f'with our convnet_transfer.formats.caffe_pb2 in the same process)')")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-c", code, "gpu" if gpu is not None else "auto"],
+                              capture_output=True, text=True)
         if proc.returncode == 0:
             click.echo(f"pycaffe: imports: {proc.stdout.strip()}")
         else:
             click.echo(f"pycaffe: does NOT import in {sys.executable}:\n{(proc.stderr or proc.stdout)[-1500:]}")
             sys.exit(1)
-    click.echo(f"engine 'auto' runs: {' '.join(realcaffe.caffe_command('auto'))}")
+    click.echo(f"engine 'auto'{' with a GPU' if gpu is not None else ''} runs: "
+               f"{' '.join(realcaffe.caffe_command('auto', True if gpu is not None else None))}")
 
 
 def _report_cuda(found, gpu):

@@ -1,4 +1,5 @@
 """tools/install_caffe: build real BVLC Caffe (CPU, or CUDA with --cuda) with pycaffe into a cache folder."""
+import dataclasses
 from pathlib import Path
 
 import click
@@ -19,7 +20,7 @@ Prints the environment lines that make the toolkit (and your shell) use this Caf
 --cuda builds for NVIDIA GPUs instead (no GPU needed to build): the CUDA {caffe_cuda.DEFAULT_CUDA} toolkit from
 PyPI's wheels (about 590 MB, unpacked into PREFIX/cuda; its compiler removed after the build), SASS for sm_80 and
 sm_90 plus compute_90 PTX, no cuDNN, into its own prefix
-({realcaffe.cache_dir() / caffe_cuda.CudaSpec().prefix_name}); about 15 minutes on 2 cores.""")
+({realcaffe.builds_dir() / caffe_cuda.CudaSpec().prefix_name}); about 15 minutes on 2 cores.""")
 @click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="install folder (default: the user's cache, see above)")
 @click.option("--source", type=click.Path(exists=True, path_type=Path), default=None,
@@ -42,19 +43,30 @@ sm_90 plus compute_90 PTX, no cuDNN, into its own prefix
                    "highest also as PTX")
 @click.option("--cudnn", is_flag=True, help="with --cuda: use cuDNN (not supported yet: Caffe's cuDNN layers "
                                             "need a port to cuDNN 8+)")
+@click.option("--bundle", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="with --cuda: build without OpenCV and pycaffe (its own prefix, ...-lean) and pack caffe, "
+                   "convert_imageset, compute_image_mean and their libraries into this relocatable .tar.xz for GPU "
+                   "machines without root or apt (docs/realcaffe.md)")
 def main(prefix, source, jobs, force, no_install, keep_build, debian_mirror, quiet, cuda, cuda_version, cuda_root,
-         cuda_arch, cudnn):
+         cuda_arch, cudnn, bundle):
     spec = _cuda_spec(cuda, cuda_version, cuda_root, cuda_arch, cudnn)
+    if bundle is not None and spec is None:
+        raise click.UsageError("--bundle goes with --cuda")
+    if bundle is not None:
+        spec = dataclasses.replace(spec, lean=True)
     try:
         prefix = caffe_build.install_caffe(prefix, source=source, jobs=jobs, force=force,
                                            install_deps=not no_install, keep_build=keep_build,
                                            debian_mirror=debian_mirror, progress=not quiet, cuda=spec)
+        if bundle is not None:
+            from convnet_transfer.training import caffe_bundle
+            caffe_bundle.make_bundle(prefix, bundle, lambda line: click.echo(f"install_caffe: {line}"))
     except caffe_build.InstallError as err:
         raise click.ClickException(str(err)) from None
     click.echo("\nReal Caffe is ready. To use it (the toolkit, tests, your shell), run or add to ~/.bashrc:")
     for line in realcaffe.env_lines(prefix):
         click.echo(f"  {line}")
-    if spec is not None and prefix.parent == realcaffe.cache_dir().resolve():
+    if spec is not None and prefix.parent == realcaffe.builds_dir().resolve():
         click.echo("(Without them the toolkit takes this CUDA build on a machine with an NVIDIA driver, or when asked "
                    "for a GPU, and the CPU build elsewhere.)")
     elif prefix != realcaffe.default_prefix().resolve():

@@ -25,7 +25,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from .realcaffe import CAFFE_COMMIT, INFO_FILE, cache_dir, default_prefix, inspect_caffe
+from .realcaffe import CAFFE_COMMIT, INFO_FILE, builds_dir, default_prefix, inspect_caffe
 
 __all__ = ["DEBIAN_SOURCE", "APT_PACKAGES", "PYTHON_PACKAGES", "FIXES", "Fix", "InstallError", "install_caffe",
            "is_built", "apply_fixes", "cmake_command"]
@@ -316,7 +316,7 @@ def install_caffe(prefix: Path | str | None = None, *, python: str | None = None
     if cuda is not None and cuda.root is not None:
         from .caffe_cuda import toolkit_version
         cuda = dataclasses.replace(cuda, version=toolkit_version(cuda.root))
-    default = default_prefix() if cuda is None else cache_dir() / cuda.prefix_name
+    default = default_prefix() if cuda is None else builds_dir() / cuda.prefix_name
     prefix = Path(prefix or default).expanduser().resolve()
     python = python or sys.executable
     if not force and is_built(prefix, python):
@@ -377,12 +377,15 @@ def _build(prefix, python, source, jobs, install_deps, keep_build, debian_mirror
             log.flush()
             raise InstallError(f"{err}. Last lines of {log_path}:\n{_tail(log_path)}\n\nRead the whole log: "
                                f"{log_path}") from None
-    ensure_python_packages(python, install=install_deps)
-    proto = check_pycaffe_proto(prefix, python)
+    lean = cuda is not None and cuda.lean        # no pycaffe (a bundle's build)
+    if not lean:
+        ensure_python_packages(python, install=install_deps)
+    proto = check_pycaffe_proto(prefix, python) if not lean else None
     found = inspect_caffe(prefix)
     if not found.ok:
         raise InstallError(f"the build finished but caffe does not run: {found.problem}")
-    check_pycaffe(prefix, python)
+    if not lean:
+        check_pycaffe(prefix, python)
     info = {"commit": CAFFE_COMMIT, "source": dict(DEBIAN_SOURCE) if not source else {"path": str(source)},
             "fixes": [f.why for f in FIXES], "python": facts, "caffe_pb2": proto, "version": found.version,
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -394,7 +397,7 @@ def _build(prefix, python, source, jobs, install_deps, keep_build, debian_mirror
     (prefix / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     if not keep_build:
         shutil.rmtree(work, ignore_errors=True)
-    _say(f"done in {time.time() - started:.0f} s: {found.version}, pycaffe imports")
+    _say(f"done in {time.time() - started:.0f} s: {found.version}, {'no pycaffe' if lean else 'pycaffe imports'}")
     return prefix
 
 
@@ -429,7 +432,8 @@ def _compile_install(tree, work, prefix, facts, jobs, log, log_path, progress, c
         spec = cuda_info["spec"]
         cmake = cmake_command(tree, prefix, facts, caffe_cuda.cmake_options(spec, Path(cuda_info["root"])))
         _say(f"configuring with CMake (CUDA {spec.version}, sm_{' sm_'.join(spec.sass)} + PTX "
-             f"compute_{' compute_'.join(spec.ptx)}, no cuDNN, OpenBLAS, pycaffe)")
+             f"compute_{' compute_'.join(spec.ptx)}, no cuDNN, OpenBLAS, "
+             f"{'no OpenCV, no pycaffe' if spec.lean else 'pycaffe'})")
     _run_logged(cmake, build, log, "CMake configuration")
     jobs = jobs or os.cpu_count() or 1
     minutes = "a few minutes" if cuda_info is None else "about 15 minutes on 2 cores"
@@ -438,7 +442,8 @@ def _compile_install(tree, work, prefix, facts, jobs, log, log_path, progress, c
     _say("installing into the prefix")
     _run_logged(["make", "install"], build, log, "make install")
     # the schema beside pycaffe's generated code: to read, and to regenerate caffe_pb2.py from
-    shutil.copy2(tree / "src" / "caffe" / "proto" / "caffe.proto", prefix / "python" / "caffe" / "proto")
+    if (prefix / "python" / "caffe" / "proto").is_dir():
+        shutil.copy2(tree / "src" / "caffe" / "proto" / "caffe.proto", prefix / "python" / "caffe" / "proto")
     # Caffe's own log parser (tools/extra), which `make install` leaves out: tests read our logs with it
     (prefix / "tools" / "extra").mkdir(parents=True, exist_ok=True)
     for name in ("parse_log.py", "extract_seconds.py"):

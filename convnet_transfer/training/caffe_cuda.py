@@ -43,6 +43,9 @@ WHEEL_TOP = {"13.0": "nvidia/cu13/"}
 DEFAULT_CUDA = "13.0"
 DEFAULT_SASS = ("80", "90")      # Ampere (A100) and Hopper (H100, H200) machine code
 DEFAULT_PTX = ("90",)            # plus compute_90 PTX, which the driver compiles for newer GPUs (Blackwell)
+# A lean build (for a bundle): without OpenCV (whose Debian libraries, GDAL and GTK among them, would not fit),
+# without pycaffe; the later -D wins over the CPU build's -DBUILD_python=ON
+LEAN_OPTIONS = ["-DUSE_OPENCV=OFF", "-DBUILD_python=OFF", "-DBUILD_python_layer=OFF"]
 CUDA_DIR = "cuda"                # <prefix>/cuda: the toolkit unpacked from the wheels (its libraries stay there)
 
 
@@ -87,10 +90,12 @@ class CudaSpec:
     sass: tuple[str, ...] = DEFAULT_SASS
     ptx: tuple[str, ...] = DEFAULT_PTX
     root: Path | None = None
+    lean: bool = False           # no OpenCV, no pycaffe: what a relocatable bundle holds (caffe_bundle)
 
     @property
     def prefix_name(self) -> str:
-        return f"caffe-{CAFFE_COMMIT[:7]}-cuda{self.version}-" + "-".join(f"sm{a}" for a in self.sass)
+        return (f"caffe-{CAFFE_COMMIT[:7]}-cuda{self.version}-" + "-".join(f"sm{a}" for a in self.sass)
+                + ("-lean" if self.lean else ""))
 
     @property
     def wheels(self) -> list[str]:
@@ -163,7 +168,7 @@ def cmake_options(spec: CudaSpec, root: Path) -> list[str]:
     libraries the binaries load are the toolkit's, found through the rpath), exactly the archs asked for."""
     return ["-DCPU_ONLY=OFF", f"-DCUDA_TOOLKIT_ROOT_DIR={root}", "-DCUDA_USE_STATIC_CUDA_RUNTIME=OFF",
             "-DCUDA_ARCH_NAME=Manual", f"-DCUDA_ARCH_BIN={' '.join(spec.sass)}",
-            f"-DCUDA_ARCH_PTX={' '.join(spec.ptx)}"]
+            f"-DCUDA_ARCH_PTX={' '.join(spec.ptx)}"] + (LEAN_OPTIONS if spec.lean else [])
 
 
 def prune_toolkit(root: Path) -> None:

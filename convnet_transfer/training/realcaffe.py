@@ -29,7 +29,7 @@ from convnet_transfer import resources
 __all__ = [
     "CAFFE_COMMIT", "PREFIX_ENV", "INFO_FILE", "TOOLS", "CaffeInstall", "CaffeNotFound",
     "find_caffe", "inspect_caffe", "caffe_command", "resolve_engine", "env_lines", "default_prefix", "cache_dir",
-    "cuda_prefixes", "gpu_driver_present", "device_query", "DeviceQuery",
+    "builds_dir", "cuda_prefixes", "gpu_driver_present", "device_query", "DeviceQuery",
 ]
 
 # BVLC Caffe's final master (2020), the one tools/install_caffe builds; the default prefix is named after it.
@@ -58,10 +58,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "convnet_transfer"
 
 
+def builds_dir() -> Path:
+    """Where the CUDA builds of `tools/install_caffe --cuda` go: beside the default prefix (its folder)."""
+    return default_prefix().expanduser().parent
+
+
 def cuda_prefixes() -> list[Path]:
-    """The finished CUDA builds of `tools/install_caffe --cuda` in cache_dir() (caffe-9b89154-cuda<version>-sm<..>),
+    """The finished CUDA builds of `tools/install_caffe --cuda` in builds_dir() (caffe-9b89154-cuda<version>-sm<..>),
     newest CUDA first."""
-    built = [p for p in cache_dir().glob(f"caffe-{CAFFE_COMMIT[:7]}-cuda*")
+    built = [p for p in builds_dir().glob(f"caffe-{CAFFE_COMMIT[:7]}-cuda*")
              if (p / INFO_FILE).is_file() and _binary_in(p)]
     return sorted(built, key=lambda p: [int(x) for x in re.findall(r"\d+", p.name.split("-cuda", 1)[1])[:2]],
                   reverse=True)
