@@ -138,6 +138,7 @@ def test_cuda_build_preferred_when_a_gpu_is_asked_for(monkeypatch, tmp_path):
     cache = tmp_path / "convnet_transfer"
     _fake_build(cache / "caffe-9b89154", VERSION)
     cuda = _fake_build(cache / "caffe-9b89154-cuda13.0-sm80-sm90", VERSION, {"version": "13.0"})
+    _fake_build(cache / "caffe-9b89154-cuda13.0-sm80-sm90-lean", VERSION, {"version": "13.0"})   # a bundle's
     assert realcaffe.cuda_prefixes() == [cuda]
     assert realcaffe.find_caffe(gpu=False).root == (cache / "caffe-9b89154").resolve()
     assert realcaffe.find_caffe(gpu=True).root == cuda.resolve()
@@ -363,6 +364,7 @@ def _bare_env(**extra):
     return {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), **extra}
 
 
+@pytest.mark.slow
 def test_bundle_size_and_libraries(bundle):
     from convnet_transfer.training import caffe_bundle
     info, top = bundle["info"], bundle["top"]
@@ -384,6 +386,7 @@ def test_bundle_size_and_libraries(bundle):
                 caffe_bundle._SYSTEM.match(name), (tool, name, path)
 
 
+@pytest.mark.slow
 def test_bundle_runs_with_the_machines_cuda_libraries(bundle, tmp_path):
     top = bundle["top"]
     env = _bare_env(CAFFE_CUDA_LIBS=str(bundle["cuda"]))
