@@ -63,6 +63,11 @@ def main(prefix, source, jobs, force, no_install, keep_build, debian_mirror, qui
             caffe_bundle.make_bundle(prefix, bundle, lambda line: click.echo(f"install_caffe: {line}"))
     except caffe_build.InstallError as err:
         raise click.ClickException(str(err)) from None
+    if bundle is not None:
+        click.echo(f"\nThe bundle is {bundle}. On the GPU machine: tar xJf {bundle.name}; then "
+                   f"{bundle.name.removesuffix('.tar.xz')}/bin/caffe-cuda-libs says which CUDA libraries its "
+                   f"bin/caffe will use (docs/realcaffe.md).")
+        return
     click.echo("\nReal Caffe is ready. To use it (the toolkit, tests, your shell), run or add to ~/.bashrc:")
     for line in realcaffe.env_lines(prefix):
         click.echo(f"  {line}")
