@@ -1,19 +1,23 @@
-"""tools/caffe_check: which real Caffe the toolkit finds, and whether pycaffe imports."""
+"""tools/caffe_check: which real Caffe the toolkit finds, whether pycaffe imports, and its CUDA build."""
 import subprocess
 import sys
 
 import click
 
-from convnet_transfer.training import realcaffe
+from convnet_transfer.training import caffe_cuda, realcaffe
 
 
 @click.command(help="""Say which real Caffe the toolkit finds ($CAFFE_ROOT, $CAFFE, `caffe` on PATH, or the
 default prefix of tools/install_caffe), its version and commit, whether pycaffe imports in this Python (with
-the numpy and protobuf versions), and which engine `auto` picks. Reads nothing else, writes nothing.
+the numpy and protobuf versions), and which engine `auto` picks. For a CUDA build (tools/install_caffe --cuda):
+its CUDA version, the GPU code it carries (SASS and PTX archs), cuDNN or not, the CUDA libraries it loads, and
+what `caffe device_query` sees (the GPU, or in one line why there is none). Reads nothing else, writes nothing.
 Exit status 1 when no working Caffe is found.""")
 @click.option("--no-python", is_flag=True, help="skip the pycaffe import check")
-def main(no_python):
-    found = realcaffe.find_caffe()
+@click.option("--gpu", "gpu", type=int, default=None,
+              help="look for the CUDA build first (as `--engine caffe` with GPUs does) and query this GPU id")
+def main(no_python, gpu):
+    found = realcaffe.find_caffe(True if gpu is not None else None)
     if found is None:
         click.echo("caffe_check: no real Caffe found (looked at $CAFFE_ROOT, $CAFFE, PATH, "
                    f"{realcaffe.default_prefix()}). Build one with tools/install_caffe.")
@@ -35,20 +39,50 @@ def main(no_python):
         click.echo(f"built:   {info.get('built')} for Python {info.get('python', {}).get('version')} "
                    f"({info.get('python', {}).get('executable')})")
     click.echo("tools:   " + ", ".join(t for t in realcaffe.TOOLS if _has(found, t)))
+    _report_cuda(found, gpu or 0)
     if not no_python:
         # In a child process: a broken _caffe.so may crash the interpreter, not just raise.
         code = ("import sys, numpy, google.protobuf as p; from convnet_transfer.training import realcaffe; "
-                "c = realcaffe.find_caffe().import_pycaffe(); from caffe.proto import caffe_pb2; "
+                "c = realcaffe.find_caffe(sys.argv[1] == 'gpu' or None).import_pycaffe(); "
+                "from caffe.proto import caffe_pb2; "
                 "from convnet_transfer.formats import caffe_pb2 as ours; "
                 "print(f'{c.__file__} (numpy {numpy.__version__}, protobuf {p.__version__}, '"
                 "f'with our convnet_transfer.formats.caffe_pb2 in the same process)')")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-c", code, "gpu" if gpu is not None else "auto"],
+                              capture_output=True, text=True)
         if proc.returncode == 0:
             click.echo(f"pycaffe: imports: {proc.stdout.strip()}")
         else:
             click.echo(f"pycaffe: does NOT import in {sys.executable}:\n{(proc.stderr or proc.stdout)[-1500:]}")
             sys.exit(1)
-    click.echo(f"engine 'auto' runs: {' '.join(realcaffe.caffe_command('auto'))}")
+    click.echo(f"engine 'auto'{' with a GPU' if gpu is not None else ''} runs: "
+               f"{' '.join(realcaffe.caffe_command('auto', True if gpu is not None else None))}")
+
+
+def _report_cuda(found, gpu):
+    """The CUDA lines: the build's GPU code and libraries, and the device it sees; for a CPU build, the CUDA
+    builds in the cache."""
+    cuda = dict(found.cuda)
+    libs = cuda.get("libraries") or caffe_cuda.linked_libraries(found.caffe, found.env())
+    if not cuda and not any(name.startswith("libcudart") for name in libs):
+        others = realcaffe.cuda_prefixes()
+        click.echo("CUDA:    none (a CPU-only build)" + (f"; CUDA builds in the cache: {', '.join(map(str, others))}"
+                                                        f" (taken when a GPU is asked for)" if others else
+                                                        "; build one with tools/install_caffe --cuda"))
+        return
+    if not cuda.get("sass"):
+        cuobjdump = caffe_cuda.cuobjdump_path(found.root)
+        library = next(iter(sorted((found.root / "lib").glob("libcaffe.so.*"))), None)
+        if cuobjdump and library:
+            cuda.update(caffe_cuda.gpu_code(library, cuobjdump))
+    code = " ".join(cuda.get("sass", []) + cuda.get("ptx", [])) or "unknown (no cuobjdump here)"
+    cudnn = {True: "with cuDNN", False: "no cuDNN"}.get(cuda.get("cudnn"), "cuDNN unknown")
+    click.echo(f"CUDA:    {cuda.get('version', 'build')}; GPU code {code}; {cudnn}; toolkit: "
+               f"{cuda.get('toolkit', 'not built by tools/install_caffe')}")
+    live = caffe_cuda.linked_libraries(found.caffe, found.env())
+    click.echo("  libs:  " + ", ".join(f"{k} => {v}" for k, v in sorted(live.items())))
+    query = realcaffe.device_query(found, gpu)
+    click.echo(f"device:  {query.message}")
 
 
 def _has(found, tool):

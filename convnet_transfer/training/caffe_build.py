@@ -25,10 +25,10 @@ import tarfile
 import time
 from pathlib import Path
 
-from .realcaffe import CAFFE_COMMIT, INFO_FILE, default_prefix, inspect_caffe
+from .realcaffe import CAFFE_COMMIT, INFO_FILE, builds_dir, default_prefix, inspect_caffe
 
-__all__ = ["DEBIAN_SOURCE", "APT_PACKAGES", "PYTHON_PACKAGES", "FIXES", "InstallError", "install_caffe", "is_built",
-           "apply_fixes"]
+__all__ = ["DEBIAN_SOURCE", "APT_PACKAGES", "PYTHON_PACKAGES", "FIXES", "Fix", "InstallError", "install_caffe",
+           "is_built", "apply_fixes", "cmake_command"]
 
 DEBIAN_SOURCE = {
     "suite": "bullseye",
@@ -220,10 +220,11 @@ def unpack_source(source: Path, dest: Path) -> Path:
     return dest
 
 
-def apply_fixes(tree: Path) -> list[str]:
-    """Make the compatibility edits (FIXES); each must match (else Caffe's source is not the expected one)."""
+def apply_fixes(tree: Path, fixes: tuple[Fix, ...] = FIXES) -> list[str]:
+    """Make the compatibility edits (FIXES, or `fixes`); each must match (else Caffe's source is not the
+    expected one)."""
     done = []
-    for fix in FIXES:
+    for fix in fixes:
         hits = 0
         for rel in fix.files:
             path = tree / rel
@@ -300,15 +301,23 @@ def is_built(prefix: Path, python: str | None = None) -> bool:
 
 def install_caffe(prefix: Path | str | None = None, *, python: str | None = None, source: Path | None = None,
                   jobs: int | None = None, force: bool = False, install_deps: bool = True,
-                  keep_build: bool = False, debian_mirror: str | None = None, progress: bool = True) -> Path:
+                  keep_build: bool = False, debian_mirror: str | None = None, progress: bool = True,
+                  cuda=None) -> Path:
     """Build CPU-only BVLC Caffe with pycaffe for `python` into `prefix` (a no-op when already built).
 
     Steps: Debian build packages (apt-get when root, else the exact command to run), the source (apt-get
     source, or `source`: a tarball or directory), the compatibility FIXES, CMake + make -j, make install,
     pycaffe's Python needs (six, scipy, scikit-image) into `python`, checks. Writes <prefix>/build.log and,
     last, <prefix>/BUILD_INFO.json. Returns the prefix.
+
+    cuda: a caffe_cuda.CudaSpec to build for NVIDIA GPUs instead (the toolkit from PyPI's wheels into
+    <prefix>/cuda, or spec.root; CUDA_FIXES too; default prefix named after the CUDA version and archs).
     """
-    prefix = Path(prefix or default_prefix()).expanduser().resolve()
+    if cuda is not None and cuda.root is not None:
+        from .caffe_cuda import toolkit_version
+        cuda = dataclasses.replace(cuda, version=toolkit_version(cuda.root))
+    default = default_prefix() if cuda is None else builds_dir() / cuda.prefix_name
+    prefix = Path(prefix or default).expanduser().resolve()
     python = python or sys.executable
     if not force and is_built(prefix, python):
         _say(f"Caffe is already built in {prefix} (use --force to build again)")
@@ -324,10 +333,26 @@ def install_caffe(prefix: Path | str | None = None, *, python: str | None = None
             if not force and is_built(prefix, python):
                 _say(f"Caffe is built in {prefix}")
                 return prefix
-        return _build(prefix, python, source, jobs, install_deps, keep_build, debian_mirror, progress)
+        return _build(prefix, python, source, jobs, install_deps, keep_build, debian_mirror, progress, cuda)
 
 
-def _build(prefix, python, source, jobs, install_deps, keep_build, debian_mirror, progress) -> Path:
+def cmake_command(tree: Path, prefix: Path, facts: dict, cuda_options: list[str] | None = None) -> list[str]:
+    """The CMake command line: CPU only (CPU_ONLY=ON), or with `cuda_options` (caffe_cuda.cmake_options) in its
+    place; OpenBLAS, pycaffe for the Python described by `facts` (_python_facts)."""
+    cmake = ["cmake", str(tree), "-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_INSTALL_PREFIX={prefix}",
+             "-DCPU_ONLY=ON", "-DUSE_CUDNN=OFF", "-DUSE_NCCL=OFF", "-DBLAS=Open", "-DBUILD_docs=OFF",
+             "-DBUILD_matlab=OFF", "-DBUILD_python=ON", "-DBUILD_python_layer=ON", "-Dpython_version=3",
+             f"-DPYTHON_EXECUTABLE={facts['executable']}", f"-DPYTHON_INCLUDE_DIR={facts['include']}",
+             f"-DNUMPY_INCLUDE_DIR={facts['numpy_include']}", "-Wno-dev"]
+    if facts["shared"] and facts["libdir"] and facts["ldlibrary"]:
+        cmake.append(f"-DPYTHON_LIBRARY={Path(facts['libdir']) / facts['ldlibrary']}")
+    if cuda_options:
+        cmake.remove("-DCPU_ONLY=ON")
+        cmake.extend(cuda_options)
+    return cmake
+
+
+def _build(prefix, python, source, jobs, install_deps, keep_build, debian_mirror, progress, cuda=None) -> Path:
     started = time.time()
     ensure_apt_packages(install=install_deps)
     facts = _python_facts(python)
@@ -337,57 +362,93 @@ def _build(prefix, python, source, jobs, install_deps, keep_build, debian_mirror
     work = prefix / ".build"
     work.mkdir(exist_ok=True)
     log_path = prefix / LOG_FILE
+    cuda_info = None
     with open(log_path, "w", buffering=1) as log:   # line-buffered: the log is readable while building
         try:
+            cuda_info = _cuda_toolkit(prefix, work, cuda, python) if cuda is not None else None
             tarball = Path(source).expanduser() if source else download_source(work / "download", debian_mirror)
             _say(f"unpacking {tarball}")
             tree = unpack_source(tarball, work / "src")
-            for line in apply_fixes(tree):
+            for line in apply_fixes(tree) + (_cuda_fixes(tree) if cuda is not None else []):
                 _say(f"  fixed: {line}")
                 log.write(f"fix: {line}\n")
-            build = work / "build"
-            shutil.rmtree(build, ignore_errors=True)
-            build.mkdir()
-            cmake = ["cmake", str(tree), "-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_INSTALL_PREFIX={prefix}",
-                     "-DCPU_ONLY=ON", "-DUSE_CUDNN=OFF", "-DUSE_NCCL=OFF", "-DBLAS=Open", "-DBUILD_docs=OFF",
-                     "-DBUILD_matlab=OFF", "-DBUILD_python=ON", "-DBUILD_python_layer=ON", "-Dpython_version=3",
-                     f"-DPYTHON_EXECUTABLE={facts['executable']}", f"-DPYTHON_INCLUDE_DIR={facts['include']}",
-                     f"-DNUMPY_INCLUDE_DIR={facts['numpy_include']}", "-Wno-dev"]
-            if facts["shared"] and facts["libdir"] and facts["ldlibrary"]:
-                cmake.append(f"-DPYTHON_LIBRARY={Path(facts['libdir']) / facts['ldlibrary']}")
-            _say("configuring with CMake (CPU_ONLY, OpenBLAS, pycaffe)")
-            _run_logged(cmake, build, log, "CMake configuration")
-            jobs = jobs or os.cpu_count() or 1
-            _say(f"compiling with make -j{jobs} (a few minutes; log: {log_path})")
-            _run_logged(["make", f"-j{jobs}"], build, log, "compilation (make)", _progress_bar(progress))
-            _say("installing into the prefix")
-            _run_logged(["make", "install"], build, log, "make install")
-            # the schema beside pycaffe's generated code: to read, and to regenerate caffe_pb2.py from
-            shutil.copy2(tree / "src" / "caffe" / "proto" / "caffe.proto", prefix / "python" / "caffe" / "proto")
-            # Caffe's own log parser (tools/extra), which `make install` leaves out: tests read our logs with it
-            (prefix / "tools" / "extra").mkdir(parents=True, exist_ok=True)
-            for name in ("parse_log.py", "extract_seconds.py"):
-                shutil.copy2(tree / "tools" / "extra" / name, prefix / "tools" / "extra" / name)
-            keep_source_prototxts(tree, prefix)
+            _compile_install(tree, work, prefix, facts, jobs, log, log_path, progress, cuda_info)
         except InstallError as err:
             log.flush()
             raise InstallError(f"{err}. Last lines of {log_path}:\n{_tail(log_path)}\n\nRead the whole log: "
                                f"{log_path}") from None
-    ensure_python_packages(python, install=install_deps)
-    proto = check_pycaffe_proto(prefix, python)
+    lean = cuda is not None and cuda.lean        # no pycaffe (a bundle's build)
+    if not lean:
+        ensure_python_packages(python, install=install_deps)
+    proto = check_pycaffe_proto(prefix, python) if not lean else None
     found = inspect_caffe(prefix)
     if not found.ok:
         raise InstallError(f"the build finished but caffe does not run: {found.problem}")
-    check_pycaffe(prefix, python)
+    if not lean:
+        check_pycaffe(prefix, python)
     info = {"commit": CAFFE_COMMIT, "source": dict(DEBIAN_SOURCE) if not source else {"path": str(source)},
             "fixes": [f.why for f in FIXES], "python": facts, "caffe_pb2": proto, "version": found.version,
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_seconds": round(time.time() - started)}
+    if cuda is not None:
+        from . import caffe_cuda
+        info["fixes"] += [f.why for f in caffe_cuda.CUDA_FIXES]
+        info["cuda"] = caffe_cuda.check_build(prefix, cuda, cuda_info, _say)
     (prefix / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     if not keep_build:
         shutil.rmtree(work, ignore_errors=True)
-    _say(f"done in {time.time() - started:.0f} s: {found.version}, pycaffe imports")
+    _say(f"done in {time.time() - started:.0f} s: {found.version}, {'no pycaffe' if lean else 'pycaffe imports'}")
     return prefix
+
+
+def _cuda_toolkit(prefix: Path, work: Path, cuda, python: str) -> dict:
+    """The CUDA toolkit to build with: cuda.root, else PyPI's wheels unpacked into <prefix>/cuda."""
+    from . import caffe_cuda
+    if cuda.root is not None:
+        return {"spec": cuda, "root": str(Path(cuda.root).resolve()), "from": "an installed toolkit",
+                "download_bytes": 0}
+    root = prefix / caffe_cuda.CUDA_DIR
+    size = caffe_cuda.fetch_toolkit(root, work / "wheels", cuda, python, _say)
+    _say(f"CUDA {caffe_cuda.toolkit_version(root)} toolkit unpacked into {root} ({size / 1e6:.0f} MB of wheels)")
+    return {"spec": cuda, "root": str(root), "from": "PyPI wheels",
+            "wheels": dict(caffe_cuda.CUDA_WHEELS[cuda.version]), "download_bytes": size}
+
+
+def _cuda_fixes(tree: Path) -> list[str]:
+    from .caffe_cuda import CUDA_FIXES
+    return apply_fixes(tree, CUDA_FIXES)
+
+
+def _compile_install(tree, work, prefix, facts, jobs, log, log_path, progress, cuda_info) -> None:
+    """CMake, make -j, make install, and the extras install_caffe keeps in the prefix."""
+    build = work / "build"
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir()
+    if cuda_info is None:
+        cmake = cmake_command(tree, prefix, facts)
+        _say("configuring with CMake (CPU_ONLY, OpenBLAS, pycaffe)")
+    else:
+        from . import caffe_cuda
+        spec = cuda_info["spec"]
+        cmake = cmake_command(tree, prefix, facts, caffe_cuda.cmake_options(spec, Path(cuda_info["root"])))
+        _say(f"configuring with CMake (CUDA {spec.version}, sm_{' sm_'.join(spec.sass)} + PTX "
+             f"compute_{' compute_'.join(spec.ptx)}, no cuDNN, OpenBLAS, "
+             f"{'no OpenCV, no pycaffe' if spec.lean else 'pycaffe'})")
+    _run_logged(cmake, build, log, "CMake configuration")
+    jobs = jobs or os.cpu_count() or 1
+    minutes = "a few minutes" if cuda_info is None else "about 15 minutes on 2 cores"
+    _say(f"compiling with make -j{jobs} ({minutes}; log: {log_path})")
+    _run_logged(["make", f"-j{jobs}"], build, log, "compilation (make)", _progress_bar(progress))
+    _say("installing into the prefix")
+    _run_logged(["make", "install"], build, log, "make install")
+    # the schema beside pycaffe's generated code: to read, and to regenerate caffe_pb2.py from
+    if (prefix / "python" / "caffe" / "proto").is_dir():
+        shutil.copy2(tree / "src" / "caffe" / "proto" / "caffe.proto", prefix / "python" / "caffe" / "proto")
+    # Caffe's own log parser (tools/extra), which `make install` leaves out: tests read our logs with it
+    (prefix / "tools" / "extra").mkdir(parents=True, exist_ok=True)
+    for name in ("parse_log.py", "extract_seconds.py"):
+        shutil.copy2(tree / "tools" / "extra" / name, prefix / "tools" / "extra" / name)
+    keep_source_prototxts(tree, prefix)
 
 
 def _progress_bar(enabled: bool):

@@ -8,6 +8,8 @@ write the same files. This module answers "which one, and how do I call it":
     resolve_engine(engine="auto")           that argv prefix and the CaffeInstall it runs (None: our engine)
     env_lines(prefix)                       the shell lines that make a build the one used
     default_prefix()                        where tools/install_caffe builds (caffe_build.install_caffe)
+    cuda_prefixes()                         the CUDA builds of `tools/install_caffe --cuda` in the cache
+    device_query(found, gpu)                `caffe device_query -gpu N` in one line: the GPU, or why there is none
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,7 +28,8 @@ from convnet_transfer import resources
 
 __all__ = [
     "CAFFE_COMMIT", "PREFIX_ENV", "INFO_FILE", "TOOLS", "CaffeInstall", "CaffeNotFound",
-    "find_caffe", "inspect_caffe", "caffe_command", "resolve_engine", "env_lines", "default_prefix",
+    "find_caffe", "inspect_caffe", "caffe_command", "resolve_engine", "env_lines", "default_prefix", "cache_dir",
+    "builds_dir", "cuda_prefixes", "gpu_driver_present", "device_query", "DeviceQuery",
 ]
 
 # BVLC Caffe's final master (2020), the one tools/install_caffe builds; the default prefix is named after it.
@@ -46,8 +50,31 @@ def default_prefix() -> Path:
     """Where `tools/install_caffe` builds by default: $CONVNET_TRANSFER_CAFFE_PREFIX or the user's cache."""
     if os.environ.get(PREFIX_ENV):
         return Path(os.environ[PREFIX_ENV]).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "convnet_transfer" / f"caffe-{CAFFE_COMMIT[:7]}"
+    return cache_dir() / f"caffe-{CAFFE_COMMIT[:7]}"
+
+
+def cache_dir() -> Path:
+    """The user's cache folder of the toolkit ($XDG_CACHE_HOME or ~/.cache, then convnet_transfer)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "convnet_transfer"
+
+
+def builds_dir() -> Path:
+    """Where the CUDA builds of `tools/install_caffe --cuda` go: beside the default prefix (its folder)."""
+    return default_prefix().expanduser().parent
+
+
+def cuda_prefixes() -> list[Path]:
+    """The finished CUDA builds of `tools/install_caffe --cuda` in builds_dir() (caffe-9b89154-cuda<version>-sm<..>),
+    newest CUDA first; not the lean ones that bundles are packed from (no OpenCV, no pycaffe)."""
+    built = [p for p in builds_dir().glob(f"caffe-{CAFFE_COMMIT[:7]}-cuda*")
+             if (p / INFO_FILE).is_file() and _binary_in(p) and not p.name.endswith("-lean")]
+    return sorted(built, key=lambda p: [int(x) for x in re.findall(r"\d+", p.name.split("-cuda", 1)[1])[:2]],
+                  reverse=True)
+
+
+def gpu_driver_present() -> bool:
+    """Whether this machine has an NVIDIA driver loaded (/proc/driver/nvidia, /dev/nvidia0)."""
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
 
 
 @dataclasses.dataclass
@@ -113,6 +140,11 @@ class CaffeInstall:
             raise CaffeNotFound(f"`import caffe` found {where}, not the pycaffe of {self.root}; "
                                 f"remove the other one from PYTHONPATH/sys.path")
         return caffe
+
+    @property
+    def cuda(self) -> dict:
+        """What BUILD_INFO.json says of a CUDA build (version, sass, ptx, cudnn, libraries); {} for a CPU build."""
+        return self.info.get("cuda") or {}
 
     def describe(self) -> str:
         commit = self.info.get("commit", "")
@@ -187,13 +219,14 @@ def _probe(binary: str, mtime_ns: int, env: tuple) -> tuple[str, str]:
     return next(line.strip() for line in out.splitlines() if "caffe version" in line.lower()), ""
 
 
-def find_caffe() -> CaffeInstall | None:
+def find_caffe(gpu: bool | None = None) -> CaffeInstall | None:
     """The real Caffe this machine has, or None.
 
     Looked for in order: $CAFFE_ROOT (an install prefix or a built source tree), $CAFFE (the `caffe` binary,
     as train.sh uses it; ignored when it names our own engine or another script), `caffe` on PATH, and
-    the default prefix of tools/install_caffe. The first one found is returned, `.ok` False with `.problem`
-    saying why when it does not run.
+    the default prefixes of tools/install_caffe: a CUDA build (cuda_prefixes()) first when `gpu` is True, or
+    None and this machine has an NVIDIA driver; else the CPU build (then a CUDA build, when it is the only one).
+    The first one found is returned, `.ok` False with `.problem` saying why when it does not run.
     """
     if os.environ.get("CAFFE_ROOT"):
         root = Path(os.environ["CAFFE_ROOT"]).expanduser()
@@ -207,25 +240,28 @@ def find_caffe() -> CaffeInstall | None:
     if on_path and _is_elf(Path(on_path).resolve()):
         binary = Path(on_path).resolve()
         return inspect_caffe(_root_of(binary), binary, "PATH")
-    prefix = default_prefix()
-    if _binary_in(prefix):
-        return inspect_caffe(prefix, None, "default prefix")
+    prefixes = [default_prefix(), *cuda_prefixes()]
+    if gpu or (gpu is None and gpu_driver_present()):
+        prefixes = prefixes[1:] + prefixes[:1]
+    for prefix in prefixes:
+        if _binary_in(prefix):
+            return inspect_caffe(prefix, None, "default prefix")
     return None
 
 
-def caffe_command(engine: str = "auto") -> list[str]:
+def caffe_command(engine: str = "auto", gpu: bool | None = None) -> list[str]:
     """The argv prefix that runs `caffe` (train/test/time ...): see resolve_engine."""
-    return resolve_engine(engine)[0]
+    return resolve_engine(engine, gpu)[0]
 
 
-def resolve_engine(engine: str = "auto") -> tuple[list[str], CaffeInstall | None]:
+def resolve_engine(engine: str = "auto", gpu: bool | None = None) -> tuple[list[str], CaffeInstall | None]:
     """(the argv prefix that runs `caffe`, the real Caffe it runs or None): engine "caffe" (real Caffe; raises
     CaffeNotFound when there is none), "torch" (our engine, caffe_torch) or "auto" (real Caffe when
-    find_caffe() finds a working one, else our engine). Run real Caffe with its `.env()`."""
+    find_caffe(gpu) finds a working one, else our engine). Run real Caffe with its `.env()`."""
     if engine not in ("auto", "caffe", "torch"):
         raise ValueError(f"engine must be 'auto', 'caffe' or 'torch', not {engine!r}")
     if engine in ("auto", "caffe"):
-        found = find_caffe()
+        found = find_caffe(gpu)
         if found is not None and found.ok:
             return [str(found.caffe)], found
         if engine == "caffe":
@@ -257,3 +293,38 @@ def env_lines(prefix: Path) -> list[str]:
             f"export PATH={shell_word(prefix / 'bin')}:$PATH "
             f"PYTHONPATH={shell_word(prefix / 'python')}${{PYTHONPATH:+:$PYTHONPATH}}"]
 
+
+
+@dataclasses.dataclass
+class DeviceQuery:
+    """`caffe device_query -gpu N`: ok (the GPU answered), message (one line: the device, or why none),
+    output (Caffe's whole output, glog's abort trace included)."""
+    ok: bool
+    message: str
+    output: str
+
+
+def device_query(found: CaffeInstall, gpu: int = 0, timeout: float = 120) -> DeviceQuery:
+    """Run `caffe device_query -gpu <gpu>` and say in one line what it found. Caffe itself aborts with glog's
+    stack trace when there is no usable GPU (CUDA_CHECK in Caffe::SetDevice); that becomes one line here: the
+    CUDA error it checked (e.g. "CUDA driver version is insufficient for CUDA runtime version": no NVIDIA
+    driver), or "CPU-only build"."""
+    try:
+        proc = subprocess.run([str(found.caffe), "device_query", "-gpu", str(gpu)], env=found.env(),
+                              capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return DeviceQuery(False, f"caffe device_query does not run: {err}", "")
+    out = proc.stdout + proc.stderr
+    fields = dict(re.findall(r"\]\s*(Name|Major revision number|Minor revision number|Total global memory):\s*(.*)",
+                             out))
+    if proc.returncode == 0 and "Name" in fields:
+        memory = int(fields.get("Total global memory", "0") or 0) / 2 ** 30
+        capability = f"{fields.get('Major revision number', '?')}.{fields.get('Minor revision number', '?')}"
+        return DeviceQuery(True, f"GPU {gpu}: {fields['Name'].strip()} (compute capability {capability}, "
+                                 f"{memory:.0f} GiB)", out)
+    if "CPU-only" in out or "Cannot use GPU in CPU-only Caffe" in out:
+        return DeviceQuery(False, "this Caffe is a CPU-only build (build one with tools/install_caffe --cuda)", out)
+    check = re.search(r"No usable GPU: (.+)", out) or re.search(r"Check failed: [^\n]*?\)\s+(.+)", out)
+    why = check.group(1).strip() if check else (out.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    hint = "" if gpu_driver_present() else " (this machine has no NVIDIA driver)"
+    return DeviceQuery(False, f"no usable GPU {gpu}: {why}{hint}", out)

@@ -1,0 +1,250 @@
+"""Real BVLC Caffe for NVIDIA GPUs (`tools/install_caffe --cuda`): the CUDA toolkit from PyPI's wheels, the CUDA
+edits to Caffe's source, the CMake options, and what a built CUDA Caffe holds (GPU code, CUDA libraries).
+
+    CudaSpec(version, sass, ptx, root)    what to build for; .prefix_name: caffe-9b89154-cuda13.0-sm80-sm90
+    fetch_toolkit(root, wheels, spec, python)   the toolkit's wheels (pip download) unpacked into one CUDA root
+    cmake_options(spec, root)             the CMake options of the CUDA build (added to the CPU build's)
+    CUDA_FIXES                            the edits CUDA 13 needs (applied by caffe_build.apply_fixes)
+    gpu_code(library, cuobjdump)          the SASS and PTX a library carries (cuobjdump --list-elf/--list-ptx)
+    linked_libraries(binary, env)         the CUDA libraries a binary loads (ldd)
+
+Why CUDA 13 from PyPI: NVIDIA's CUDA 12 compiler wheels (nvidia-cuda-nvcc-cu12, every version 12.4-12.9) hold only
+`ptxas`, not `nvcc`, `cicc`, `cudafe++` or `fatbinary`, so CUDA 12 cannot compile from PyPI; CUDA 13's wheels
+(nvidia-cuda-nvcc, nvidia-nvvm, nvidia-cuda-crt, ...) hold the whole compiler, no root or GPU needed. An installed
+CUDA 11.8+ toolkit (e.g. /usr/local/cuda-12.x) builds too: `--cuda-root`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+from .caffe_build import Fix, InstallError
+from .realcaffe import CAFFE_COMMIT
+
+__all__ = ["CUDA_WHEELS", "DEFAULT_CUDA", "DEFAULT_SASS", "DEFAULT_PTX", "CUDA_FIXES", "CUDA_DIR", "CudaSpec",
+           "fetch_toolkit", "assemble_toolkit", "toolkit_version", "cmake_options", "prune_toolkit", "gpu_code",
+           "linked_libraries", "cuobjdump_path", "check_build"]
+
+# The CUDA 13.0 toolkit as PyPI wheels (the release PyTorch's cu130 builds use, so a GPU machine's driver runs it),
+# each pinned; cuobjdump is a tool only (the first version on PyPI is 13.2). Wheels unpack under nvidia/cu13/.
+CUDA_WHEELS = {
+    "13.0": {
+        "nvidia-cuda-nvcc": "13.0.88", "nvidia-nvvm": "13.0.88", "nvidia-cuda-crt": "13.0.88",
+        "nvidia-cuda-runtime": "13.0.96", "nvidia-cublas": "13.0.2.14", "nvidia-curand": "10.4.0.35",
+        "nvidia-cuda-cccl": "13.0.85", "nvidia-cuda-cuobjdump": "13.2.51",
+    },
+}
+WHEEL_TOP = {"13.0": "nvidia/cu13/"}
+DEFAULT_CUDA = "13.0"
+DEFAULT_SASS = ("80", "90")      # Ampere (A100) and Hopper (H100, H200) machine code
+DEFAULT_PTX = ("90",)            # plus compute_90 PTX, which the driver compiles for newer GPUs (Blackwell)
+# A lean build (for a bundle): without OpenCV (whose Debian libraries, GDAL and GTK among them, would not fit),
+# without pycaffe; the later -D wins over the CPU build's -DBUILD_python=ON
+LEAN_OPTIONS = ["-DUSE_OPENCV=OFF", "-DBUILD_python=OFF", "-DBUILD_python_layer=OFF"]
+CUDA_DIR = "cuda"                # <prefix>/cuda: the toolkit unpacked from the wheels (its libraries stay there)
+
+
+def _attribute(field: str, attribute: str) -> Fix:
+    return Fix(f"CUDA 13 removed cudaDeviceProp::{field}: read it with cudaDeviceGetAttribute({attribute})",
+               ("src/caffe/common.cpp", "src/caffe/test/test_platform.cpp"),
+               rf"\b(?:prop|CAFFE_TEST_CUDA_PROP)\.{field}\b",
+               f"[] {{ int d = 0, v = 0; cudaGetDevice(&d); cudaDeviceGetAttribute(&v, {attribute}, d); return v; }}()")
+
+
+# Edits for the CUDA build (after caffe_build.FIXES); each also builds with CUDA 11-12.
+CUDA_FIXES = (
+    _attribute("clockRate", "cudaDevAttrClockRate"),
+    _attribute("deviceOverlap", "cudaDevAttrGpuOverlap"),
+    _attribute("kernelExecTimeoutEnabled", "cudaDevAttrKernelExecTimeout"),
+    Fix("CUDA 13 deprecates <math_functions.h> (an internal header): <cuda_runtime.h> declares the same",
+        ("src/caffe/util/math_functions.cu",), r"#include <math_functions.h>", "#include <cuda_runtime.h>"),
+    Fix("cmake/Cuda.cmake compares CUDA versions as strings (\"13.0\" < \"9.0\") and drops arch \"20\" from "
+        "inside \"120\": compare as versions, remove whole items", ("cmake/Cuda.cmake",),
+        r'string\(COMPARE LESS "\$\{CUDA_VERSION\}" "9\.0" iscudaolderthan90\)\n\s*if\(NOT iscudaolderthan90\)\n'
+        r'\s*string\(REPLACE "21\(20\)" "" __cuda_arch_bin "\$\{__cuda_arch_bin\}"\)\n'
+        r'\s*string\(REPLACE "20" "" __cuda_arch_bin "\$\{__cuda_arch_bin\}"\)\n\s*endif\(\)',
+        'if(NOT CUDA_VERSION VERSION_LESS "9.0")\n    list(REMOVE_ITEM __cuda_arch_bin "20" "21(20)")\n  endif()'),
+    # Two edits for machines without a GPU (a login node, CI); nothing changes where there is one.
+    Fix("without a GPU, a CPU solver aborted as the data layers' prefetch thread started (it asked the driver for "
+        "the current device in any mode): ask in GPU mode only", ("src/caffe/internal_thread.cpp",),
+        r"(CUDA_CHECK\(cudaGetDevice\(&device\)\);)", r"if (Caffe::mode() == Caffe::GPU) \1"),
+    Fix("... and the prefetch thread sets its device in GPU mode only", ("src/caffe/internal_thread.cpp",),
+        r"(CUDA_CHECK\(cudaSetDevice\(device\)\);)", r"if (mode == Caffe::GPU) \1"),
+    Fix("without a GPU, `caffe device_query` aborted with glog's stack trace: it says why in one line and exits 1",
+        ("tools/caffe.cpp",), r'(int device_query\(\) \{\n  LOG\(INFO\) << "Querying GPUs " << FLAGS_gpu;\n)',
+        r'\1  int count = 0;\n  cudaError_t error = cudaGetDeviceCount(&count);\n  if (error != cudaSuccess) {\n'
+        r'    LOG(ERROR) << "No usable GPU: " << cudaGetErrorString(error);\n    return 1;\n  }\n'),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class CudaSpec:
+    """A CUDA build: toolkit version, SASS archs ("80", "90"), PTX archs; `root`: an installed toolkit to use
+    instead of the wheels (its version is then nvcc's)."""
+    version: str = DEFAULT_CUDA
+    sass: tuple[str, ...] = DEFAULT_SASS
+    ptx: tuple[str, ...] = DEFAULT_PTX
+    root: Path | None = None
+    lean: bool = False           # no OpenCV, no pycaffe: what a relocatable bundle holds (caffe_bundle)
+
+    @property
+    def prefix_name(self) -> str:
+        return (f"caffe-{CAFFE_COMMIT[:7]}-cuda{self.version}-" + "-".join(f"sm{a}" for a in self.sass)
+                + ("-lean" if self.lean else ""))
+
+    @property
+    def wheels(self) -> list[str]:
+        if self.version not in CUDA_WHEELS:
+            raise InstallError(f"no CUDA {self.version} wheels known (PyPI's CUDA wheels that hold a whole compiler: "
+                               f"{', '.join(CUDA_WHEELS)}); pass --cuda-root with an installed CUDA toolkit instead")
+        return [f"{name}=={version}" for name, version in CUDA_WHEELS[self.version].items()]
+
+
+def fetch_toolkit(root: Path, wheels: Path, spec: CudaSpec, python: str, say=print) -> int:
+    """Download the toolkit's wheels with `python -m pip download` (PyPI, or the index pip is set up with) into
+    `wheels` and unpack them into the CUDA root `root`; returns the bytes downloaded."""
+    wheels.mkdir(parents=True, exist_ok=True)
+    cmd = [python, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(wheels), *spec.wheels]
+    say(f"downloading the CUDA {spec.version} toolkit from PyPI ({len(spec.wheels)} wheels, about 590 MB)")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise InstallError(f"`{' '.join(cmd)}` failed:\n{(proc.stdout + proc.stderr)[-1500:]}")
+    files = sorted(wheels.glob("*.whl"))
+    size = sum(f.stat().st_size for f in files)
+    assemble_toolkit(files, root, WHEEL_TOP[spec.version])
+    return size
+
+
+def assemble_toolkit(wheels: list[Path], root: Path, top: str) -> Path:
+    """Unpack the wheels' `top` folders (nvidia/cu13/) into one CUDA root laid out as NVIDIA's installers do
+    (bin/nvcc, nvvm/, include/, lib/ + lib64 and targets/x86_64-linux/ links, libX.so links for CMake)."""
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as z:
+            for item in z.infolist():
+                if not item.filename.startswith(top) or item.is_dir():
+                    continue
+                target = root / item.filename[len(top):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with z.open(item) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+                mode = (item.external_attr >> 16) & 0o777
+                if mode:
+                    target.chmod(mode)
+    if not (root / "bin" / "nvcc").is_file():
+        raise InstallError(f"the CUDA wheels left no bin/nvcc in {root}")
+    (root / "lib64").symlink_to("lib")
+    (root / "targets" / "x86_64-linux").mkdir(parents=True)
+    for name in ("include", "lib"):
+        (root / "targets" / "x86_64-linux" / name).symlink_to(Path("..") / ".." / name)
+    for versioned in sorted((root / "lib").glob("lib*.so.*")):
+        plain = versioned.parent / (versioned.name.split(".so.")[0] + ".so")
+        if not plain.exists():
+            plain.symlink_to(versioned.name)
+    return root
+
+
+def toolkit_version(root: Path) -> str:
+    """"13.0" from `<root>/bin/nvcc --version`."""
+    nvcc = Path(root) / "bin" / "nvcc"
+    try:
+        out = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, timeout=60).stdout
+    except OSError as err:
+        raise InstallError(f"{nvcc} does not run: {err}") from None
+    m = re.search(r"release (\d+\.\d+)", out)
+    if not m:
+        raise InstallError(f"{nvcc} --version does not say its release:\n{out[-500:]}")
+    return m.group(1)
+
+
+def cmake_options(spec: CudaSpec, root: Path) -> list[str]:
+    """The CMake options of the CUDA build: Caffe's FindCUDA pointed at `root`, the shared CUDA runtime (the
+    libraries the binaries load are the toolkit's, found through the rpath), exactly the archs asked for."""
+    return ["-DCPU_ONLY=OFF", f"-DCUDA_TOOLKIT_ROOT_DIR={root}", "-DCUDA_USE_STATIC_CUDA_RUNTIME=OFF",
+            "-DCUDA_ARCH_NAME=Manual", f"-DCUDA_ARCH_BIN={' '.join(spec.sass)}",
+            f"-DCUDA_ARCH_PTX={' '.join(spec.ptx)}"] + (LEAN_OPTIONS if spec.lean else [])
+
+
+def prune_toolkit(root: Path) -> None:
+    """After the build, keep only what the binaries load (lib/*.so*) and cuobjdump: the compiler, headers and
+    static libraries go (about 330 MB)."""
+    for name in ("include", "nvvm", "targets", ".metadata"):
+        path = root / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    for path in (root / "bin").glob("*"):
+        if path.name != "cuobjdump":
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    for path in list((root / "lib").glob("*.a")) + list((root / "lib").glob("libnv*")) + [root / "lib" / "cmake"]:
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def gpu_code(library: Path, cuobjdump: Path | str) -> dict:
+    """{"sass": ["sm_80", "sm_90"], "ptx": ["compute_90"]}: the GPU code in `library`'s fat binaries."""
+    found = {}
+    for key, flag, prefix in (("sass", "--list-elf", "sm_"), ("ptx", "--list-ptx", "compute_")):
+        proc = subprocess.run([str(cuobjdump), flag, str(library)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise InstallError(f"`{cuobjdump} {flag} {library}` failed: {(proc.stderr or proc.stdout)[-500:]}")
+        archs = {int(a) for a in re.findall(r"\.sm_(\d+)[a-z]?\.(?:cubin|ptx)", proc.stdout)}
+        found[key] = [f"{prefix}{a}" for a in sorted(archs)]
+    return found
+
+
+def linked_libraries(binary: Path, env: dict | None = None) -> dict[str, str]:
+    """{soname: resolved path} of the CUDA libraries `binary` loads (ldd): libcudart, libcublas(Lt), libcurand,
+    libcudnn; "not found" when ldd cannot resolve one."""
+    proc = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, env=env)
+    libs = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"\s*(lib(?:cudart|cublas|cublasLt|curand|cudnn)\S*)\s+=>\s+(\S+(?: found)?)", line)
+        if m:
+            libs[m.group(1)] = m.group(2) if m.group(2) != "not found" else "not found"
+    return libs
+
+
+def cuobjdump_path(prefix: Path) -> Path | None:
+    """The cuobjdump kept in a CUDA build's prefix, else the one on PATH."""
+    kept = Path(prefix) / CUDA_DIR / "bin" / "cuobjdump"
+    if kept.is_file() and os.access(kept, os.X_OK):
+        return kept
+    return Path(shutil.which("cuobjdump")) if shutil.which("cuobjdump") else None
+
+
+def check_build(prefix: Path, spec: CudaSpec, toolkit: dict, say=print) -> dict:
+    """Check a finished CUDA build (the GPU code asked for is in libcaffe, `caffe` loads the CUDA libraries), drop
+    the wheels' compiler, and return what BUILD_INFO.json records under "cuda"."""
+    from . import realcaffe
+    library = next((p for p in sorted((prefix / "lib").glob("libcaffe.so*")) if not p.is_symlink()), None)
+    cuobjdump = cuobjdump_path(prefix) or Path(toolkit["root"]) / "bin" / "cuobjdump"
+    if library is None:
+        raise InstallError(f"the build left no libcaffe.so in {prefix / 'lib'}")
+    code = gpu_code(library, cuobjdump)
+    missing = [f"sm_{a}" for a in spec.sass if f"sm_{a}" not in code["sass"]] + \
+              [f"compute_{a}" for a in spec.ptx if f"compute_{a}" not in code["ptx"]]
+    if missing:
+        raise InstallError(f"{library} lacks GPU code for {', '.join(missing)} (cuobjdump finds {code})")
+    if toolkit["from"] == "PyPI wheels":
+        prune_toolkit(Path(toolkit["root"]))
+    libs = linked_libraries(prefix / "bin" / "caffe")
+    unresolved = [n for n in ("libcudart", "libcublas", "libcurand")
+                  if not any(k.startswith(n + ".") and v != "not found" for k, v in libs.items())]
+    if unresolved:
+        raise InstallError(f"{prefix / 'bin' / 'caffe'} does not find {', '.join(unresolved)} (ldd: {libs})")
+    query = realcaffe.device_query(realcaffe.inspect_caffe(prefix))
+    say(f"GPU code: {' '.join(code['sass'] + code['ptx'])}; CUDA libraries: "
+        f"{', '.join(sorted(libs))}; device_query here: {query.message}")
+    info = {"version": spec.version, "sass": code["sass"], "ptx": code["ptx"], "cudnn": False,
+            "toolkit": toolkit["from"], "root": toolkit["root"], "libraries": libs,
+            "download_bytes": toolkit["download_bytes"]}
+    if "wheels" in toolkit:
+        info["wheels"] = toolkit["wheels"]
+    return info
