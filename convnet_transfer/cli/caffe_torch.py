@@ -126,7 +126,9 @@ def run_command(command: str, flags: dict[str, str]) -> int:
         glog.error("caffe.cpp:82", f"Unknown action: {command}")
         return EXIT_ERROR
     from convnet_transfer.training.engine import train as engine
-    engine.keep_freed_memory()
+    from convnet_transfer.training.engine.layers import conv_gradients
+    if conv_gradients.SUMS != "caffe":      # with Caffe's sums the setting made training 5x slower (docs/engine.md)
+        engine.keep_freed_memory()
     try:
         return _engine_command(engine, command, flags)
     except Diverged as err:
