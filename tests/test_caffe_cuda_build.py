@@ -297,29 +297,10 @@ def test_caffe_check_reports_the_cuda_build(cuda_build):
     assert "Check failure stack trace" not in proc.stdout and device.count("\n") == 0
 
 
-TINY_NET = """
-name: "tiny"
-layer { name: "data" type: "Data" top: "data" top: "label"
-        transform_param { scale: 0.00390625 }
-        data_param { source: "train_lmdb" backend: LMDB batch_size: 4 } }
-layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
-        inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }
-layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
-"""
-TINY_SOLVER = """
-net: "net.prototxt"
-base_lr: 0.1 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed"
-display: 1 max_iter: 5 snapshot_prefix: "snap/tiny" solver_mode: CPU random_seed: 1
-"""
-
-
 def _train_tiny(found, folder: Path, env: dict | None = None) -> bytes:
-    from test_realcaffe import _tiny_lmdb
+    from test_realcaffe import write_tiny_training
     folder.mkdir()
-    _tiny_lmdb(folder / "train_lmdb")
-    (folder / "net.prototxt").write_text(TINY_NET)
-    (folder / "solver.prototxt").write_text(TINY_SOLVER)
-    (folder / "snap").mkdir()
+    write_tiny_training(folder)
     proc = subprocess.run([str(found.caffe), "train", "-solver", "solver.prototxt"], cwd=folder, env=env or found.env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "Optimization Done." in proc.stderr + proc.stdout, proc.stderr[-3000:]

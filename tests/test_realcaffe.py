@@ -191,10 +191,7 @@ def _tiny_lmdb(path, n=16, shape=(1, 4, 4)):
             txn.put(f"{i:08d}".encode(), datum.SerializeToString())
 
 
-@pytest.mark.slow
-def test_caffe_trains_a_tiny_net(real_caffe, tmp_path):
-    _tiny_lmdb(tmp_path / "train_lmdb")
-    (tmp_path / "net.prototxt").write_text("""
+TINY_NET = """
 name: "tiny"
 layer { name: "data" type: "Data" top: "data" top: "label"
         transform_param { scale: 0.00390625 }
@@ -202,13 +199,26 @@ layer { name: "data" type: "Data" top: "data" top: "label"
 layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
         inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
-""")
-    (tmp_path / "solver.prototxt").write_text("""
+"""
+TINY_SOLVER = """
 net: "net.prototxt"
 base_lr: 0.1 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed"
 display: 1 max_iter: 5 snapshot_prefix: "snap/tiny" solver_mode: CPU random_seed: 1
-""")
-    (tmp_path / "snap").mkdir()
+"""
+
+
+def write_tiny_training(folder) -> None:
+    """A 5-iteration CPU training in `folder`: train_lmdb, net.prototxt, solver.prototxt, snap/ (snapshots
+    snap/tiny_iter_5.*); also used by tests/test_caffe_cuda_build.py."""
+    _tiny_lmdb(folder / "train_lmdb")
+    (folder / "net.prototxt").write_text(TINY_NET)
+    (folder / "solver.prototxt").write_text(TINY_SOLVER)
+    (folder / "snap").mkdir()
+
+
+@pytest.mark.slow
+def test_caffe_trains_a_tiny_net(real_caffe, tmp_path):
+    write_tiny_training(tmp_path)
     proc = subprocess.run(realcaffe.caffe_command("caffe") + ["train", "-solver", "solver.prototxt"],
                           cwd=tmp_path, env=real_caffe.env(), capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
