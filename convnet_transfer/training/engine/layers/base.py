@@ -145,3 +145,25 @@ class Elementwise(Layer):
     def __init__(self, lp, bottom_shapes, ctx):
         super().__init__(lp, bottom_shapes, ctx)
         self.top_shapes = [tuple(bottom_shapes[0])]
+
+
+class _NoBackward(torch.autograd.Function):
+    """Identity on `top`; a gradient reaching it raises EngineError(message)."""
+
+    @staticmethod
+    def forward(ctx, top, bottom, message):
+        ctx.message = message
+        return top.view_as(top)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise EngineError(ctx.message)
+
+
+def refuse_backward(top: torch.Tensor, bottom: torch.Tensor, message: str) -> torch.Tensor:
+    """`top`, such that a backward pass through it raises EngineError(message) when `bottom` wants a gradient: a
+    layer whose Caffe Backward aborts when asked to propagate down to `bottom`, has no Backward at all (ArgMax,
+    Threshold), or computes what no one could want (in-place Log and Power)."""
+    if torch.is_grad_enabled() and bottom.requires_grad:
+        return _NoBackward.apply(top, bottom, message)
+    return top

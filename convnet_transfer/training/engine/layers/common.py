@@ -14,30 +14,9 @@ import torch.nn.functional as F
 
 from convnet_transfer.formats.protoio import pb
 from ..errors import EngineError
-from .base import Layer, canonical_axis, register
+from .base import Layer, canonical_axis, refuse_backward, register
 
 MANY = 1 << 30   # no upper bound on bottoms or tops
-
-
-class _NoBackward(torch.autograd.Function):
-    """Identity on `top`; a gradient reaching it raises EngineError(message)."""
-
-    @staticmethod
-    def forward(ctx, top, bottom, message):
-        ctx.message = message
-        return top.view_as(top)
-
-    @staticmethod
-    def backward(ctx, grad):
-        raise EngineError(ctx.message)
-
-
-def refuse_backward(top: torch.Tensor, bottom: torch.Tensor, message: str) -> torch.Tensor:
-    """`top`, such that a backward pass through it raises EngineError(message) when `bottom` wants a gradient: a
-    layer whose Caffe Backward aborts when asked to propagate down to `bottom` (or has no Backward at all)."""
-    if torch.is_grad_enabled() and bottom.requires_grad:
-        return _NoBackward.apply(top, bottom, message)
-    return top
 
 
 def _axis_or_legacy(param, legacy: str, n_axes: int, where: str) -> int:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from convnet_transfer.formats.protoio import pb
 from ..errors import EngineError
-from .base import Elementwise, Layer, register
+from .base import Elementwise, Layer, refuse_backward, register
 
 
 class _GivenBackward(torch.autograd.Function):
@@ -37,25 +37,6 @@ class _GivenBackward(torch.autograd.Function):
         return grad * derivative, None, None
 
 
-class _NoBackward(torch.autograd.Function):
-    """Identity forward whose backward is an EngineError with the given message (where Caffe aborts, or computes
-    what no one could want)."""
-
-    @staticmethod
-    def forward(ctx, bottom, top, message):
-        ctx.message = message
-        return top.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        raise EngineError(ctx.message)
-
-
-def no_backward(bottom: torch.Tensor, top: torch.Tensor, message: str) -> torch.Tensor:
-    """`top` (computed from `bottom`), whose backward pass raises EngineError(message)."""
-    return _NoBackward.apply(bottom, top.detach(), message)
-
-
 class Neuron(Elementwise):
     """A neuron layer. In place: `in_place_derivative(top)`, where defined, is Caffe's backward factor; where
     `in_place_refused` is set, a backward pass is refused with it."""
@@ -71,7 +52,7 @@ class Neuron(Elementwise):
         if not (self.in_place and x.requires_grad):
             return top
         if self.in_place_refused:
-            return no_backward(x, top, f"{self.where}: in place, {self.in_place_refused}; give it its own top")
+            return refuse_backward(top, x, f"{self.where}: in place, {self.in_place_refused}; give it its own top")
         if self.in_place_derivative is None:
             return top
         top = top.detach()
@@ -268,7 +249,7 @@ class ThresholdLayer(Neuron):
         top = (x > self.lp.threshold_param.threshold).to(x.dtype)
         if not x.requires_grad:
             return [top]
-        return [no_backward(x, top, f"{self.where}: Caffe has no backward for Threshold (Backward_cpu is "
+        return [refuse_backward(top, x, f"{self.where}: Caffe has no backward for Threshold (Backward_cpu is "
                                  f"NOT_IMPLEMENTED and aborts); keep it off the path to the loss")]
 
 
