@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
 
 from .caffe_build import InstallError
+from .caffe_cuda import ldd
 from .realcaffe import INFO_FILE
 
 __all__ = ["BUNDLE_TOOLS", "MAX_BYTES", "make_bundle", "dependencies", "cuda_libs_script", "wrapper_script"]
@@ -40,8 +40,7 @@ def dependencies(binaries: list[Path], env: dict | None = None) -> tuple[dict[st
     """({soname: resolved path} of the libraries to carry, [sonames of the CUDA libraries they need])."""
     carry, cuda = {}, set()
     for binary in binaries:
-        out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, env=env).stdout
-        for name, path in re.findall(r"^\s*(\S+)\s+=>\s+(.+?)(?:\s+\(0x[0-9a-f]+\))?$", out, re.M):
+        for name, path in ldd(binary, env).items():
             if _CUDA.match(name):
                 cuda.add(name)
             elif not _SYSTEM.match(name):

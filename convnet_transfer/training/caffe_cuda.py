@@ -6,6 +6,7 @@ edits to Caffe's source, the CMake options, and what a built CUDA Caffe holds (G
     cmake_options(spec, root)             the CMake options of the CUDA build (added to the CPU build's)
     CUDA_FIXES                            the edits CUDA 13 needs (applied by caffe_build.apply_fixes)
     gpu_code(library, cuobjdump)          the SASS and PTX a library carries (cuobjdump --list-elf/--list-ptx)
+    ldd(binary, env)                      every library a binary loads, as ldd resolves it
     linked_libraries(binary, env)         the CUDA libraries a binary loads (ldd)
 
 Why CUDA 13 from PyPI: NVIDIA's CUDA 12 compiler wheels (nvidia-cuda-nvcc-cu12, every version 12.4-12.9) hold only
@@ -28,7 +29,7 @@ from .realcaffe import CAFFE_COMMIT
 
 __all__ = ["CUDA_WHEELS", "DEFAULT_CUDA", "DEFAULT_SASS", "DEFAULT_PTX", "CUDA_FIXES", "CUDA_DIR", "CudaSpec",
            "fetch_toolkit", "assemble_toolkit", "toolkit_version", "cmake_options", "prune_toolkit", "gpu_code",
-           "linked_libraries", "cuobjdump_path", "check_build"]
+           "ldd", "linked_libraries", "cuobjdump_path", "check_build"]
 
 # The CUDA 13.0 toolkit as PyPI wheels (the release PyTorch's cu130 builds use, so a GPU machine's driver runs it),
 # each pinned; cuobjdump is a tool only (the first version on PyPI is 13.2). Wheels unpack under nvidia/cu13/.
@@ -199,16 +200,17 @@ def gpu_code(library: Path, cuobjdump: Path | str) -> dict:
     return found
 
 
+def ldd(binary: Path, env: dict | None = None) -> dict[str, str]:
+    """{soname: resolved path, or "not found"} of every library `binary` loads, as ldd prints them."""
+    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, env=env).stdout
+    return dict(re.findall(r"^\s*(\S+)\s+=>\s+(.+?)(?:\s+\(0x[0-9a-f]+\))?$", out, re.M))
+
+
 def linked_libraries(binary: Path, env: dict | None = None) -> dict[str, str]:
     """{soname: resolved path} of the CUDA libraries `binary` loads (ldd): libcudart, libcublas(Lt), libcurand,
     libcudnn; "not found" when ldd cannot resolve one."""
-    proc = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, env=env)
-    libs = {}
-    for line in proc.stdout.splitlines():
-        m = re.match(r"\s*(lib(?:cudart|cublas|cublasLt|curand|cudnn)\S*)\s+=>\s+(\S+(?: found)?)", line)
-        if m:
-            libs[m.group(1)] = m.group(2) if m.group(2) != "not found" else "not found"
-    return libs
+    return {name: path for name, path in ldd(binary, env).items()
+            if re.match(r"lib(?:cudart|cublas|cublasLt|curand|cudnn)", name)}
 
 
 def cuobjdump_path(prefix: Path) -> Path | None:
