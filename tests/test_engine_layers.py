@@ -270,7 +270,9 @@ def test_softmax_with_loss_normalisation(mode, ignore):
         param.append(f"normalization: {mode}")
         ref_mode = mode
     net = make_net('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" '
-                   f'top: "prob" loss_param {{ {" ".join(param)} }} }}', {"x": x.shape, "label": label.shape})
+                   f'loss_param {{ {" ".join(param)} }} }}\n'
+                   'layer { name: "prob" type: "Softmax" bottom: "x" top: "prob" }',
+                   {"x": x.shape, "label": label.shape})
     assert net.loss_weights == {"loss": 1.0} and net.outputs == ["loss", "prob"]
     loss, grad, prob = caffe_softmax_loss(x, label, ignore, ref_mode)
     blobs, grads = run(net, {"x": x, "label": label}, "loss")

@@ -63,10 +63,30 @@ def test_infogain_source_is_read_with_caffes_blob_format(tmp_path, monkeypatch):
     assert net({"x": x, "label": label})["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def test_softmax_loss_probabilities_top_passes_no_gradient():
+def test_infogain_loss_probabilities_top_passes_no_gradient():
     """Caffe's Backward reads only the loss top's diff; a diff on the probabilities is ignored."""
-    net = build('layer { name: "l" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" top: "prob" }',
-                {"x": (2, 3), "label": (2,)})
+    net = build('layer { name: "l" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "H" top: "loss" '
+                'top: "prob" loss_weight: 1 loss_weight: 0 }', {"x": (2, 3), "label": (2,), "H": (3, 3)})
     x = torch.randn(2, 3, requires_grad=True)
-    blobs = net({"x": x, "label": torch.tensor([0.0, 2.0])})
+    blobs = net({"x": x, "label": torch.tensor([0.0, 2.0]), "H": torch.eye(3)})
     assert not blobs["prob"].requires_grad and net.loss_weights == {"loss": 1.0}
+    assert torch.allclose(blobs["prob"], torch.softmax(x.detach(), dim=1))
+
+
+def test_a_second_loss_top_without_loss_weights_is_refused_as_caffe_does():
+    """LossLayer::LayerSetUp gives a loss layer without loss_weight one (1), and Layer::SetLossWeights then
+    checks one per top: pycaffe aborts "loss_weight must be unspecified or specified once per top blob"."""
+    with pytest.raises(EngineError, match=r"layer 'l' .*loss_weight must be unspecified or specified once per top "
+                                          r"blob \(2 tops, 1 loss_weight; a loss layer without loss_weight has one"):
+        build('layer { name: "l" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "H" top: "loss" '
+              'top: "prob" }', {"x": (2, 3), "label": (2,), "H": (3, 3)})
+
+
+@pytest.mark.parametrize("weights", ["", "loss_weight: 1 loss_weight: 0"])
+def test_softmax_with_loss_refuses_a_second_top_as_caffe_cannot_build_one(weights):
+    """SoftmaxWithLoss declares a second top, but its inner Softmax layer copies the loss_weight values (one per
+    outer top) for its one top: pycaffe aborts with or without them ("top.size() == num_loss_weights (2 vs. 1)",
+    without; "(1 vs. 2)" with both given), so no golden can hold one."""
+    with pytest.raises(EngineError, match=r"layer 'l' .*loss_weight must be unspecified or specified once per top"):
+        build('layer { name: "l" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" top: "prob" '
+              f'{weights} }}', {"x": (2, 3), "label": (2,)})

@@ -238,14 +238,15 @@ class Net(nn.Module):
 
     def _add_loss_tops(self, lp: pb.LayerParameter, shapes: list[tuple[int, ...]]) -> None:
         """Record the shapes and loss weights of a layer's tops (Layer::SetLossWeights: any top of any layer may
-        have one; top 0 of a *Loss layer 1 by default, LossLayer::LayerSetUp; its other tops 0 here, where Caffe's
-        check refuses a second top without loss weights)."""
+        have one; a *Loss layer without any gets one, 1, LossLayer::LayerSetUp, so that a loss layer with a second
+        top needs both given, e.g. InfogainLoss's `top: "loss" top: "prob" loss_weight: 1 loss_weight: 0`)."""
         weights = list(lp.loss_weight)
         if not weights and lp.type in LOSS_LAYER_TYPES:
-            weights = [1.0] + [0.0] * (len(lp.top) - 1)
+            weights = [1.0]
         if weights and len(weights) != len(lp.top):
             raise EngineError(f"{layer_where(lp)}: loss_weight must be unspecified or specified once per top blob "
-                              f"({len(lp.top)} tops, {len(weights)} loss_weight)")
+                              f"({len(lp.top)} tops, {len(weights)} loss_weight"
+                              f"{'; a loss layer without loss_weight has one, 1' if not lp.loss_weight else ''})")
         for j, top in enumerate(lp.top):
             self.blob_shapes[top] = tuple(shapes[j])
             if weights and weights[j]:

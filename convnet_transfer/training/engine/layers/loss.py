@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from convnet_transfer.formats.protoio import ProtoFileError, blob_to_array, pb, read_binary
 from ..errors import EngineError
-from .base import FLT_MIN, Layer, canonical_axis, register
+from .base import FLT_MIN, Layer, canonical_axis, layer_where, register
 
 K_LOG_THRESHOLD = 1e-20     # loss_layer.hpp's kLOG_THRESHOLD (InfogainLoss, MultinomialLogisticLoss)
 Mode = pb.LossParameter
@@ -101,9 +101,8 @@ class LossLayer(Layer):
 
 class SoftmaxLossBase(LossLayer):
     """What SoftmaxWithLoss and InfogainLoss share: a softmax over `axis`, one label per position outside it,
-    `ignore_label`, a normalization, an optional second top of the probabilities (whose diff Caffe ignores). A
-    second top without `loss_weight` gets weight 0 (Caffe, adding weight 1 for top 0 only, aborts: give
-    loss_weight once per top there)."""
+    `ignore_label`, a normalization, an optional second top of the probabilities (whose diff Caffe ignores; it
+    needs `loss_weight` once per top, e.g. 1 and 0, as LossLayer::LayerSetUp gives a layer without any one)."""
     n_tops = (1, 2)
 
     def setup_softmax(self, axis: int, shapes, label_word: str) -> None:
@@ -145,12 +144,17 @@ class SoftmaxWithLossLayer(SoftmaxLossBase):
     normalizer: VALID (default) = number of non-ignored labels; FULL = outer*inner; BATCH_SIZE = outer; NONE = 1;
     at least 1. The legacy `normalize: false` means BATCH_SIZE, `normalize: true` VALID. Gradient:
     (prob - onehot) / normalizer at non-ignored positions, 0 elsewhere (the FLT_MIN clamp does not cut it).
-    The optional second top (the probabilities) is the engine's: Caffe declares it but aborts building it (its
-    inner Softmax is given the layer's loss_weight values, one per top, for its single top)."""
+    A second top (the probabilities) is refused, as Caffe cannot build one: it declares it, but its inner Softmax
+    layer gets this layer's loss_weight values, one per top, for its single top, and aborts "loss_weight must be
+    unspecified or specified once per top blob" (with none given, the outer check aborts likewise)."""
     type_name = "SoftmaxWithLoss"
     allowed = {"softmax_param": {"axis", "engine"}, "loss_param": {"ignore_label", "normalization", "normalize"}}
 
     def __init__(self, lp, bottom_shapes, ctx):
+        if len(lp.top) > 1:
+            raise EngineError(f"{layer_where(lp)}: a second top (the probabilities) cannot be built in Caffe "
+                              f"(its inner Softmax aborts: loss_weight must be unspecified or specified once per top "
+                              f"blob); take them from a Softmax layer on the same bottom")
         super().__init__(lp, bottom_shapes, ctx)
         self.setup_softmax(lp.softmax_param.axis, bottom_shapes, "softmax")
         self.normalization = _normalization_mode(lp.loss_param, Mode.VALID)
