@@ -4,14 +4,17 @@
     python bench/bench_engine.py                       # batches 256 and 32, 2 rounds of 3 iterations, CPU
     python bench/bench_engine.py --batches 32 --iterations 5 --rounds 3
     python bench/bench_engine.py --gpu                 # also our engine on CUDA (fp32, and --precision tf32,bf16)
-    python bench/bench_engine.py --gpu-only --batches 256,1024   # CUDA alone (a GPU machine without Caffe)
+    python bench/bench_engine.py --gpu-only --batches 256,1024   # CUDA alone: ours, and real Caffe's CUDA build
     python bench/bench_engine.py --gpu-only --memory-format nchw,nhwc   # CUDA in both memory layouts
 
 Each round runs `caffe time -model M -iterations K` (the real Caffe that convnet_transfer.training.realcaffe finds,
 tools/install_caffe) and then `tools/caffe_torch time` with the same arguments, one after the other, so that each
 has the machine to itself (two engines alive at once slow each other: idle BLAS/OpenMP threads spin). Both print
 Caffe's "Average Forward-Backward" after one untimed warm-up pass; images/s = batch / that time. The table gives
-the mean over rounds and, in brackets, the best round.
+the mean over rounds and, in brackets, the best round. On CUDA, real Caffe is timed too (`caffe time -gpu 0`, fp32:
+Caffe's own kernels and cuBLAS, cuDNN when its build has it) when the Caffe found is a CUDA build that answers
+`caffe device_query` (tools/install_caffe --cuda, or its bundle named by $CAFFE_ROOT); its fp32 rate is the
+Caffe column of every fp32 row (one memory layout: Caffe's NCHW).
 """
 from __future__ import annotations
 
@@ -95,6 +98,19 @@ def real_caffe():
     return caffe
 
 
+GPU = ("-gpu", "0")      # the device both engines run on in the GPU rows
+
+
+def gpu_caffe(caffe):
+    """`caffe` when it runs on GPU 0 (a CUDA build that answers `caffe device_query`), else None, saying why."""
+    if caffe is None:
+        return None
+    from convnet_transfer.training.realcaffe import device_query
+    query = device_query(caffe, int(GPU[1]))
+    print(f"real Caffe on the GPU: {query.message}")
+    return caffe if query.ok else None
+
+
 def rates(seconds: list[float], batch: int) -> tuple[float, float]:
     """Images/s from the mean time per round, and from the fastest round."""
     return batch / (sum(seconds) / len(seconds)), batch / min(seconds)
@@ -121,6 +137,10 @@ def main() -> int:
           f"engine's default (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')})")
     print(f"real Caffe: {caffe.describe() if caffe else 'not found (tools/install_caffe)'}")
+    caffe_on_gpu = None
+    if args.gpu or args.gpu_only:
+        import torch
+        caffe_on_gpu = gpu_caffe(caffe) if torch.cuda.is_available() else None
     print("img/s from the mean time per round (in brackets: from the fastest round)")
     print(f"{'device':<16}{'batch':>6}{'Caffe img/s':>20}{'ours img/s':>20}{'ours/Caffe':>12}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,15 +163,22 @@ def main() -> int:
                 if not torch.cuda.is_available():
                     print("(no CUDA device here: GPU timing skipped)")
                     continue
+                iterations = max(args.iterations, 20)
+                theirs = None
+                if caffe_on_gpu is not None:
+                    theirs = rates([time_command(engines["caffe"], model, iterations, GPU)
+                                    for _ in range(args.rounds)], batch)
                 for precision in ["fp32"] + (args.precision.split(",") if args.precision else []):
                     for layout in args.memory_format.split(","):
                         run = functools.partial(run_ours, memory_format=layout)
-                        gpu = rates([time_command(run, model, max(args.iterations, 20),
-                                                  ("-gpu", "0", "-precision", precision))
+                        gpu = rates([time_command(run, model, iterations, (*GPU, "-precision", precision))
                                      for _ in range(args.rounds)], batch)
                         device = " ".join(filter(None, ("cuda", precision, layout)))
-                        print(f"{device:<16}{batch:>6}{'-':>20}{f'{gpu[0]:.1f} ({gpu[1]:.1f})':>20}{'-':>12}",
-                              flush=True)
+                        fp32 = theirs if precision == "fp32" else None
+                        caffe_text = f"{fp32[0]:.1f} ({fp32[1]:.1f})" if fp32 else "-"
+                        ratio = f"{gpu[0] / fp32[0]:.2f}x" if fp32 else "-"
+                        print(f"{device:<16}{batch:>6}{caffe_text:>20}{f'{gpu[0]:.1f} ({gpu[1]:.1f})':>20}"
+                              f"{ratio:>12}", flush=True)
     return 0
 
 

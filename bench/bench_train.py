@@ -3,21 +3,22 @@
 images per second while training, side by side.
 
     python bench/bench_train.py                        # CPU: batch 32, 12 iterations, Caffe then ours
-    python bench/bench_train.py --gpu-only --batch 256 --iterations 120   # our engine on CUDA device 0
+    python bench/bench_train.py --gpu-only --batch 256 --iterations 120   # CUDA device 0: real Caffe and ours
 
 bench_engine.py times forward+backward on data already in memory (`time`, Input layers); this one runs
 `caffe train` and `caffe_torch train` on the paper's train net shape (Data layer with crop 227, mirror and a mean
 file; momentum, weight decay), so the data pipeline and the solver are in the number: where it falls short of
 bench_engine's, the feeding or the update is the limit. The rate is measured between the first and the last
 "Iteration N (... iter/s ...)" line of each log (glog timestamps), so start-up and the first iterations (cuDNN
-autotuning, page faults) are left out. No snapshots, no tests.
+autotuning, page faults) are left out. No snapshots, no tests. With --gpu-only both train on CUDA device 0: real
+Caffe when the build found answers `caffe device_query` (tools/install_caffe --cuda, or its bundle named by
+$CAFFE_ROOT), and ours.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
-import subprocess
 import sys
 import tempfile
 from datetime import datetime
@@ -28,7 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench_data import DATA_NET, make_database  # noqa: E402  (bench/, the script's own folder)
-from bench_engine import CAFFENET, real_caffe, run_ours  # noqa: E402
+from bench_engine import CAFFENET, GPU, gpu_caffe, real_caffe, run_ours  # noqa: E402
 
 SOLVER = """net: "train.prototxt"
 base_lr: 0.001
@@ -66,7 +67,8 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=12, help="iterations per run (default 12)")
     parser.add_argument("--records", type=int, default=512, help="Datums in the database (default 512)")
     parser.add_argument("--encoded", action="store_true", help="JPEG-encoded Datums instead of raw ones")
-    parser.add_argument("--gpu-only", action="store_true", help="our engine on CUDA device 0 alone")
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="on CUDA device 0 only: ours, and real Caffe when its build runs there")
     args = parser.parse_args()
     display = max(1, args.iterations // 6)
     if args.gpu_only:
@@ -75,26 +77,25 @@ def main() -> int:
             print("(no CUDA device here: GPU training skipped)")
             return 0
 
-    caffe = None if args.gpu_only else real_caffe()
-    runs = {}
+    caffe = real_caffe()
+    device, mode, extra = ("cuda", "GPU", list(GPU)) if args.gpu_only else ("cpu", "CPU", [])
     if args.gpu_only:
-        runs["ours, cuda"] = (lambda argv, cwd: run_ours(argv + ["-gpu", "0"], cwd), "GPU")
-    else:
-        if caffe:
-            runs["Caffe, cpu"] = (lambda argv, cwd: caffe.run("caffe", *argv, cwd=str(cwd), check=False), "CPU")
-        runs["ours, cpu"] = (run_ours, "CPU")
+        caffe = gpu_caffe(caffe)
+    runs = {}
+    if caffe:
+        runs[f"Caffe, {device}"] = lambda argv, cwd: caffe.run("caffe", *argv, *extra, cwd=str(cwd), check=False)
+    runs[f"ours, {device}"] = lambda argv, cwd: run_ours(argv + extra, cwd)
     kind = "JPEG-encoded" if args.encoded else "raw"
     print(f"Training CaffeNet from an LMDB of {args.records} {kind} 3x256x256 Datums: batch {args.batch}, "
           f"{args.iterations} iterations, timed from the second display line (every {display}); "
           f"{os.cpu_count()} CPUs")
-    if not args.gpu_only:
-        print(f"real Caffe: {caffe.describe() if caffe else 'not found (tools/install_caffe)'}")
+    print(f"real Caffe: {caffe.describe() if caffe else 'not found or not usable here (tools/install_caffe)'}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         make_database(folder, args.records, args.encoded)
         (folder / "train.prototxt").write_text(train_net(args.batch))
         rates = {}
-        for name, (run, mode) in runs.items():
+        for name, run in runs.items():
             (folder / "solver.prototxt").write_text(SOLVER % {"display": display, "iterations": args.iterations,
                                                               "mode": mode})
             proc = run(["train", "-solver", "solver.prototxt"], folder)
@@ -102,8 +103,8 @@ def main() -> int:
                 raise RuntimeError(f"{name}: train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
             rates[name] = images_per_second(proc.stderr, args.batch)
             print(f"{name:<12}{rates[name]:>10.1f} img/s while training", flush=True)
-        if "Caffe, cpu" in rates:
-            print(f"ours/Caffe on the CPU: {rates['ours, cpu'] / rates['Caffe, cpu']:.2f}x")
+        if f"Caffe, {device}" in rates:
+            print(f"ours/Caffe on the {mode}: {rates[f'ours, {device}'] / rates[f'Caffe, {device}']:.2f}x")
     return 0
 
 

@@ -153,9 +153,10 @@ def logged_losses(log_text: str) -> list[float]:
     return [float(loss) for _, loss in found]
 
 
-def run_caffe(caffe, directory: Path) -> str:
-    """Train the case with real Caffe (a realcaffe.CaffeInstall) in `directory`; returns its log."""
-    proc = caffe.run("caffe", "train", "-solver", "solver.prototxt", "-weights", "init.caffemodel",
+def run_caffe(caffe, directory: Path, *extra: str) -> str:
+    """Train the case with real Caffe (a realcaffe.CaffeInstall) in `directory`, `extra` arguments added to
+    `caffe train` (e.g. -gpu 0); returns its log."""
+    proc = caffe.run("caffe", "train", "-solver", "solver.prototxt", "-weights", "init.caffemodel", *extra,
                      cwd=str(directory))
     return proc.stderr + proc.stdout
 
