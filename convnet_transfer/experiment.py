@@ -315,8 +315,8 @@ def trainer_env(engine: str = "torch", gpus: str | None = None) -> dict[str, str
     (real Caffe asked for and not found; GPUs asked for that PyTorch here does not see)."""
     from .training import local_runner, runners
     try:
-        env = runners.trainer_env(engine, base=os.environ)
-        local_runner.check_gpus(gpus, env["CAFFE"])
+        env = runners.trainer_env(engine, base=os.environ, gpu=bool(local_runner.gpu_slots(gpus)) or None)
+        local_runner.check_gpus(gpus, env["CAFFE"], env)
     except tree.TreeError as err:
         raise ExperimentError(str(err)) from None
     return env

@@ -1,6 +1,7 @@
 """A test fixture: a resumable trainer with `caffe train`'s command line, files and signal behaviour, fast.
 
     fake_caffe.py train -solver S [-snapshot X.solverstate] [-weights W.caffemodel]
+    fake_caffe.py device_query -gpu N      (answers for any N, as Caffe does for a GPU it has)
 
 Reads max_iter, snapshot and snapshot_prefix from the solver, and `fake.json` beside it
 ({"seconds_per_iter": 0.2, "fail_at": null}). Sleeps per iteration, writes glog-style lines to stderr,
@@ -36,8 +37,12 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["device_query"]:          # the trainers' GPUs are checked before a run (check_gpus)
+        log("I", "common.cpp:168", "Device id:                     " + argv[-1])
+        log("I", "common.cpp:172", "Name:                          Fake GPU")
+        return 0
     if not argv or argv[0] != "train":
-        print("fake_caffe: only `train` is simulated", file=sys.stderr)
+        print("fake_caffe: only `train` and `device_query` are simulated", file=sys.stderr)
         return 1
     flags = dict(zip(argv[1::2], argv[2::2]))
     solver_text = Path(flags["-solver"]).read_text()

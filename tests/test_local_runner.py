@@ -155,3 +155,17 @@ def test_gpus_our_engine_cannot_see_stop_before_any_net(tmp_path):
         run_local(root, jobs=1, gpus=f"{absent},", caffe=ours, progress=False)   # blank: no slot
     assert not (root / "local").exists()     # nothing written, nothing started
     assert gpu_slots(" 0,,1, 1") == gpu_slots(["0", "1", " 1 "]) == ["0", "1", "1"] and gpu_slots(None) == []
+
+
+def test_gpus_real_caffe_cannot_use_stop_before_any_net(tmp_path, real_caffe):
+    """Real Caffe asked to train on a GPU it cannot use (a CPU-only build, or a CUDA build without that device)
+    would abort every net at its start: `caffe device_query` is asked first, and its one line stops the run."""
+    import torch
+
+    from convnet_transfer.nets.tree import TreeError
+    root = make_tree(tmp_path / "tree", small_experiment(seconds_per_iter=0.1))
+    absent = str(torch.cuda.device_count())
+    with pytest.raises(TreeError, match=rf"^GPU {absent} asked for, but the real Caffe that trains \(.*caffe\) cannot "
+                                        rf"use them: (this Caffe is a CPU-only build|no usable GPU {absent}: )"):
+        run_local(root, jobs=1, gpus=absent, env=real_caffe.env(), caffe=str(real_caffe.caffe), progress=False)
+    assert not (root / "local").exists()     # nothing written, nothing started

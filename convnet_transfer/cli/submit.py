@@ -99,8 +99,8 @@ def main(root, mode, nets, engine, caffe_cmd, dry_run, partition, account, qos, 
                     click.echo(f"  {net}: not submitted ({why})")
         elif mode == "local":
             from convnet_transfer.training.local_runner import gpu_slots, run_local
-            env = trainer_env(*_trainer(engine, caffe_cmd), base=os.environ)
             gpu_list = gpu_slots(gpus)
+            env = trainer_env(*_trainer(engine, caffe_cmd), base=os.environ, gpu=bool(gpu_list) or None)
             result = run_local(root, jobs=jobs or (len(gpu_list) if gpu_list else 1), nets=patterns, env=env,
                                gpus=gpu_list)
             click.echo(result.describe())

@@ -19,6 +19,7 @@ The Makefile is plain: `make -C <root> -f local/Makefile -j 4 -k` runs the same 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -127,13 +128,22 @@ def gpu_slots(gpus: list[str] | str | None) -> list[str]:
     return [g.strip() for g in gpus or [] if g.strip()]
 
 
-def check_gpus(gpus: list[str] | str | None, caffe: str) -> None:
-    """Raise TreeError when `caffe` (a CAFFE value) is our engine and PyTorch here lacks one of the GPU ids `gpus`.
-    `caffe_torch -gpu N` without CUDA warns and trains on the CPU, as a single run may; for a tree of nets asked
-    to run on GPUs that is a mistake, stopped here before the first net (a CPU run of the GPU settings takes days).
-    Real Caffe is left to say it itself (a CPU_ONLY build refuses -gpu)."""
+def check_gpus(gpus: list[str] | str | None, caffe: str, env: dict | None = None) -> None:
+    """Raise TreeError, before the first net, when the trainer `caffe` (a CAFFE value, run with `env`) cannot
+    train on the GPU ids `gpus`. Our engine: PyTorch here lacks one of them (`caffe_torch -gpu N` without CUDA
+    warns and trains on the CPU, as a single run may; for a tree of nets asked to run on GPUs that is a mistake: a
+    CPU run of the GPU settings takes days). Real Caffe: `caffe device_query` fails on one of them (a CPU-only
+    build, no usable GPU), which would otherwise abort every net at its start."""
     gpus = gpu_slots(gpus)
-    if not gpus or caffe != trainer_env("torch")["CAFFE"]:
+    if not gpus:
+        return
+    if caffe != trainer_env("torch")["CAFFE"]:
+        from .realcaffe import query_devices
+        problem = query_devices(shlex.split(caffe), gpus, env)
+        if problem:
+            raise TreeError(f"GPU {','.join(gpus)} asked for, but the real Caffe that trains ({caffe}) cannot use "
+                            f"them: {problem}. Build Caffe for CUDA (tools/install_caffe --cuda), train with "
+                            f"--engine torch, or leave out the GPU ids to train on the CPU.")
         return
     import torch
     count = torch.cuda.device_count()
@@ -195,8 +205,8 @@ def _trainers_env(env: dict | None, caffe: str | None, gpus: list[str]) -> dict[
     """The environment make and the trainers run in (run_local's `env` and `caffe`), without make's own flags."""
     run_env = dict(os.environ if env is None else env)
     if caffe or not run_env.get("CAFFE"):           # real Caffe when there is a working build, else caffe_torch
-        run_env = trainer_env("auto", caffe, base=run_env)
-    check_gpus(gpus, run_env["CAFFE"])
+        run_env = trainer_env("auto", caffe, base=run_env, gpu=bool(gpus) or None)
+    check_gpus(gpus, run_env["CAFFE"], run_env)
     run_env.pop("MAKEFLAGS", None)
     run_env.pop("MFLAGS", None)
     return run_env

@@ -10,6 +10,7 @@ write the same files. This module answers "which one, and how do I call it":
     default_prefix()                        where tools/install_caffe builds (caffe_build.install_caffe)
     cuda_prefixes()                         the CUDA builds of `tools/install_caffe --cuda` in the cache
     device_query(found, gpu)                `caffe device_query -gpu N` in one line: the GPU, or why there is none
+    query_devices(argv, gpus, env)          "" when a `caffe` command answers device_query for every GPU id, else why
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from convnet_transfer import resources
 __all__ = [
     "CAFFE_COMMIT", "PREFIX_ENV", "INFO_FILE", "TOOLS", "CaffeInstall", "CaffeNotFound",
     "find_caffe", "inspect_caffe", "caffe_command", "resolve_engine", "env_lines", "default_prefix", "cache_dir",
-    "builds_dir", "cuda_prefixes", "gpu_driver_present", "device_query", "DeviceQuery",
+    "builds_dir", "cuda_prefixes", "gpu_driver_present", "device_query", "query_devices", "DeviceQuery",
 ]
 
 # BVLC Caffe's final master (2020), the one tools/install_caffe builds; the default prefix is named after it.
@@ -309,9 +310,24 @@ def device_query(found: CaffeInstall, gpu: int = 0, timeout: float = 120) -> Dev
     stack trace when there is no usable GPU (CUDA_CHECK in Caffe::SetDevice); that becomes one line here: the
     CUDA error it checked (e.g. "CUDA driver version is insufficient for CUDA runtime version": no NVIDIA
     driver), or "CPU-only build"."""
+    return _device_query([str(found.caffe)], found.env(), gpu, timeout)
+
+
+def query_devices(caffe: list[str], gpus: list[str], env: dict | None = None) -> str:
+    """"" when `caffe` (an argv prefix, run with `env`) answers `device_query` for each of the GPU ids `gpus`,
+    else the one line of device_query saying why not for the first that fails."""
+    env = {**(os.environ if env is None else env), "GLOG_logtostderr": "1"}   # its answer on stderr, not in /tmp
+    for gpu in gpus:
+        query = _device_query(caffe, env, gpu)
+        if not query.ok:
+            return query.message
+    return ""
+
+
+def _device_query(caffe: list[str], env: dict | None, gpu: int | str, timeout: float = 120) -> DeviceQuery:
     try:
-        proc = subprocess.run([str(found.caffe), "device_query", "-gpu", str(gpu)], env=found.env(),
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([*caffe, "device_query", "-gpu", str(gpu)], env=env, capture_output=True, text=True,
+                              timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as err:
         return DeviceQuery(False, f"caffe device_query does not run: {err}", "")
     out = proc.stdout + proc.stderr

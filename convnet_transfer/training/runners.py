@@ -23,9 +23,11 @@ __all__ = ["trainer_env", "render_script", "locks_dir", "net_lock", "lock_held",
 LOCAL_DIR = "local"      # <root>/local: the local runner's Makefile, run_net.sh and locks/<net>.lock
 
 
-def trainer_env(engine: str = "auto", command: str | None = None, base: dict | None = None) -> dict[str, str]:
+def trainer_env(engine: str = "auto", command: str | None = None, base: dict | None = None,
+                gpu: bool | None = None) -> dict[str, str]:
     """`base` (default: empty) with CAFFE set to the trainer train.sh runs: `command` when given, else real Caffe
-    (engine "caffe", or "auto" when a working build is found) or tools/caffe_torch (engine "torch"); for real Caffe
+    (engine "caffe", or "auto" when a working build is found; its CUDA build first where `gpu` is True, the nets
+    being trained on GPUs, see realcaffe.find_caffe) or tools/caffe_torch (engine "torch"); for real Caffe
     also its lib/ and pycaffe put before base's LD_LIBRARY_PATH and PYTHONPATH, and GLOG_logtostderr
     (realcaffe.CaffeInstall.env). Raises TreeError when real Caffe is asked for and not found."""
     from . import realcaffe
@@ -33,7 +35,7 @@ def trainer_env(engine: str = "auto", command: str | None = None, base: dict | N
     if command:
         return {**env, "CAFFE": command}
     try:
-        argv, found = realcaffe.resolve_engine(engine)
+        argv, found = realcaffe.resolve_engine(engine, gpu)
     except (realcaffe.CaffeNotFound, ValueError) as err:
         raise TreeError(str(err)) from None
     if found is not None:

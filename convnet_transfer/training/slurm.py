@@ -151,7 +151,7 @@ def plan(root: str | os.PathLike, options: SlurmOptions | None = None, nets: lis
     queued = queued_tasks(root) if queued is None else queued
     todo, skipped = _unfinished([net for net in tree if net.name in chosen], queued)
     jobs = _job_arrays(todo, {n.name: n for n in tree}, queued, options.job_prefix)
-    env = trainer_env(options.engine, options.caffe)
+    env = trainer_env(options.engine, options.caffe, gpu=bool(options.gpus_per_task) or None)   # the CUDA build
     caffe = env.pop("CAFFE")
     for job in jobs:
         job.script_path = root / SLURM_DIR / f"{job.name}.sh"
