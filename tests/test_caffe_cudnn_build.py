@@ -167,12 +167,14 @@ LAYER_FACTORY = '''
   }
 '''
 CUDA_CMAKE = "    file(READ ${CUDNN_INCLUDE}/cudnn.h CUDNN_VERSION_FILE_CONTENTS)\n"
+SOFTMAX = ('#ifdef USE_CUDNN\n#include <vector>\n\n#include "thrust/device_vector.h"\n\n'
+           '#include "caffe/layers/cudnn_softmax_layer.hpp"\n')
 
 
 def _port(tmp_path):
     files = {"include/caffe/util/cudnn.hpp": CUDNN_HPP, "src/caffe/layers/cudnn_conv_layer.cpp": CONV_CALLS,
              "src/caffe/layers/cudnn_deconv_layer.cpp": DECONV_CALL, "src/caffe/layer_factory.cpp": LAYER_FACTORY,
-             "cmake/Cuda.cmake": CUDA_CMAKE}
+             "cmake/Cuda.cmake": CUDA_CMAKE, "src/caffe/layers/cudnn_softmax_layer.cpp": SOFTMAX}
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
@@ -218,6 +220,9 @@ def test_cudnn_fixes_on_caffes_lines(tmp_path):
     assert ("#ifdef USE_CUDNN\n    engine = Caffe::mode() == Caffe::GPU ? LRNParameter_Engine_CUDNN : "
             "LRNParameter_Engine_CAFFE;\n#else") in factory
     assert "engine = Caffe::mode() == Caffe::GPU ? ReLUParameter_Engine_CUDNN : ReLUParameter_Engine_CAFFE;" in factory
+    # Thrust, which the C++ compiler does not find in CUDA 13 (include/cccl), is not included where it is not used
+    assert out["src/caffe/layers/cudnn_softmax_layer.cpp"] == \
+        '#ifdef USE_CUDNN\n#include <vector>\n\n#include "caffe/layers/cudnn_softmax_layer.hpp"\n'
     with pytest.raises(caffe_build.InstallError, match="not applicable"):    # a second time: nothing to edit
         caffe_build.apply_fixes(tmp_path, caffe_cuda.CUDNN_FIXES)
 
@@ -363,6 +368,14 @@ def test_cudnn_build_links_the_wheels_cudnn(cudnn_build):
         assert (toolkit / f"libcudnn_{part}.so.9").is_file(), part
     needed = subprocess.run(["readelf", "-d", str(_libcaffe(cudnn_build))], capture_output=True, text=True).stdout
     assert "[libcudnn.so.9]" in needed
+    for part in toolkit.glob("libcudnn*.so.9"):            # what the sub-libraries link resolves too
+        assert "not found" not in subprocess.run(["ldd", str(part)], capture_output=True, text=True).stdout, part
+    # it loads, and is 9.19.0 (cudnnGetVersion needs no GPU; cudnnCreate without one: CUDNN_STATUS_NOT_INITIALIZED)
+    code = ("import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); lib.cudnnGetVersion.restype = ctypes.c_size_t; "
+            "print(lib.cudnnGetVersion())")
+    version = subprocess.run([sys.executable, "-c", code, str(toolkit / "libcudnn.so.9")], capture_output=True,
+                             text=True, timeout=120)
+    assert version.stdout.strip() == "91900", version.stderr[-2000:]
     info = cudnn_build.cuda
     assert info["cudnn"] == "9.19.0" and info["wheels"]["nvidia-cudnn-cu13"] == "9.19.0.56"
     assert (info["sass"], info["ptx"]) == (["sm_80", "sm_90"], ["compute_90"])

@@ -76,7 +76,10 @@ def main(prefix, source, jobs, force, no_install, keep_build, debian_mirror, qui
     click.echo("\nReal Caffe is ready. To use it (the toolkit, tests, your shell), run or add to ~/.bashrc:")
     for line in realcaffe.env_lines(prefix):
         click.echo(f"  {line}")
-    if spec is not None and prefix.parent == realcaffe.builds_dir().resolve():
+    if spec is not None and spec.cudnn and prefix.parent == realcaffe.builds_dir().resolve():
+        click.echo("(Without them the toolkit takes this cuDNN build on a machine with an NVIDIA driver, or when asked "
+                   "for a GPU, only where no CUDA build without cuDNN is in the cache; the CPU build elsewhere.)")
+    elif spec is not None and prefix.parent == realcaffe.builds_dir().resolve():
         click.echo("(Without them the toolkit takes this CUDA build on a machine with an NVIDIA driver, or when asked "
                    "for a GPU, and the CPU build elsewhere.)")
     elif prefix != realcaffe.default_prefix().resolve():

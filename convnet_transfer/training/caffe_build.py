@@ -408,7 +408,7 @@ def _build(prefix, python, source, jobs, install_deps, keep_build, debian_mirror
 def _cuda_toolkit(prefix: Path, work: Path, cuda, python: str) -> dict:
     """The CUDA toolkit to build with: cuda.root, else PyPI's wheels unpacked into <prefix>/cuda."""
     from . import caffe_cuda
-    cudnn_pins = dict(caffe_cuda.CUDNN_WHEELS[cuda.version.split(".")[0]]) if cuda.cudnn else {}
+    cudnn_pins = dict(pin.split("==") for pin in cuda.cudnn_wheels) if cuda.cudnn else {}   # InstallError: none
     if cuda.root is not None:
         toolkit = {"spec": cuda, "root": str(Path(cuda.root).resolve()), "from": "an installed toolkit",
                    "download_bytes": 0}

@@ -193,6 +193,9 @@ CUDNN_FIXES = (
         "solver aborted without one): pick them in GPU mode only, Caffe's own layers on the CPU",
         ("src/caffe/layer_factory.cpp",), r"(?m)^(\s*)engine = (\w+Parameter)_Engine_CUDNN;$",
         r"\1engine = Caffe::mode() == Caffe::GPU ? \2_Engine_CUDNN : \2_Engine_CAFFE;"),
+    Fix("CUDA 13 keeps Thrust under include/cccl/, which only nvcc searches: cudnn_softmax_layer.cpp (built by the C++ "
+        "compiler) included thrust/device_vector.h and uses none of it: the include goes",
+        ("src/caffe/layers/cudnn_softmax_layer.cpp",), r'#include "thrust/device_vector\.h"\n\n', ""),
 )
 
 
