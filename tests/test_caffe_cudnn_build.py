@@ -422,3 +422,39 @@ def test_cudnn_build_trains_on_the_cpu_as_the_cpu_build(cudnn_build, tmp_path):
     cpu = realcaffe.default_prefix()
     if caffe_build.is_built(cpu):
         assert ours == _train_tiny(realcaffe.inspect_caffe(cpu), tmp_path / "cpu")
+
+
+# ------------------------------------------------------------------------------------------ its bundle
+
+BUNDLE_ENV = "CONVNET_TRANSFER_REQUIRE_CAFFE_CUDNN_BUNDLE"
+
+
+@pytest.mark.slow
+def test_cudnn_bundle_finds_and_runs_with_cudnn(tmp_path):
+    """The bundle packed from the lean cuDNN build (tools/install_caffe --cuda --cudnn --bundle FILE): it needs
+    libcudnn.so.9 of the machine, bin/caffe-cuda-libs finds it and says where, and it trains on the CPU as the CPU
+    build does."""
+    import tarfile
+    from convnet_transfer.training import caffe_bundle
+    prefix = realcaffe.builds_dir() / caffe_cuda.CudaSpec(cudnn=True, lean=True).prefix_name
+    if not caffe_build.is_built(prefix):
+        message = f"no lean cuDNN build in {prefix}: tools/install_caffe --cuda --cudnn --bundle FILE builds it"
+        if os.environ.get(BUNDLE_ENV) == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    out = tmp_path / "caffe-cudnn-bundle.tar.xz"
+    info = caffe_bundle.make_bundle(prefix, out, say=lambda line: None)
+    assert out.stat().st_size <= caffe_bundle.MAX_BYTES and info["cuda"]["cudnn"] == "9.19.0"
+    assert "libcudnn.so.9" in info["cuda_libraries_needed"] and not any("cudnn" in n for n in info["carried"])
+    with tarfile.open(out) as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    top, cuda = tmp_path / "unpacked" / "caffe-cudnn-bundle", prefix / caffe_cuda.CUDA_DIR / "lib"
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "CAFFE_CUDA_LIBS": str(cuda)}
+    said = subprocess.run([str(top / "bin" / "caffe-cuda-libs")], env=env, capture_output=True, text=True)
+    assert said.stdout == (f"CUDA libraries: {cuda} (from $CAFFE_CUDA_LIBS)\n"
+                           f"cuDNN libraries: {cuda} (from $CAFFE_CUDA_LIBS)\n"), said.stderr
+    found = realcaffe.CaffeInstall(root=top, caffe=top / "bin" / "caffe", how="bundle", python_dir=None, ok=True)
+    trained = _train_tiny(found, tmp_path / "bundle", env={**env, "GLOG_logtostderr": "1"})
+    cpu = realcaffe.default_prefix()
+    if caffe_build.is_built(cpu):
+        assert trained == _train_tiny(realcaffe.inspect_caffe(cpu), tmp_path / "cpu")

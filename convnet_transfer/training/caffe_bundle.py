@@ -55,6 +55,8 @@ def cuda_libs_script(need: list[str], major: str, pip: str, cudnn_pip: str = "")
     (libcudnn.so.9 in `need`) also looks for cuDNN on its own (PyTorch's wheels keep it in nvidia/cudnn/lib)."""
     cudnn = [n for n in need if n.startswith("libcudnn")]
     need = [n for n in need if not n.startswith("libcudnn")]
+    if cudnn and cudnn_pip:
+        pip = f"{pip} {cudnn_pip}"          # all that this bundle needs, in one pip command
     script = f"""#!/bin/sh
 # Which CUDA {major} libraries this Caffe bundle runs with ({' '.join(need)}): the first folder holding
 # all of them among $CAFFE_CUDA_LIBS, the folders of $LD_LIBRARY_PATH, the nvidia-* wheels of python3/python
