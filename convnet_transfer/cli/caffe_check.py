@@ -10,8 +10,9 @@ from convnet_transfer.training import caffe_cuda, realcaffe
 @click.command(help="""Say which real Caffe the toolkit finds ($CAFFE_ROOT, $CAFFE, `caffe` on PATH, or the
 default prefix of tools/install_caffe), its version and commit, whether pycaffe imports in this Python (with
 the numpy and protobuf versions), and which engine `auto` picks. For a CUDA build (tools/install_caffe --cuda):
-its CUDA version, the GPU code it carries (SASS and PTX archs), cuDNN or not, the CUDA libraries it loads, and
-what `caffe device_query` sees (the GPU, or in one line why there is none). Reads nothing else, writes nothing.
+its CUDA version, the GPU code it carries (SASS and PTX archs), cuDNN (its version) or not, the CUDA libraries it
+loads, and what `caffe device_query` sees (the GPU, or in one line why there is none). Reads nothing else, writes
+nothing.
 Exit status 1 when no working Caffe is found.""")
 @click.option("--no-python", is_flag=True, help="skip the pycaffe import check")
 @click.option("--gpu", "gpu", type=int, default=None,
@@ -76,7 +77,9 @@ def _report_cuda(found, gpu):
         if cuobjdump and library:
             cuda.update(caffe_cuda.gpu_code(library, cuobjdump))
     code = " ".join(cuda.get("sass", []) + cuda.get("ptx", [])) or "unknown (no cuobjdump here)"
-    cudnn = {True: "with cuDNN", False: "no cuDNN"}.get(cuda.get("cudnn"), "cuDNN unknown")
+    cudnn = cuda.get("cudnn")       # its version ("9.19.0") in a --cudnn build, False without
+    cudnn = (f"cuDNN {cudnn}" if isinstance(cudnn, str) else
+             {True: "with cuDNN", False: "no cuDNN"}.get(cudnn, "cuDNN unknown"))
     click.echo(f"CUDA:    {cuda.get('version', 'build')}; GPU code {code}; {cudnn}; toolkit: "
                f"{cuda.get('toolkit', 'not built by tools/install_caffe')}")
     live = caffe_cuda.linked_libraries(found.caffe, found.env())

@@ -20,7 +20,11 @@ Prints the environment lines that make the toolkit (and your shell) use this Caf
 --cuda builds for NVIDIA GPUs instead (no GPU needed to build): the CUDA {caffe_cuda.DEFAULT_CUDA} toolkit from
 PyPI's wheels (about 590 MB, unpacked into PREFIX/cuda; its compiler removed after the build), SASS for sm_80 and
 sm_90 plus compute_90 PTX, no cuDNN, into its own prefix
-({realcaffe.builds_dir() / caffe_cuda.CudaSpec().prefix_name}); about 15 minutes on 2 cores.""")
+({realcaffe.builds_dir() / caffe_cuda.CudaSpec().prefix_name}); about 15 minutes on 2 cores.
+
+--cuda --cudnn adds cuDNN {caffe_cuda.CUDNN_MAJOR} (Caffe's cuDNN layers ported to it; PyPI's
+{' '.join(caffe_cuda.CudaSpec(cudnn=True).cudnn_wheels)}, about 370 MB more) into a prefix of its own ({caffe_cuda.CudaSpec(cudnn=True).prefix_name}). Compiled and linked here, not yet
+run on a GPU.""")
 @click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="install folder (default: the user's cache, see above)")
 @click.option("--source", type=click.Path(exists=True, path_type=Path), default=None,
@@ -41,8 +45,9 @@ sm_90 plus compute_90 PTX, no cuDNN, into its own prefix
 @click.option("--cuda-arch", default=",".join(caffe_cuda.DEFAULT_SASS), show_default=True,
               help="with --cuda: GPU architectures to compile machine code for (compute capability x10); the "
                    "highest also as PTX")
-@click.option("--cudnn", is_flag=True, help="with --cuda: use cuDNN (not supported yet: Caffe's cuDNN layers "
-                                            "need a port to cuDNN 8+)")
+@click.option("--cudnn", is_flag=True, help="with --cuda: use cuDNN 9 from PyPI's wheel for convolution, pooling, "
+                                            "LRN, ReLU, sigmoid, tanh and softmax (Caffe's cuDNN layers, ported; "
+                                            "its own prefix, ...-cudnn9)")
 @click.option("--bundle", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="with --cuda: build without OpenCV and pycaffe (its own prefix, ...-lean) and pack caffe, "
                    "convert_imageset, compute_image_mean and their libraries into this relocatable .tar.xz for GPU "
@@ -71,7 +76,10 @@ def main(prefix, source, jobs, force, no_install, keep_build, debian_mirror, qui
     click.echo("\nReal Caffe is ready. To use it (the toolkit, tests, your shell), run or add to ~/.bashrc:")
     for line in realcaffe.env_lines(prefix):
         click.echo(f"  {line}")
-    if spec is not None and prefix.parent == realcaffe.builds_dir().resolve():
+    if spec is not None and spec.cudnn and prefix.parent == realcaffe.builds_dir().resolve():
+        click.echo("(Without them the toolkit takes this cuDNN build on a machine with an NVIDIA driver, or when asked "
+                   "for a GPU, only where no CUDA build without cuDNN is in the cache; the CPU build elsewhere.)")
+    elif spec is not None and prefix.parent == realcaffe.builds_dir().resolve():
         click.echo("(Without them the toolkit takes this CUDA build on a machine with an NVIDIA driver, or when asked "
                    "for a GPU, and the CPU build elsewhere.)")
     elif prefix != realcaffe.default_prefix().resolve():
@@ -85,11 +93,8 @@ def _cuda_spec(cuda, version, root, arch, cudnn):
         if root or cudnn or arch != ",".join(caffe_cuda.DEFAULT_SASS) or version != caffe_cuda.DEFAULT_CUDA:
             raise click.UsageError("--cuda-version, --cuda-root, --cuda-arch and --cudnn go with --cuda")
         return None
-    if cudnn:
-        raise click.UsageError("--cudnn is not supported yet: Caffe's cuDNN layers call cudnnGetConvolution*Algorithm, "
-                               "which cuDNN 8 removed; build without it (Caffe's own CUDA kernels and cuBLAS)")
     archs = {a.strip().replace(".", "").removeprefix("sm_") for a in arch.split(",") if a.strip()}
     if not archs or not all(a.isdigit() and int(a) >= 50 for a in archs):
         raise click.UsageError(f"--cuda-arch {arch!r}: give compute capabilities x10, e.g. 80,90")
     archs = tuple(sorted(archs, key=int))
-    return caffe_cuda.CudaSpec(version=version, sass=archs, ptx=archs[-1:], root=root)
+    return caffe_cuda.CudaSpec(version=version, sass=archs, ptx=archs[-1:], root=root, cudnn=cudnn)

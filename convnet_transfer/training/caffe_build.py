@@ -311,7 +311,9 @@ def install_caffe(prefix: Path | str | None = None, *, python: str | None = None
     last, <prefix>/BUILD_INFO.json. Returns the prefix.
 
     cuda: a caffe_cuda.CudaSpec to build for NVIDIA GPUs instead (the toolkit from PyPI's wheels into
-    <prefix>/cuda, or spec.root; CUDA_FIXES too; default prefix named after the CUDA version and archs).
+    <prefix>/cuda, or spec.root; CUDA_FIXES too; default prefix named after the CUDA version and archs); with
+    spec.cudnn, cuDNN 9 from its wheel too (into <prefix>/cuda, or <prefix>/cudnn beside spec.root) and
+    CUDNN_FIXES.
     """
     if cuda is not None and cuda.root is not None:
         from .caffe_cuda import toolkit_version
@@ -348,6 +350,8 @@ def cmake_command(tree: Path, prefix: Path, facts: dict, cuda_options: list[str]
         cmake.append(f"-DPYTHON_LIBRARY={Path(facts['libdir']) / facts['ldlibrary']}")
     if cuda_options:
         cmake.remove("-DCPU_ONLY=ON")
+        if "-DUSE_CUDNN=ON" in cuda_options:
+            cmake.remove("-DUSE_CUDNN=OFF")
         cmake.extend(cuda_options)
     return cmake
 
@@ -369,7 +373,7 @@ def _build(prefix, python, source, jobs, install_deps, keep_build, debian_mirror
             tarball = Path(source).expanduser() if source else download_source(work / "download", debian_mirror)
             _say(f"unpacking {tarball}")
             tree = unpack_source(tarball, work / "src")
-            for line in apply_fixes(tree) + (_cuda_fixes(tree) if cuda is not None else []):
+            for line in apply_fixes(tree) + (_cuda_fixes(tree, cuda) if cuda is not None else []):
                 _say(f"  fixed: {line}")
                 log.write(f"fix: {line}\n")
             _compile_install(tree, work, prefix, facts, jobs, log, log_path, progress, cuda_info)
@@ -392,7 +396,7 @@ def _build(prefix, python, source, jobs, install_deps, keep_build, debian_mirror
             "build_seconds": round(time.time() - started)}
     if cuda is not None:
         from . import caffe_cuda
-        info["fixes"] += [f.why for f in caffe_cuda.CUDA_FIXES]
+        info["fixes"] += [f.why for f in caffe_cuda.CUDA_FIXES + (caffe_cuda.CUDNN_FIXES if cuda.cudnn else ())]
         info["cuda"] = caffe_cuda.check_build(prefix, cuda, cuda_info, _say)
     (prefix / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     if not keep_build:
@@ -404,19 +408,31 @@ def _build(prefix, python, source, jobs, install_deps, keep_build, debian_mirror
 def _cuda_toolkit(prefix: Path, work: Path, cuda, python: str) -> dict:
     """The CUDA toolkit to build with: cuda.root, else PyPI's wheels unpacked into <prefix>/cuda."""
     from . import caffe_cuda
+    cudnn_pins = dict(pin.split("==") for pin in cuda.cudnn_wheels) if cuda.cudnn else {}   # InstallError: none
     if cuda.root is not None:
-        return {"spec": cuda, "root": str(Path(cuda.root).resolve()), "from": "an installed toolkit",
-                "download_bytes": 0}
-    root = prefix / caffe_cuda.CUDA_DIR
-    size = caffe_cuda.fetch_toolkit(root, work / "wheels", cuda, python, _say)
-    _say(f"CUDA {caffe_cuda.toolkit_version(root)} toolkit unpacked into {root} ({size / 1e6:.0f} MB of wheels)")
-    return {"spec": cuda, "root": str(root), "from": "PyPI wheels",
-            "wheels": dict(caffe_cuda.CUDA_WHEELS[cuda.version]), "download_bytes": size}
+        toolkit = {"spec": cuda, "root": str(Path(cuda.root).resolve()), "from": "an installed toolkit",
+                   "download_bytes": 0}
+        if cuda.cudnn:          # cuDNN from its wheel beside the installed toolkit
+            cudnn_root = prefix / caffe_cuda.CUDNN_DIR
+            toolkit["download_bytes"] = caffe_cuda.fetch_cudnn(cudnn_root, work / "wheels", cuda, python, _say)
+            toolkit.update(cudnn_root=str(cudnn_root), wheels=cudnn_pins)
+    else:
+        root = prefix / caffe_cuda.CUDA_DIR
+        size = caffe_cuda.fetch_toolkit(root, work / "wheels", cuda, python, _say)
+        _say(f"CUDA {caffe_cuda.toolkit_version(root)} toolkit unpacked into {root} ({size / 1e6:.0f} MB of wheels)")
+        toolkit = {"spec": cuda, "root": str(root), "from": "PyPI wheels",
+                   "wheels": {**caffe_cuda.CUDA_WHEELS[cuda.version], **cudnn_pins}, "download_bytes": size}
+    if cuda.cudnn:
+        toolkit.setdefault("cudnn_root", toolkit["root"])
+        toolkit["cudnn"] = caffe_cuda.cudnn_version(Path(toolkit["cudnn_root"]) / "include")
+        _say(f"cuDNN {toolkit['cudnn']} from {', '.join(f'{k}=={v}' for k, v in cudnn_pins.items())} in "
+             f"{toolkit['cudnn_root']}")
+    return toolkit
 
 
-def _cuda_fixes(tree: Path) -> list[str]:
-    from .caffe_cuda import CUDA_FIXES
-    return apply_fixes(tree, CUDA_FIXES)
+def _cuda_fixes(tree: Path, cuda) -> list[str]:
+    from .caffe_cuda import CUDA_FIXES, CUDNN_FIXES
+    return apply_fixes(tree, CUDA_FIXES + (CUDNN_FIXES if cuda.cudnn else ()))
 
 
 def _compile_install(tree, work, prefix, facts, jobs, log, log_path, progress, cuda_info) -> None:
@@ -430,9 +446,11 @@ def _compile_install(tree, work, prefix, facts, jobs, log, log_path, progress, c
     else:
         from . import caffe_cuda
         spec = cuda_info["spec"]
-        cmake = cmake_command(tree, prefix, facts, caffe_cuda.cmake_options(spec, Path(cuda_info["root"])))
+        cmake = cmake_command(tree, prefix, facts, caffe_cuda.cmake_options(
+            spec, Path(cuda_info["root"]), cuda_info.get("cudnn_root") and Path(cuda_info["cudnn_root"])))
+        cudnn = f"cuDNN {cuda_info['cudnn']}" if spec.cudnn else "no cuDNN"
         _say(f"configuring with CMake (CUDA {spec.version}, sm_{' sm_'.join(spec.sass)} + PTX "
-             f"compute_{' compute_'.join(spec.ptx)}, no cuDNN, OpenBLAS, "
+             f"compute_{' compute_'.join(spec.ptx)}, {cudnn}, OpenBLAS, "
              f"{'no OpenCV, no pycaffe' if spec.lean else 'pycaffe'})")
     _run_logged(cmake, build, log, "CMake configuration")
     jobs = jobs or os.cpu_count() or 1

@@ -50,9 +50,14 @@ def dependencies(binaries: list[Path], env: dict | None = None) -> tuple[dict[st
     return carry, sorted(cuda)
 
 
-def cuda_libs_script(need: list[str], major: str, pip: str) -> str:
-    """bin/caffe-cuda-libs: the first folder holding all of `need`, and where it came from."""
-    return f"""#!/bin/sh
+def cuda_libs_script(need: list[str], major: str, pip: str, cudnn_pip: str = "") -> str:
+    """bin/caffe-cuda-libs: the first folder holding all of `need`, and where it came from; a build with cuDNN
+    (libcudnn.so.9 in `need`) also looks for cuDNN on its own (PyTorch's wheels keep it in nvidia/cudnn/lib)."""
+    cudnn = [n for n in need if n.startswith("libcudnn")]
+    need = [n for n in need if not n.startswith("libcudnn")]
+    if cudnn and cudnn_pip:
+        pip = f"{pip} {cudnn_pip}"          # all that this bundle needs, in one pip command
+    script = f"""#!/bin/sh
 # Which CUDA {major} libraries this Caffe bundle runs with ({' '.join(need)}): the first folder holding
 # all of them among $CAFFE_CUDA_LIBS, the folders of $LD_LIBRARY_PATH, the nvidia-* wheels of python3/python
 # (nvidia/cu{major}/lib), $CUDA_HOME, /usr/local/cuda*, the system's. --dir prints the folder alone.
@@ -86,7 +91,44 @@ if [ -z "$found" ]; then
        "Install them: python3 -m pip install {pip}; or set CAFFE_CUDA_LIBS to their folder." >&2
   exit 1
 fi
-if [ "${{1:-}}" = --dir ]; then printf '%s\\n' "$found"
+"""
+    if cudnn:
+        script += f"""# ... and cuDNN ({' '.join(cudnn)}), on its own: $CAFFE_CUDNN_LIBS, beside the CUDA libraries, the
+# folders of $LD_LIBRARY_PATH, the nvidia-cudnn wheel of python3/python (nvidia/cudnn/lib), the system's.
+# --dir then prints both folders (CUDA:cuDNN).
+cudnn_need="{chr(10).join(cudnn)}"
+cudnn=""; cudnn_how=""
+try_cudnn() {{
+  [ -z "$cudnn" ] && [ -n "$1" ] || return 0
+  for n in $cudnn_need; do [ -e "$1/$n" ] || return 0; done
+  cudnn=$1; cudnn_how=$2
+}}
+try_cudnn "${{CAFFE_CUDNN_LIBS:-}}" '$CAFFE_CUDNN_LIBS'
+try_cudnn "$found" "$how"
+for d in $(printf '%s\\n' "${{LD_LIBRARY_PATH:-}}" | tr ':' '\\n'); do try_cudnn "$d" '$LD_LIBRARY_PATH'; done
+for py in python3 python; do
+  command -v "$py" >/dev/null 2>&1 || continue
+  for d in $("$py" -c "import sys, os
+for p in sys.path:
+    print(os.path.join(p or '.', 'nvidia', 'cudnn', 'lib'))" 2>/dev/null); do
+    try_cudnn "$d" "the nvidia-cudnn wheel of $(command -v "$py")"
+  done
+done
+for d in "${{CUDA_HOME:-/nonexistent}}/lib64" /usr/local/cuda/lib64 /usr/local/cuda-{major}*/lib64 \\
+         /usr/lib/x86_64-linux-gnu /usr/lib64; do
+  try_cudnn "$d" "a cuDNN installation"
+done
+if [ -z "$cudnn" ]; then
+  echo "caffe bundle: cuDNN ({' '.join(cudnn)}) is not here (looked at \\$CAFFE_CUDNN_LIBS, beside the CUDA" \\
+       "libraries, \\$LD_LIBRARY_PATH, python3's nvidia-cudnn wheel, /usr/local/cuda*, /usr/lib*)." \\
+       "Install it: python3 -m pip install {cudnn_pip or 'cuDNN'}; or set CAFFE_CUDNN_LIBS to its folder." >&2
+  exit 1
+fi
+if [ "${{1:-}}" = --dir ]; then printf '%s:%s\\n' "$found" "$cudnn"
+else printf 'CUDA libraries: %s (from %s)\\ncuDNN libraries: %s (from %s)\\n' "$found" "$how" "$cudnn" "$cudnn_how"; fi
+"""
+        return script
+    return script + """if [ "${1:-}" = --dir ]; then printf '%s\\n' "$found"
 else printf 'CUDA libraries: %s (from %s)\\n' "$found" "$how"; fi
 """
 
@@ -107,7 +149,7 @@ exec "$here/libexec/{tool}" "$@"
 def make_bundle(prefix: Path, out: Path, say=print, max_bytes: int = MAX_BYTES) -> dict:
     """Pack the lean CUDA build in `prefix` into the .tar.xz `out` (one top folder named after it); returns what
     its BUNDLE_INFO.json says (libraries carried, CUDA libraries needed, sizes). InstallError above MAX_BYTES."""
-    from .caffe_cuda import CUDA_DIR, CUDA_WHEELS
+    from .caffe_cuda import CUDA_DIR, CUDA_WHEELS, CUDNN_WHEELS
     info = json.loads((prefix / INFO_FILE).read_text())
     cuda = info["cuda"]
     major = cuda["version"].split(".")[0]
@@ -125,7 +167,8 @@ def make_bundle(prefix: Path, out: Path, say=print, max_bytes: int = MAX_BYTES) 
         wheels = CUDA_WHEELS.get(cuda["version"], {})
         pip = " ".join(f"{n}=={wheels[n]}" for n in ("nvidia-cuda-runtime", "nvidia-cublas", "nvidia-curand")
                        if n in wheels) or f"the CUDA {major} runtime, cuBLAS and cuRAND"
-        scripts = {"caffe-cuda-libs": cuda_libs_script(need, major, pip),
+        cudnn_pip = " ".join(f"{n}=={v}" for n, v in CUDNN_WHEELS.get(major, {}).items())
+        scripts = {"caffe-cuda-libs": cuda_libs_script(need, major, pip, cudnn_pip),
                    **{tool: wrapper_script(tool) for tool in BUNDLE_TOOLS}}
         for script, text in scripts.items():
             (top / "bin" / script).write_text(text)

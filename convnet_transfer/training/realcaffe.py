@@ -66,11 +66,12 @@ def builds_dir() -> Path:
 
 def cuda_prefixes() -> list[Path]:
     """The finished CUDA builds of `tools/install_caffe --cuda` in builds_dir() (caffe-9b89154-cuda<version>-sm<..>),
-    newest CUDA first; not the lean ones that bundles are packed from (no OpenCV, no pycaffe)."""
+    newest CUDA first, and of one CUDA version the build without cuDNN before the --cudnn one (-cudnn9: not yet
+    run on a GPU; CAFFE_ROOT picks it); not the lean ones that bundles are packed from (no OpenCV, no pycaffe)."""
     built = [p for p in builds_dir().glob(f"caffe-{CAFFE_COMMIT[:7]}-cuda*")
              if (p / INFO_FILE).is_file() and _binary_in(p) and not p.name.endswith("-lean")]
-    return sorted(built, key=lambda p: [int(x) for x in re.findall(r"\d+", p.name.split("-cuda", 1)[1])[:2]],
-                  reverse=True)
+    return sorted(built, key=lambda p: [int(x) for x in re.findall(r"\d+", p.name.split("-cuda", 1)[1])[:2]]
+                  + [int("-cudnn" not in p.name)], reverse=True)
 
 
 def gpu_driver_present() -> bool:
