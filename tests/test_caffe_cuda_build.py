@@ -278,8 +278,13 @@ def test_cuda_build_device_query(cuda_build):
         return
     assert not query.ok and "\n" not in query.message and query.message.startswith("no usable GPU 0: ")
     assert "this machine has no NVIDIA driver" in query.message
-    # the binary itself: one error line and exit status 1, not glog's abort (SIGABRT) and its stack trace
-    proc = subprocess.run([str(cuda_build.caffe), "device_query", "-gpu", "0"], env=cuda_build.env(),
+    assert_device_query_fails_in_one_line(cuda_build)
+
+
+def assert_device_query_fails_in_one_line(found) -> None:
+    """The binary itself, on a machine without a GPU: one error line and exit status 1, not glog's abort (SIGABRT)
+    and its stack trace."""
+    proc = subprocess.run([str(found.caffe), "device_query", "-gpu", "0"], env=found.env(),
                           capture_output=True, text=True, timeout=120)
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     assert proc.returncode == 1 and "stack trace" not in proc.stderr, proc.stderr[-2000:]

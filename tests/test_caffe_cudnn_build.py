@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from convnet_transfer.training import caffe_build, caffe_cuda, realcaffe
-from test_caffe_cuda_build import FACTS, ROOT, _fake_build, _train_tiny, _wheel, VERSION
+from test_caffe_cuda_build import (FACTS, ROOT, VERSION, _fake_build, _train_tiny, _wheel,
+                                   assert_device_query_fails_in_one_line)
 
 REQUIRE_ENV = "CONVNET_TRANSFER_REQUIRE_CAFFE_CUDNN"
 CUDNN_PIN = "nvidia-cudnn-cu13==9.19.0.56"
@@ -397,11 +398,7 @@ def test_cudnn_build_device_query_is_one_clean_line(cudnn_build):
     if realcaffe.gpu_driver_present():
         assert realcaffe.device_query(cudnn_build, 0).ok
         return
-    proc = subprocess.run([str(cudnn_build.caffe), "device_query", "-gpu", "0"], env=cudnn_build.env(),
-                          capture_output=True, text=True, timeout=120)
-    lines = (proc.stdout + proc.stderr).strip().splitlines()
-    assert proc.returncode == 1 and "stack trace" not in proc.stderr, proc.stderr[-2000:]
-    assert "] No usable GPU: " in lines[-1] and not any(line.startswith("F") for line in lines)
+    assert_device_query_fails_in_one_line(cudnn_build)
 
 
 def test_caffe_check_reports_cudnn(cudnn_build):
