@@ -511,6 +511,8 @@ def test_layer_by_layer_pass_gives_the_gradients_of_the_whole_net(conv1_lr):
     assert float(net.loss(tape.values).detach()) == float(whole.detach())
     backward = net.backward_by_layer(tape, time.perf_counter)
     layers = ["conv1", "relu1", "fc_a", "fc_b", "sum", "loss", "act", "loss2"]
+    forward = {net.layers[index].name: seconds for index, seconds in forward.items()}   # by index: names may repeat
+    backward = {net.layers[index].name: seconds for index, seconds in backward.items()}
     assert list(forward) == layers and sorted(backward) == sorted(layers)
     assert all(seconds > 0 for seconds in forward.values())
     assert (backward["conv1"] > 0) == bool(conv1_lr) and all(backward[name] > 0 for name in layers[2:])
@@ -719,3 +721,18 @@ layer { name: "ip" type: "InnerProduct" bottom: "a" top: "b" inner_product_param
         net.layers[0].blobs[0].zero_()
     assert net.load_caffemodel(source) == ["in_x", "ip"]
     assert torch.equal(net.layers[0].blobs[0].detach(), first)
+
+
+def test_caffe_time_lists_two_layers_of_one_name_as_two_rows(tmp_path):
+    """`caffe time` prints one forward and one backward line per layer, by name, two for two layers of one name."""
+    from convnet_transfer.training.engine.train import time_net
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 4 dim: 5 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "a" inner_product_param { num_output: 2 '
+        'weight_filler { type: "gaussian" std: 0.1 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "a" top: "b" inner_product_param { num_output: 3 '
+        'weight_filler { type: "gaussian" std: 0.1 } } }\n')
+    result = time_net(str(tmp_path / "net.prototxt"), iterations=2)
+    rows = result["layers_ms"]
+    assert [name for name, _, _ in rows] == ["in", "ip", "ip"]
+    assert rows[1][1] > 0 and rows[2][1] > 0       # each "ip" timed on its own, not one merged row

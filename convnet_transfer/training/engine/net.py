@@ -91,8 +91,8 @@ def _force_backward_reaches(layer_type: str, bottom: int) -> bool:
 
 
 class LayerTape(NamedTuple):
-    """What `Net.forward_by_layer` ran: (layer, its bottoms' tensors, its detached inputs, its outputs) per step, and
-    every blob by name."""
+    """What `Net.forward_by_layer` ran: (its index in `layers`, the layer, its bottoms' tensors, its detached inputs,
+    its outputs) per step, and every blob by name."""
     steps: list
     values: dict
 
@@ -396,8 +396,9 @@ class Net(nn.Module):
 
     def forward_by_layer(self, blobs: dict[str, torch.Tensor], clock) -> tuple[dict[str, float], "LayerTape"]:
         """A forward pass as `caffe time` runs it: each layer on detached inputs (its own autograd graph), `clock()`
-        (seconds, after waiting for the device) read around each. Returns the seconds per layer name and the tape
-        `backward_by_layer` needs (its `values`: every blob, by name)."""
+        (seconds, after waiting for the device) read around each. Returns the seconds per layer (by its index in
+        `layers`: two layers may share a name) and the tape `backward_by_layer` needs (its `values`: every blob,
+        by name)."""
         values = self._inputs(blobs)
         seconds, steps = {}, []
         for index, bottoms, tops, propagate in self._steps:
@@ -406,8 +407,8 @@ class Net(nn.Module):
             inputs = [x.detach().requires_grad_(p and x.requires_grad) for x, p in zip(sources, propagate)]
             start = clock()
             outputs = layer(*inputs)
-            seconds[layer.name] = clock() - start
-            steps.append((layer, sources, inputs, outputs))
+            seconds[index] = clock() - start
+            steps.append((index, layer, sources, inputs, outputs))
             for name, value in zip(tops, outputs):
                 values[name] = value
         return seconds, LayerTape(steps, values)
@@ -415,22 +416,23 @@ class Net(nn.Module):
     def backward_by_layer(self, tape: "LayerTape", clock) -> dict[str, float]:
         """The backward pass of `forward_by_layer`, layer by layer from the last: each layer's backward alone from
         its tops' gradients, a blob read by several layers getting the sum of theirs (Caffe's Split). Parameter
-        gradients accumulate in their .grad, as Caffe's diffs. Returns the seconds per layer name."""
+        gradients accumulate in their .grad, as Caffe's diffs. Returns the seconds per layer (by index, as
+        forward_by_layer)."""
         values = tape.values
         grads = {id(values[name]): torch.full_like(values[name], weight) for name, weight in self.loss_weights.items()
                  if values[name].requires_grad}
         seconds = {}
-        for layer, sources, inputs, outputs in reversed(tape.steps):
+        for index, layer, sources, inputs, outputs in reversed(tape.steps):
             tops = [(out, grads.pop(id(out))) for out in outputs if id(out) in grads]
             bottoms = [(source, x) for source, x in zip(sources, inputs) if x.requires_grad]
             params = [w for w in layer.blobs if w.requires_grad]
-            seconds[layer.name] = 0.0
+            seconds[index] = 0.0
             if not tops or not (bottoms or params):
                 continue
             start = clock()
             got = torch.autograd.grad([out for out, _ in tops], [x for _, x in bottoms] + params,
                                       [g for _, g in tops], allow_unused=True)
-            seconds[layer.name] = clock() - start
+            seconds[index] = clock() - start
             for (source, _), g in zip(bottoms, got):
                 if g is not None:
                     grads[id(source)] = grads[id(source)] + g if id(source) in grads else g
@@ -527,6 +529,11 @@ class Net(nn.Module):
                     tensor.copy_(torch.from_numpy(values))
             copied.append(name)
         return copied
+
+    def layer_rows(self) -> list[tuple[str, int]]:
+        """Each layer of the net as `caffe time` lists it, in order: (its name, its index in `layers`, or -1 for a
+        data layer, whose batches come from outside)."""
+        return list(zip((lp.name for lp in self.layer_params), self._positions))
 
     def weighted_layers(self) -> list[str]:
         """The names of the layers that have parameter blobs (what CopyTrainedLayersFrom can copy), in order."""

@@ -236,10 +236,10 @@ class _LayerTimer:
 
     def benchmark(self, iterations: int) -> dict:
         """Time `iterations` passes layer by layer; log and return the averages (see time_net)."""
-        names = [lp.name for lp in self.net.layer_params]
+        rows = self.net.layer_rows()          # (name, index in net.layers or -1: a data layer), Caffe's order
         glog.info("caffe.cpp:363", "*** Benchmark begins ***")
         glog.info("caffe.cpp:364", f"Testing for {iterations} iterations.")
-        forward_layer, backward_layer = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+        forward_layer, backward_layer = [0.0] * len(rows), [0.0] * len(rows)
         per_iteration = []
         total_start = self.clock()
         for j in range(iterations):
@@ -251,26 +251,27 @@ class _LayerTimer:
             del tape
             for p in self.net.params:
                 p.tensor.grad = None
-            for times, into in ((waited, forward_layer), (forward, forward_layer), (backward, backward_layer)):
-                for name, seconds in times.items():
-                    into[name] += seconds
+            for k, (name, index) in enumerate(rows):    # a data layer's forward: the wait for its batch
+                forward_layer[k] += forward.get(index, 0.0) if index >= 0 else waited.get(name, 0.0)
+                backward_layer[k] += backward.get(index, 0.0) if index >= 0 else 0.0
             per_iteration.append((self.clock() - start) * 1000)
             glog.info("caffe.cpp:394", f"Iteration: {j + 1} forward-backward time: {glog.fmt(per_iteration[-1])} ms.")
         total_ms = (self.clock() - total_start) * 1000
-        layers_ms = {name: (forward_layer[name] * 1000 / iterations, backward_layer[name] * 1000 / iterations)
-                     for name in names}
+        layers_ms = [(name, forward_layer[k] * 1000 / iterations, backward_layer[k] * 1000 / iterations)
+                     for k, (name, _) in enumerate(rows)]
         return _log_times(layers_ms, per_iteration, total_ms, iterations)
 
 
-def _log_times(layers_ms: dict[str, tuple[float, float]], per_iteration: list[float], total_ms: float,
+def _log_times(layers_ms: list[tuple[str, float, float]], per_iteration: list[float], total_ms: float,
                iterations: int) -> dict:
-    """Caffe's summary of `caffe time`: each layer's average forward and backward time, then the passes."""
+    """Caffe's summary of `caffe time`: each layer's average forward and backward time (name, ms, ms: one row per
+    layer, two layers of one name two rows), then the passes."""
     glog.info("caffe.cpp:397", "Average time per layer: ")
-    for name, (forward_ms, backward_ms) in layers_ms.items():
+    for name, forward_ms, backward_ms in layers_ms:
         glog.info("caffe.cpp:400", f"{name:>10}\tforward: {glog.fmt(forward_ms)} ms.")
         glog.info("caffe.cpp:403", f"{name:>10}\tbackward: {glog.fmt(backward_ms)} ms.")
-    result = {"forward_ms": sum(f for f, _ in layers_ms.values()),
-              "backward_ms": sum(b for _, b in layers_ms.values()),
+    result = {"forward_ms": sum(f for _, f, _ in layers_ms),
+              "backward_ms": sum(b for _, _, b in layers_ms),
               "forward_backward_ms": total_ms / iterations, "total_ms": total_ms,
               "per_iteration_ms": per_iteration, "layers_ms": layers_ms}
     glog.info("caffe.cpp:407", f"Average Forward pass: {glog.fmt(result['forward_ms'])} ms.")
