@@ -291,6 +291,16 @@ def assert_device_query_fails_in_one_line(found) -> None:
     assert "] No usable GPU: " in lines[-1] and not any(line.startswith("F") for line in lines)
 
 
+@pytest.mark.parametrize("line, version", [
+    ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024", "550.54.15"),
+    ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  Release Build  (dvs-builder@U16-I3-B03-4-3)"
+     "  Tue Sep 23 09:55:41 UTC 2025", "580.95.05"),
+    ("NVRM version: NVIDIA UNIX Open Kernel Module for aarch64  570.86  Release Build", "570.86"),
+    ("", ""), ("something else 1.2.3 ", "")])
+def test_driver_version_from_the_kernel_modules_line(line, version):
+    assert realcaffe.driver_version(line + "\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n") == version
+
+
 def test_caffe_check_reports_the_cuda_build(cuda_build):
     env = {**os.environ, "CAFFE_ROOT": str(cuda_build.root), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "caffe_check"), "--no-python", "--gpu", "0"],
@@ -299,6 +309,10 @@ def test_caffe_check_reports_the_cuda_build(cuda_build):
     assert "CUDA:    13.0; GPU code sm_80 sm_90 compute_90; no cuDNN; toolkit: PyPI wheels" in proc.stdout
     device = next(line for line in proc.stdout.splitlines() if line.startswith("device:"))
     assert "Check failure stack trace" not in proc.stdout and device.count("\n") == 0
+    driver = next(line for line in proc.stdout.splitlines() if line.startswith("driver:"))
+    assert driver == "driver:  " + (realcaffe.gpu_driver() or "none (no NVIDIA driver loaded on this machine)")
+    if realcaffe.gpu_driver_present():
+        assert driver.startswith("driver:  NVIDIA driver ")
 
 
 def _train_tiny(found, folder: Path, env: dict | None = None) -> bytes:

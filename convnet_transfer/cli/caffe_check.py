@@ -11,7 +11,7 @@ from convnet_transfer.training import caffe_cuda, realcaffe
 default prefix of tools/install_caffe), its version and commit, whether pycaffe imports in this Python (with
 the numpy and protobuf versions), and which engine `auto` picks. For a CUDA build (tools/install_caffe --cuda):
 its CUDA version, the GPU code it carries (SASS and PTX archs), cuDNN (its version) or not, the CUDA libraries it
-loads, and what `caffe device_query` sees (the GPU, or in one line why there is none). Reads nothing else, writes
+loads, the NVIDIA driver (its version and the newest CUDA it serves) and what `caffe device_query` sees (the GPU, or in one line why there is none). Reads nothing else, writes
 nothing.
 Exit status 1 when no working Caffe is found.""")
 @click.option("--no-python", is_flag=True, help="skip the pycaffe import check")
@@ -84,6 +84,7 @@ def _report_cuda(found, gpu):
                f"{cuda.get('toolkit', 'not built by tools/install_caffe')}")
     live = caffe_cuda.linked_libraries(found.caffe, found.env())
     click.echo("  libs:  " + ", ".join(f"{k} => {v}" for k, v in sorted(live.items())))
+    click.echo(f"driver:  {realcaffe.gpu_driver() or 'none (no NVIDIA driver loaded on this machine)'}")
     query = realcaffe.device_query(found, gpu)
     click.echo(f"device:  {query.message}")
 

@@ -30,7 +30,8 @@ from convnet_transfer import resources
 __all__ = [
     "CAFFE_COMMIT", "PREFIX_ENV", "INFO_FILE", "TOOLS", "CaffeInstall", "CaffeNotFound",
     "find_caffe", "inspect_caffe", "caffe_command", "resolve_engine", "env_lines", "default_prefix", "cache_dir",
-    "builds_dir", "cuda_prefixes", "gpu_driver_present", "device_query", "query_devices", "DeviceQuery",
+    "builds_dir", "cuda_prefixes", "gpu_driver_present", "gpu_driver", "driver_version", "device_query",
+    "query_devices", "DeviceQuery",
 ]
 
 # BVLC Caffe's final master (2020), the one tools/install_caffe builds; the default prefix is named after it.
@@ -77,6 +78,35 @@ def cuda_prefixes() -> list[Path]:
 def gpu_driver_present() -> bool:
     """Whether this machine has an NVIDIA driver loaded (/proc/driver/nvidia, /dev/nvidia0)."""
     return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
+
+
+def gpu_driver() -> str:
+    """The NVIDIA driver this machine runs, in one line ("NVIDIA driver 580.95.05, supports CUDA up to 13.0"), or
+    "" where there is none: the kernel module's version (/proc/driver/nvidia/version) and the newest CUDA its
+    libcuda.so.1 serves (cuDriverGetVersion; a CUDA build newer than that fails with "CUDA driver version is
+    insufficient")."""
+    try:
+        version = driver_version(Path("/proc/driver/nvidia/version").read_text())
+    except OSError:
+        version = ""
+    cuda = ""
+    try:
+        import ctypes
+        number = ctypes.c_int()
+        if ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(number)) == 0:
+            cuda = f"{number.value // 1000}.{number.value % 1000 // 10}"
+    except (OSError, AttributeError):
+        pass
+    if not (version or cuda):
+        return ""
+    return f"NVIDIA driver {version or '(version unknown)'}" + (f", supports CUDA up to {cuda}" if cuda else "")
+
+
+def driver_version(text: str) -> str:
+    """The version in /proc/driver/nvidia/version's first line ("NVRM version: NVIDIA UNIX x86_64 Kernel Module
+    550.54.15 ...", or "... Open Kernel Module for x86_64  580.95.05 ..."), "" when it has none."""
+    found = re.search(r"Kernel Module\b.*?\s(\d+\.\d+(?:\.\d+)?)\s", (text.splitlines() or [""])[0] + " ")
+    return found.group(1) if found else ""
 
 
 @dataclasses.dataclass
