@@ -406,3 +406,18 @@ def test_bundle_runs_with_the_machines_cuda_libraries(bundle, tmp_path):
                              text=True)
     if missing.returncode != 0:      # no CUDA 13 libraries on this machine's own paths: one line says so
         assert missing.stderr.count("\n") == 1 and "CAFFE_CUDA_LIBS" in missing.stderr
+
+
+@pytest.mark.slow
+def test_caffe_check_reports_a_bundle(bundle):
+    """A bundle's bin/caffe is a script: caffe_check reads BUNDLE_INFO.json and the libraries of libexec/caffe with
+    the CUDA folder bin/caffe-cuda-libs finds, not "a CPU-only build"."""
+    env = {**os.environ, "CAFFE_ROOT": str(bundle["top"]), "CAFFE_CUDA_LIBS": str(bundle["cuda"]),
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "caffe_check"), "--no-python", "--gpu", "0"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "CUDA:    13.0; GPU code sm_80 sm_90 compute_90; no cuDNN; toolkit: this machine's (a bundle)" in proc.stdout
+    assert f"commit {realcaffe.CAFFE_COMMIT}" in proc.stdout and "built:" not in proc.stdout
+    libs = next(line for line in proc.stdout.splitlines() if line.startswith("  libs:"))
+    assert f"libcudart.so.13 => {bundle['cuda']}/libcudart.so.13" in libs and "not found" not in libs

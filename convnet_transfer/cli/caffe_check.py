@@ -36,7 +36,7 @@ def main(no_python, gpu):
     origin = (f" (BVLC master's code; source: Debian {source['package']} {source['version']})"
               if "version" in source else f" (source: {source['path']})" if "path" in source else "")
     click.echo(f"version: {found.version}; commit {commit}{origin}")
-    if info:
+    if "built" in info:
         click.echo(f"built:   {info.get('built')} for Python {info.get('python', {}).get('version')} "
                    f"({info.get('python', {}).get('executable')})")
     click.echo("tools:   " + ", ".join(t for t in realcaffe.TOOLS if _has(found, t)))
@@ -64,7 +64,8 @@ def _report_cuda(found, gpu):
     """The CUDA lines: the build's GPU code and libraries, and the device it sees; for a CPU build, the CUDA
     builds in the cache."""
     cuda = dict(found.cuda)
-    libs = cuda.get("libraries") or caffe_cuda.linked_libraries(found.caffe, found.env())
+    binary, env = _binary_and_env(found)
+    libs = cuda.get("libraries") or caffe_cuda.linked_libraries(binary, env)
     if not cuda and not any(name.startswith("libcudart") for name in libs):
         others = realcaffe.cuda_prefixes()
         click.echo("CUDA:    none (a CPU-only build)" + (f"; CUDA builds in the cache: {', '.join(map(str, others))}"
@@ -80,13 +81,25 @@ def _report_cuda(found, gpu):
     cudnn = cuda.get("cudnn")       # its version ("9.19.0") in a --cudnn build, False without
     cudnn = (f"cuDNN {cudnn}" if isinstance(cudnn, str) else
              {True: "with cuDNN", False: "no cuDNN"}.get(cudnn, "cuDNN unknown"))
-    click.echo(f"CUDA:    {cuda.get('version', 'build')}; GPU code {code}; {cudnn}; toolkit: "
-               f"{cuda.get('toolkit', 'not built by tools/install_caffe')}")
-    live = caffe_cuda.linked_libraries(found.caffe, found.env())
+    toolkit = "this machine's (a bundle)" if found.bundle else cuda.get("toolkit", "not built by tools/install_caffe")
+    click.echo(f"CUDA:    {cuda.get('version', 'build')}; GPU code {code}; {cudnn}; toolkit: {toolkit}")
+    live = caffe_cuda.linked_libraries(binary, env)
     click.echo("  libs:  " + ", ".join(f"{k} => {v}" for k, v in sorted(live.items())))
     click.echo(f"driver:  {realcaffe.gpu_driver() or 'none (no NVIDIA driver loaded on this machine)'}")
     query = realcaffe.device_query(found, gpu)
     click.echo(f"device:  {query.message}")
+
+
+def _binary_and_env(found):
+    """The ELF binary of `caffe` and the environment it runs in: a bundle's bin/caffe is a script that runs
+    libexec/caffe with the CUDA libraries its bin/caffe-cuda-libs finds on this machine."""
+    env = found.env()
+    if not found.bundle:
+        return found.caffe, env
+    where = subprocess.run([str(found.root / "bin" / "caffe-cuda-libs"), "--dir"], env=env, capture_output=True,
+                           text=True).stdout.strip()
+    env["LD_LIBRARY_PATH"] = ":".join(filter(None, [env.get("LD_LIBRARY_PATH"), where]))
+    return found.root / "libexec" / "caffe", env
 
 
 def _has(found, tool):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .caffe_build import InstallError
 from .caffe_cuda import ldd
-from .realcaffe import INFO_FILE
+from .realcaffe import BUNDLE_INFO_FILE, INFO_FILE
 
 __all__ = ["BUNDLE_TOOLS", "MAX_BYTES", "make_bundle", "dependencies", "cuda_libs_script", "wrapper_script"]
 
@@ -178,7 +178,7 @@ def make_bundle(prefix: Path, out: Path, say=print, max_bytes: int = MAX_BYTES) 
                   "cuda": {k: cuda[k] for k in ("version", "sass", "ptx", "cudnn")}, "cuda_libraries_needed": need,
                   "carried": sorted(carry), "lost": "OpenCV: convert_imageset, compute_image_mean, ImageData and "
                   "WindowData layers, encoded Datums", "unpacked_bytes": unpacked}
-        (top / "BUNDLE_INFO.json").write_text(json.dumps(bundle, indent=2) + "\n")
+        (top / BUNDLE_INFO_FILE).write_text(json.dumps(bundle, indent=2) + "\n")
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with tarfile.open(out, "w:xz") as tar:
             tar.add(top, arcname=name)

@@ -28,7 +28,7 @@ from pathlib import Path
 from convnet_transfer import resources
 
 __all__ = [
-    "CAFFE_COMMIT", "PREFIX_ENV", "INFO_FILE", "TOOLS", "CaffeInstall", "CaffeNotFound",
+    "CAFFE_COMMIT", "PREFIX_ENV", "INFO_FILE", "BUNDLE_INFO_FILE", "TOOLS", "CaffeInstall", "CaffeNotFound",
     "find_caffe", "inspect_caffe", "caffe_command", "resolve_engine", "env_lines", "default_prefix", "cache_dir",
     "builds_dir", "cuda_prefixes", "gpu_driver_present", "gpu_driver", "driver_version", "device_query",
     "query_devices", "DeviceQuery",
@@ -38,6 +38,7 @@ __all__ = [
 CAFFE_COMMIT = "9b891540183ddc834a02b2bd81b31afae71b2153"
 PREFIX_ENV = "CONVNET_TRANSFER_CAFFE_PREFIX"
 INFO_FILE = "BUILD_INFO.json"            # written last by tools/install_caffe into its prefix
+BUNDLE_INFO_FILE = "BUNDLE_INFO.json"    # what a relocatable bundle (caffe_bundle) says of itself
 
 # Tools Caffe's CMake installs into <prefix>/bin.
 TOOLS = ("caffe", "convert_imageset", "compute_image_mean", "upgrade_net_proto_text",
@@ -178,6 +179,12 @@ class CaffeInstall:
         """What BUILD_INFO.json says of a CUDA build (version, sass, ptx, cudnn, libraries); {} for a CPU build."""
         return self.info.get("cuda") or {}
 
+    @property
+    def bundle(self) -> bool:
+        """Whether this is a relocatable bundle (caffe_bundle): bin/caffe is a script running libexec/caffe with
+        the machine's CUDA libraries."""
+        return (self.root / BUNDLE_INFO_FILE).is_file()
+
     def describe(self) -> str:
         commit = self.info.get("commit", "")
         return (f"{self.caffe} ({self.version or 'version unknown'}"
@@ -220,12 +227,13 @@ def inspect_caffe(root: Path, binary: Path | None = None, how: str = "prefix") -
     root = root.resolve()
     binary = binary or _binary_in(root)
     found = CaffeInstall(root=root, caffe=binary or root / "bin" / "caffe", how=how, python_dir=_python_dir(root))
-    info_path = root / INFO_FILE
-    if info_path.is_file():
-        try:
-            found.info = json.loads(info_path.read_text())
-        except ValueError:
-            pass
+    for info_path in (root / INFO_FILE, root / BUNDLE_INFO_FILE):
+        if info_path.is_file():
+            try:
+                found.info = json.loads(info_path.read_text())
+            except ValueError:
+                pass
+            break
     if binary is None:
         found.problem = f"no caffe binary under {root} (looked in bin/ and build/tools/)"
         return found
