@@ -57,79 +57,64 @@ def cuda_libs_script(need: list[str], major: str, pip: str, cudnn_pip: str = "")
     need = [n for n in need if not n.startswith("libcudnn")]
     if cudnn and cudnn_pip:
         pip = f"{pip} {cudnn_pip}"          # all that this bundle needs, in one pip command
+    also = (f", and cuDNN ({' '.join(cudnn)}) on its own", " (cuDNN: $CAFFE_CUDNN_LIBS, then beside the CUDA ones)",
+            ", nvidia/cudnn/lib", "s (CUDA:cuDNN)") if cudnn else ("", "", "", "")
     script = f"""#!/bin/sh
-# Which CUDA {major} libraries this Caffe bundle runs with ({' '.join(need)}): the first folder holding
-# all of them among $CAFFE_CUDA_LIBS, the folders of $LD_LIBRARY_PATH, the nvidia-* wheels of python3/python
-# (nvidia/cu{major}/lib), $CUDA_HOME, /usr/local/cuda*, the system's. --dir prints the folder alone.
-names="{' '.join(need)}"
-need="{chr(10).join(need)}"
-found=""; how=""
+# Which CUDA {major} libraries this Caffe bundle runs with ({' '.join(need)}){also[0]}:
+# the first folder holding all of them among $CAFFE_CUDA_LIBS{also[1]}, the folders of
+# $LD_LIBRARY_PATH, the nvidia-* wheels of python3/python (nvidia/cu{major}/lib{also[2]}), $CUDA_HOME,
+# /usr/local/cuda*, the system's. --dir prints the folder{also[3]} alone.
 IFS='
 '
-try() {{
+try() {{   # try FOLDER HOW: take FOLDER when nothing is taken yet and it holds every one of $need
   [ -z "$found" ] && [ -n "$1" ] || return 0
   for n in $need; do [ -e "$1/$n" ] || return 0; done
   found=$1; how=$2
 }}
-try "${{CAFFE_CUDA_LIBS:-}}" '$CAFFE_CUDA_LIBS'
-for d in $(printf '%s\\n' "${{LD_LIBRARY_PATH:-}}" | tr ':' '\\n'); do try "$d" '$LD_LIBRARY_PATH'; done
-for py in python3 python; do
-  command -v "$py" >/dev/null 2>&1 || continue
-  for d in $("$py" -c "import sys, os
+search() {{   # search NAMES FOLDER HOW WHEEL WHEEL-WORDS SYSTEM-WORDS: sets $found and $how ("" when none)
+  need=$1; found=""; how=""
+  try "$2" "$3"
+  try "${{beside:-}}" "${{beside_how:-}}"
+  for d in $(printf '%s\\n' "${{LD_LIBRARY_PATH:-}}" | tr ':' '\\n'); do try "$d" '$LD_LIBRARY_PATH'; done
+  for py in python3 python; do
+    command -v "$py" >/dev/null 2>&1 || continue
+    for d in $("$py" -c "import sys, os
 for p in sys.path:
-    print(os.path.join(p or '.', 'nvidia', 'cu{major}', 'lib'))" 2>/dev/null); do
-    try "$d" "the nvidia-* wheels of $(command -v "$py")"
+    print(os.path.join(p or '.', 'nvidia', '$4', 'lib'))" 2>/dev/null); do
+      try "$d" "$5 of $(command -v "$py")"
+    done
   done
-done
-for d in "${{CUDA_HOME:-/nonexistent}}/lib64" /usr/local/cuda/lib64 /usr/local/cuda-{major}*/lib64 \\
-         /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu /usr/lib64; do
-  try "$d" "a CUDA installation"
-done
+  for d in "${{CUDA_HOME:-/nonexistent}}/lib64" /usr/local/cuda/lib64 /usr/local/cuda-{major}*/lib64 \\
+           /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu /usr/lib64; do
+    try "$d" "$6"
+  done
+}}
+search "{chr(10).join(need)}" "${{CAFFE_CUDA_LIBS:-}}" '$CAFFE_CUDA_LIBS' cu{major} "the nvidia-* wheels" \\
+  "a CUDA installation"
 if [ -z "$found" ]; then
-  echo "caffe bundle: the CUDA {major} libraries ($names) are not here (looked at \\$CAFFE_CUDA_LIBS," \\
+  echo "caffe bundle: the CUDA {major} libraries ({' '.join(need)}) are not here (looked at \\$CAFFE_CUDA_LIBS," \\
        "\\$LD_LIBRARY_PATH, python3's nvidia-* wheels, \\$CUDA_HOME, /usr/local/cuda*, /usr/lib*)." \\
        "Install them: python3 -m pip install {pip}; or set CAFFE_CUDA_LIBS to their folder." >&2
   exit 1
 fi
+cuda=$found; cuda_how=$how
 """
-    if cudnn:
-        script += f"""# ... and cuDNN ({' '.join(cudnn)}), on its own: $CAFFE_CUDNN_LIBS, beside the CUDA libraries, the
-# folders of $LD_LIBRARY_PATH, the nvidia-cudnn wheel of python3/python (nvidia/cudnn/lib), the system's.
-# --dir then prints both folders (CUDA:cuDNN).
-cudnn_need="{chr(10).join(cudnn)}"
-cudnn=""; cudnn_how=""
-try_cudnn() {{
-  [ -z "$cudnn" ] && [ -n "$1" ] || return 0
-  for n in $cudnn_need; do [ -e "$1/$n" ] || return 0; done
-  cudnn=$1; cudnn_how=$2
-}}
-try_cudnn "${{CAFFE_CUDNN_LIBS:-}}" '$CAFFE_CUDNN_LIBS'
-try_cudnn "$found" "$how"
-for d in $(printf '%s\\n' "${{LD_LIBRARY_PATH:-}}" | tr ':' '\\n'); do try_cudnn "$d" '$LD_LIBRARY_PATH'; done
-for py in python3 python; do
-  command -v "$py" >/dev/null 2>&1 || continue
-  for d in $("$py" -c "import sys, os
-for p in sys.path:
-    print(os.path.join(p or '.', 'nvidia', 'cudnn', 'lib'))" 2>/dev/null); do
-    try_cudnn "$d" "the nvidia-cudnn wheel of $(command -v "$py")"
-  done
-done
-for d in "${{CUDA_HOME:-/nonexistent}}/lib64" /usr/local/cuda/lib64 /usr/local/cuda-{major}*/lib64 \\
-         /usr/lib/x86_64-linux-gnu /usr/lib64; do
-  try_cudnn "$d" "a cuDNN installation"
-done
-if [ -z "$cudnn" ]; then
+    if not cudnn:
+        return script + """if [ "${1:-}" = --dir ]; then printf '%s\\n' "$cuda"
+else printf 'CUDA libraries: %s (from %s)\\n' "$cuda" "$cuda_how"; fi
+"""
+    return script + f"""beside=$cuda; beside_how=$cuda_how
+search "{chr(10).join(cudnn)}" "${{CAFFE_CUDNN_LIBS:-}}" '$CAFFE_CUDNN_LIBS' cudnn "the nvidia-cudnn wheel" \\
+  "a cuDNN installation"
+if [ -z "$found" ]; then
   echo "caffe bundle: cuDNN ({' '.join(cudnn)}) is not here (looked at \\$CAFFE_CUDNN_LIBS, beside the CUDA" \\
        "libraries, \\$LD_LIBRARY_PATH, python3's nvidia-cudnn wheel, /usr/local/cuda*, /usr/lib*)." \\
        "Install it: python3 -m pip install {cudnn_pip or 'cuDNN'}; or set CAFFE_CUDNN_LIBS to its folder." >&2
   exit 1
 fi
-if [ "${{1:-}}" = --dir ]; then printf '%s:%s\\n' "$found" "$cudnn"
-else printf 'CUDA libraries: %s (from %s)\\ncuDNN libraries: %s (from %s)\\n' "$found" "$how" "$cudnn" "$cudnn_how"; fi
-"""
-        return script
-    return script + """if [ "${1:-}" = --dir ]; then printf '%s\\n' "$found"
-else printf 'CUDA libraries: %s (from %s)\\n' "$found" "$how"; fi
+if [ "${{1:-}}" = --dir ]; then printf '%s:%s\\n' "$cuda" "$found"
+else printf 'CUDA libraries: %s (from %s)\\ncuDNN libraries: %s (from %s)\\n' "$cuda" "$cuda_how" "$found" \\
+  "$how"; fi
 """
 
 
