@@ -301,15 +301,22 @@ def test_driver_version_from_the_kernel_modules_line(line, version):
     assert realcaffe.driver_version(line + "\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n") == version
 
 
-def test_caffe_check_reports_the_cuda_build(cuda_build):
-    env = {**os.environ, "CAFFE_ROOT": str(cuda_build.root), "PYTHONPATH": str(ROOT)}
+def caffe_check_says(root: Path, **env: str) -> str:
+    """What `tools/caffe_check --no-python --gpu 0` prints about the Caffe at `root` (CAFFE_ROOT), `env` added;
+    it must succeed."""
+    env = {**os.environ, "CAFFE_ROOT": str(root), "PYTHONPATH": str(ROOT), **env}
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "caffe_check"), "--no-python", "--gpu", "0"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "CUDA:    13.0; GPU code sm_80 sm_90 compute_90; no cuDNN; toolkit: PyPI wheels" in proc.stdout
-    device = next(line for line in proc.stdout.splitlines() if line.startswith("device:"))
-    assert "Check failure stack trace" not in proc.stdout and device.count("\n") == 0
-    driver = next(line for line in proc.stdout.splitlines() if line.startswith("driver:"))
+    return proc.stdout
+
+
+def test_caffe_check_reports_the_cuda_build(cuda_build):
+    said = caffe_check_says(cuda_build.root)
+    assert "CUDA:    13.0; GPU code sm_80 sm_90 compute_90; no cuDNN; toolkit: PyPI wheels" in said
+    device = next(line for line in said.splitlines() if line.startswith("device:"))
+    assert "Check failure stack trace" not in said and device.count("\n") == 0
+    driver = next(line for line in said.splitlines() if line.startswith("driver:"))
     assert driver == "driver:  " + (realcaffe.gpu_driver() or "none (no NVIDIA driver loaded on this machine)")
     if realcaffe.gpu_driver_present():
         assert driver.startswith("driver:  NVIDIA driver ")
@@ -325,14 +332,20 @@ def _train_tiny(found, folder: Path, env: dict | None = None) -> bytes:
     return (folder / "snap" / "tiny_iter_5.caffemodel").read_bytes()
 
 
+def assert_trains_as_the_cpu_build(found, tmp_path: Path, env: dict | None = None) -> None:
+    """The tiny CPU training with `found` (run with `env`) ends with the CPU build's weights, byte for byte, where
+    the CPU build is there (the same C++ code and BLAS); it must train in any case."""
+    trained = _train_tiny(found, tmp_path / "under_test", env)
+    cpu = realcaffe.default_prefix()
+    if caffe_build.is_built(cpu):
+        assert trained == _train_tiny(realcaffe.inspect_caffe(cpu), tmp_path / "cpu")
+
+
 @pytest.mark.slow
 def test_cuda_build_trains_on_the_cpu_as_the_cpu_build(cuda_build, tmp_path):
     # Without a GPU the CUDA build still trains a CPU solver (it logs that cuBLAS/cuRAND are unavailable); its
     # weights are the CPU build's, byte for byte (the same C++ code and BLAS).
-    ours = _train_tiny(cuda_build, tmp_path / "cuda")
-    cpu = realcaffe.default_prefix()
-    if caffe_build.is_built(cpu):
-        assert ours == _train_tiny(realcaffe.inspect_caffe(cpu), tmp_path / "cpu")
+    assert_trains_as_the_cpu_build(cuda_build, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ the bundle
@@ -398,10 +411,7 @@ def test_bundle_runs_with_the_machines_cuda_libraries(bundle, tmp_path):
                                env={**env, "GLOG_logtostderr": "1"}, capture_output=True, text=True)
         assert query.returncode == 1 and "] No usable GPU: " in query.stderr.strip().splitlines()[-1]
     found = realcaffe.CaffeInstall(root=top, caffe=top / "bin" / "caffe", how="bundle", python_dir=None, ok=True)
-    trained = _train_tiny(found, tmp_path / "bundle", env={**env, "GLOG_logtostderr": "1"})
-    cpu = realcaffe.default_prefix()
-    if caffe_build.is_built(cpu):
-        assert trained == _train_tiny(realcaffe.inspect_caffe(cpu), tmp_path / "cpu")
+    assert_trains_as_the_cpu_build(found, tmp_path, env={**env, "GLOG_logtostderr": "1"})
     missing = subprocess.run([str(top / "bin" / "caffe"), "--version"], env=_bare_env(), capture_output=True,
                              text=True)
     if missing.returncode != 0:      # no CUDA 13 libraries on this machine's own paths: one line says so
@@ -412,12 +422,8 @@ def test_bundle_runs_with_the_machines_cuda_libraries(bundle, tmp_path):
 def test_caffe_check_reports_a_bundle(bundle):
     """A bundle's bin/caffe is a script: caffe_check reads BUNDLE_INFO.json and the libraries of libexec/caffe with
     the CUDA folder bin/caffe-cuda-libs finds, not "a CPU-only build"."""
-    env = {**os.environ, "CAFFE_ROOT": str(bundle["top"]), "CAFFE_CUDA_LIBS": str(bundle["cuda"]),
-           "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "caffe_check"), "--no-python", "--gpu", "0"],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "CUDA:    13.0; GPU code sm_80 sm_90 compute_90; no cuDNN; toolkit: this machine's (a bundle)" in proc.stdout
-    assert f"commit {realcaffe.CAFFE_COMMIT}" in proc.stdout and "built:" not in proc.stdout
-    libs = next(line for line in proc.stdout.splitlines() if line.startswith("  libs:"))
+    said = caffe_check_says(bundle["top"], CAFFE_CUDA_LIBS=str(bundle["cuda"]))
+    assert "CUDA:    13.0; GPU code sm_80 sm_90 compute_90; no cuDNN; toolkit: this machine's (a bundle)" in said
+    assert f"commit {realcaffe.CAFFE_COMMIT}" in said and "built:" not in said
+    libs = next(line for line in said.splitlines() if line.startswith("  libs:"))
     assert f"libcudart.so.13 => {bundle['cuda']}/libcudart.so.13" in libs and "not found" not in libs

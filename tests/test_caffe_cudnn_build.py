@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from convnet_transfer.training import caffe_build, caffe_cuda, realcaffe
-from test_caffe_cuda_build import (FACTS, ROOT, VERSION, _fake_build, _train_tiny, _wheel,
-                                   assert_device_query_fails_in_one_line)
+from test_caffe_cuda_build import (FACTS, VERSION, _fake_build, _wheel, assert_device_query_fails_in_one_line,
+                                   assert_trains_as_the_cpu_build, caffe_check_says)
 
 REQUIRE_ENV = "CONVNET_TRANSFER_REQUIRE_CAFFE_CUDNN"
 CUDNN_PIN = "nvidia-cudnn-cu13==9.19.0.56"
@@ -402,12 +402,9 @@ def test_cudnn_build_device_query_is_one_clean_line(cudnn_build):
 
 
 def test_caffe_check_reports_cudnn(cudnn_build):
-    env = {**os.environ, "CAFFE_ROOT": str(cudnn_build.root), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "caffe_check"), "--no-python", "--gpu", "0"],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "CUDA:    13.0; GPU code sm_80 sm_90 compute_90; cuDNN 9.19.0; toolkit: PyPI wheels" in proc.stdout
-    libs = next(line for line in proc.stdout.splitlines() if line.startswith("  libs:"))
+    said = caffe_check_says(cudnn_build.root)
+    assert "CUDA:    13.0; GPU code sm_80 sm_90 compute_90; cuDNN 9.19.0; toolkit: PyPI wheels" in said
+    libs = next(line for line in said.splitlines() if line.startswith("  libs:"))
     assert "libcudnn.so.9 => " in libs and "not found" not in libs
 
 
@@ -415,10 +412,7 @@ def test_caffe_check_reports_cudnn(cudnn_build):
 def test_cudnn_build_trains_on_the_cpu_as_the_cpu_build(cudnn_build, tmp_path):
     # In CPU mode the engine DEFAULT takes Caffe's own layers (CUDNN_FIXES: the cuDNN ones need a GPU to set up),
     # so without a GPU a CPU solver trains, and its weights are the CPU build's byte for byte.
-    ours = _train_tiny(cudnn_build, tmp_path / "cudnn")
-    cpu = realcaffe.default_prefix()
-    if caffe_build.is_built(cpu):
-        assert ours == _train_tiny(realcaffe.inspect_caffe(cpu), tmp_path / "cpu")
+    assert_trains_as_the_cpu_build(cudnn_build, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ its bundle
@@ -451,7 +445,4 @@ def test_cudnn_bundle_finds_and_runs_with_cudnn(tmp_path):
     assert said.stdout == (f"CUDA libraries: {cuda} (from $CAFFE_CUDA_LIBS)\n"
                            f"cuDNN libraries: {cuda} (from $CAFFE_CUDA_LIBS)\n"), said.stderr
     found = realcaffe.CaffeInstall(root=top, caffe=top / "bin" / "caffe", how="bundle", python_dir=None, ok=True)
-    trained = _train_tiny(found, tmp_path / "bundle", env={**env, "GLOG_logtostderr": "1"})
-    cpu = realcaffe.default_prefix()
-    if caffe_build.is_built(cpu):
-        assert trained == _train_tiny(realcaffe.inspect_caffe(cpu), tmp_path / "cpu")
+    assert_trains_as_the_cpu_build(found, tmp_path, env={**env, "GLOG_logtostderr": "1"})
