@@ -18,7 +18,8 @@ Exit status 1 when no working Caffe is found.""")
 @click.option("--gpu", "gpu", type=int, default=None,
               help="look for the CUDA build first (as `--engine caffe` with GPUs does) and query this GPU id")
 def main(no_python, gpu):
-    found = realcaffe.find_caffe(True if gpu is not None else None)
+    prefer_gpu = True if gpu is not None else None   # find_caffe: True, the CUDA build first; None, as the driver says
+    found = realcaffe.find_caffe(prefer_gpu)
     if found is None:
         click.echo("caffe_check: no real Caffe found (looked at $CAFFE_ROOT, $CAFFE, PATH, "
                    f"{realcaffe.default_prefix()}). Build one with tools/install_caffe.")
@@ -49,15 +50,15 @@ def main(no_python, gpu):
                 "from convnet_transfer.formats import caffe_pb2 as ours; "
                 "print(f'{c.__file__} (numpy {numpy.__version__}, protobuf {p.__version__}, '"
                 "f'with our convnet_transfer.formats.caffe_pb2 in the same process)')")
-        proc = subprocess.run([sys.executable, "-c", code, "gpu" if gpu is not None else "auto"],
+        proc = subprocess.run([sys.executable, "-c", code, "gpu" if prefer_gpu else "auto"],
                               capture_output=True, text=True)
         if proc.returncode == 0:
             click.echo(f"pycaffe: imports: {proc.stdout.strip()}")
         else:
             click.echo(f"pycaffe: does NOT import in {sys.executable}:\n{(proc.stderr or proc.stdout)[-1500:]}")
             sys.exit(1)
-    click.echo(f"engine 'auto'{' with a GPU' if gpu is not None else ''} runs: "
-               f"{' '.join(realcaffe.caffe_command('auto', True if gpu is not None else None))}")
+    click.echo(f"engine 'auto'{' with a GPU' if prefer_gpu else ''} runs: "
+               f"{' '.join(realcaffe.caffe_command('auto', prefer_gpu))}")
 
 
 def _report_cuda(found, gpu):

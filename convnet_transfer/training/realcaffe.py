@@ -334,7 +334,6 @@ def env_lines(prefix: Path) -> list[str]:
             f"PYTHONPATH={shell_word(prefix / 'python')}${{PYTHONPATH:+:$PYTHONPATH}}"]
 
 
-
 @dataclasses.dataclass
 class DeviceQuery:
     """`caffe device_query -gpu N`: ok (the GPU answered), message (one line: the device, or why none),
@@ -356,11 +355,18 @@ def query_devices(caffe: list[str], gpus: list[str], env: dict | None = None) ->
     """"" when `caffe` (an argv prefix, run with `env`) answers `device_query` for each of the GPU ids `gpus`,
     else the one line of device_query saying why not for the first that fails."""
     env = {**(os.environ if env is None else env), "GLOG_logtostderr": "1"}   # its answer on stderr, not in /tmp
-    for gpu in gpus:
-        query = _device_query(caffe, env, gpu)
+    for gpu in dict.fromkeys(str(g) for g in gpus):       # each id once: "0,0,0,0" is four slots on one GPU
+        query = _remembered_device_query(tuple(caffe), tuple(sorted(env.items())), gpu)
         if not query.ok:
             return query.message
     return ""
+
+
+@functools.lru_cache(maxsize=32)
+def _remembered_device_query(caffe: tuple[str, ...], env: tuple, gpu: str) -> DeviceQuery:
+    """_device_query once per command, environment and GPU id in a process: a run checks its trainers' GPUs as it
+    starts and again where its stages and the local runner take the trainer (experiment.trainer_env, run_local)."""
+    return _device_query(list(caffe), dict(env), gpu)
 
 
 def _device_query(caffe: list[str], env: dict | None, gpu: int | str, timeout: float = 120) -> DeviceQuery:
