@@ -373,7 +373,7 @@ def _build(prefix, python, source, jobs, install_deps, keep_build, debian_mirror
             tarball = Path(source).expanduser() if source else download_source(work / "download", debian_mirror)
             _say(f"unpacking {tarball}")
             tree = unpack_source(tarball, work / "src")
-            for line in apply_fixes(tree) + (_cuda_fixes(tree, cuda) if cuda is not None else []):
+            for line in apply_fixes(tree) + (apply_fixes(tree, cuda.fixes) if cuda is not None else []):
                 _say(f"  fixed: {line}")
                 log.write(f"fix: {line}\n")
             _compile_install(tree, work, prefix, facts, jobs, log, log_path, progress, cuda_info)
@@ -396,7 +396,7 @@ def _build(prefix, python, source, jobs, install_deps, keep_build, debian_mirror
             "build_seconds": round(time.time() - started)}
     if cuda is not None:
         from . import caffe_cuda
-        info["fixes"] += [f.why for f in caffe_cuda.CUDA_FIXES + (caffe_cuda.CUDNN_FIXES if cuda.cudnn else ())]
+        info["fixes"] += [f.why for f in cuda.fixes]
         info["cuda"] = caffe_cuda.check_build(prefix, cuda, cuda_info, _say)
     (prefix / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     if not keep_build:
@@ -428,11 +428,6 @@ def _cuda_toolkit(prefix: Path, work: Path, cuda, python: str) -> dict:
         _say(f"cuDNN {toolkit['cudnn']} from {', '.join(f'{k}=={v}' for k, v in cudnn_pins.items())} in "
              f"{toolkit['cudnn_root']}")
     return toolkit
-
-
-def _cuda_fixes(tree: Path, cuda) -> list[str]:
-    from .caffe_cuda import CUDA_FIXES, CUDNN_FIXES
-    return apply_fixes(tree, CUDA_FIXES + (CUDNN_FIXES if cuda.cudnn else ()))
 
 
 def _compile_install(tree, work, prefix, facts, jobs, log, log_path, progress, cuda_info) -> None:

@@ -232,6 +232,12 @@ class CudaSpec:
         return [f"{name}=={version}" for name, version in CUDNN_WHEELS[major].items()]
 
     @property
+    def fixes(self) -> tuple[Fix, ...]:
+        """The edits of Caffe's source this build makes after caffe_build.FIXES: CUDA_FIXES, and CUDNN_FIXES with
+        cuDNN."""
+        return CUDA_FIXES + (CUDNN_FIXES if self.cudnn else ())
+
+    @property
     def tops(self) -> tuple[str, ...]:
         """The folders of the wheels that make the CUDA root."""
         return (WHEEL_TOP[self.version],) + ((CUDNN_TOP,) if self.cudnn else ())
