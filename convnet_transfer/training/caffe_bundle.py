@@ -23,17 +23,16 @@ import tempfile
 from pathlib import Path
 
 from .caffe_build import InstallError
-from .caffe_cuda import ldd
+from .caffe_cuda import CUDA_LIBRARY, ldd
 from .realcaffe import BUNDLE_INFO_FILE, INFO_FILE
 
 __all__ = ["BUNDLE_TOOLS", "MAX_BYTES", "make_bundle", "dependencies", "cuda_libs_script", "wrapper_script"]
 
 BUNDLE_TOOLS = ("caffe", "convert_imageset", "compute_image_mean")
 MAX_BYTES = 40 * 2 ** 20
-# Left to the machine: glibc and its loader, the C++ runtime, and the CUDA libraries (found when run)
+# Left to the machine: glibc and its loader, the C++ runtime (and caffe_cuda.CUDA_LIBRARY, found when run)
 _SYSTEM = re.compile(r"^(linux-vdso|ld-linux[-\w]*|libc|libm|libdl|libpthread|librt|libresolv|libutil|libstdc\+\+|"
                      r"libgcc_s)\.so")
-_CUDA = re.compile(r"^lib(cuda|cudart|cublas|cublasLt|curand|cudnn)\.so")
 
 
 def dependencies(binaries: list[Path], env: dict | None = None) -> tuple[dict[str, Path], list[str]]:
@@ -41,7 +40,7 @@ def dependencies(binaries: list[Path], env: dict | None = None) -> tuple[dict[st
     carry, cuda = {}, set()
     for binary in binaries:
         for name, path in ldd(binary, env).items():
-            if _CUDA.match(name):
+            if CUDA_LIBRARY.match(name):
                 cuda.add(name)
             elif not _SYSTEM.match(name):
                 if path == "not found":

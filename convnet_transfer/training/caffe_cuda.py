@@ -36,8 +36,8 @@ from .caffe_build import Fix, InstallError
 from .realcaffe import CAFFE_COMMIT
 
 __all__ = ["CUDA_WHEELS", "CUDNN_WHEELS", "DEFAULT_CUDA", "DEFAULT_SASS", "DEFAULT_PTX", "CUDA_FIXES", "CUDNN_FIXES",
-           "CUDA_DIR", "CUDNN_DIR", "CudaSpec", "fetch_toolkit", "fetch_cudnn", "assemble_toolkit", "toolkit_version",
-           "cudnn_version", "cmake_options", "prune_toolkit", "gpu_code", "ldd", "linked_libraries", "cuobjdump_path",
+           "CUDA_DIR", "CUDNN_DIR", "CUDA_LIBRARY", "CudaSpec", "fetch_toolkit", "fetch_cudnn", "assemble_toolkit",
+           "toolkit_version", "cudnn_version", "cmake_options", "prune_toolkit", "gpu_code", "ldd", "linked_libraries", "cuobjdump_path",
            "undefined_cudnn_symbols", "check_build"]
 
 # The CUDA 13.0 toolkit as PyPI wheels (the release PyTorch's cu130 builds use, so a GPU machine's driver runs it),
@@ -376,11 +376,14 @@ def ldd(binary: Path, env: dict | None = None) -> dict[str, str]:
     return dict(re.findall(r"^\s*(\S+)\s+=>\s+(.+?)(?:\s+\(0x[0-9a-f]+\))?$", out, re.M))
 
 
+# The CUDA libraries: the driver's and the toolkit's that Caffe links (a machine's own, never carried by a bundle)
+CUDA_LIBRARY = re.compile(r"^lib(?:cuda|cudart|cublas|cublasLt|curand|cudnn)\.so")
+
+
 def linked_libraries(binary: Path, env: dict | None = None) -> dict[str, str]:
-    """{soname: resolved path} of the CUDA libraries `binary` loads (ldd): libcudart, libcublas(Lt), libcurand,
-    libcudnn; "not found" when ldd cannot resolve one."""
-    return {name: path for name, path in ldd(binary, env).items()
-            if re.match(r"lib(?:cudart|cublas|cublasLt|curand|cudnn)", name)}
+    """{soname: resolved path} of the CUDA libraries `binary` loads (ldd, CUDA_LIBRARY): libcudart, libcublas(Lt),
+    libcurand, libcudnn; "not found" when ldd cannot resolve one."""
+    return {name: path for name, path in ldd(binary, env).items() if CUDA_LIBRARY.match(name)}
 
 
 def _dynamic_symbols(binary: Path, defined: bool) -> set[str]:
