@@ -36,11 +36,17 @@ def real_caffe():
     return found
 
 
-def caffe_missing(message: str) -> None:
-    """Fail where a Caffe build is required ($CONVNET_TRANSFER_REQUIRE_CAFFE=1, CI), else skip saying why."""
-    if os.environ.get(REQUIRE_CAFFE_ENV) == "1":
+def missing(message: str, require_env: str) -> None:
+    """Fail where what a test needs is required ($`require_env`=1: CI sets it for Caffe, its CUDA build and Slurm),
+    else skip saying why."""
+    if os.environ.get(require_env) == "1":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def caffe_missing(message: str) -> None:
+    """Fail where a Caffe build is required ($CONVNET_TRANSFER_REQUIRE_CAFFE=1, CI), else skip saying why."""
+    missing(message, REQUIRE_CAFFE_ENV)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from convnet_transfer.training import caffe_build, caffe_cuda, realcaffe
+from conftest import missing
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_ENV = "CONVNET_TRANSFER_REQUIRE_CAFFE_CUDA"
@@ -243,9 +244,7 @@ def cuda_build():
     if found is None or not found.ok:
         why = f"no CUDA build in {prefix}" if found is None else found.problem
         message = f"the CUDA Caffe build is needed ({why}); build it with tools/install_caffe --cuda (~15 min)"
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(message, REQUIRE_ENV)
     return found
 
 
@@ -360,9 +359,7 @@ def bundle(tmp_path_factory):
     prefix = realcaffe.builds_dir() / caffe_cuda.CudaSpec(lean=True).prefix_name
     if not caffe_build.is_built(prefix):
         message = f"no lean CUDA build in {prefix}: tools/install_caffe --cuda --bundle FILE builds it (~15 min)"
-        if os.environ.get(BUNDLE_ENV) == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(message, BUNDLE_ENV)
     folder = tmp_path_factory.mktemp("bundle")
     out = folder / "caffe-bundle.tar.xz"
     info = caffe_bundle.make_bundle(prefix, out, say=lambda line: None)

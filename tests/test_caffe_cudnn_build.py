@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from convnet_transfer.training import caffe_build, caffe_cuda, realcaffe
+from conftest import missing
 from test_caffe_cuda_build import (FACTS, VERSION, _fake_build, _wheel, assert_device_query_fails_in_one_line,
                                    assert_trains_as_the_cpu_build, caffe_check_says)
 
@@ -349,9 +350,7 @@ def cudnn_build():
         why = f"no cuDNN build in {prefix}" if found is None else found.problem
         message = (f"the cuDNN Caffe build is needed ({why}); build it with tools/install_caffe --cuda --cudnn "
                    f"(~20 min)")
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(message, REQUIRE_ENV)
     return found
 
 
@@ -430,9 +429,7 @@ def test_cudnn_bundle_finds_and_runs_with_cudnn(tmp_path):
     prefix = realcaffe.builds_dir() / caffe_cuda.CudaSpec(cudnn=True, lean=True).prefix_name
     if not caffe_build.is_built(prefix):
         message = f"no lean cuDNN build in {prefix}: tools/install_caffe --cuda --cudnn --bundle FILE builds it"
-        if os.environ.get(BUNDLE_ENV) == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(message, BUNDLE_ENV)
     out = tmp_path / "caffe-cudnn-bundle.tar.xz"
     info = caffe_bundle.make_bundle(prefix, out, say=lambda line: None)
     assert out.stat().st_size <= caffe_bundle.MAX_BYTES and info["cuda"]["cudnn"] == "9.19.0"

@@ -11,12 +11,11 @@ found (the CUDA build where there is one, as in CI), so everything but the devic
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 
-from conftest import caffe_missing
+from conftest import REQUIRE_CAFFE_ENV, missing
 import test_engine_solvers as solvers
 import test_engine_train_fidelity as fidelity
 
@@ -24,29 +23,23 @@ REQUIRE_GPU_ENV = "CONVNET_TRANSFER_REQUIRE_CAFFE_GPU"
 ITERS = fidelity.ITERS
 
 
-def _gpu_missing(message: str) -> None:
-    if os.environ.get(REQUIRE_GPU_ENV) == "1":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module", params=["cpu", "gpu"])
 def caffe_on(request):
     """(the real Caffe to run, the extra `caffe train` arguments that put it on the device, our engine's gpu)."""
     from convnet_transfer.training import realcaffe
     if request.param == "gpu" and not torch.cuda.is_available():
-        _gpu_missing("no CUDA device here: real Caffe on the GPU is compared with our engine on a GPU machine "
-                     "(bash bench/device_check.sh)")
+        missing("no CUDA device here: real Caffe on the GPU is compared with our engine on a GPU machine "
+                "(bash bench/device_check.sh)", REQUIRE_GPU_ENV)
     found = realcaffe.find_caffe(gpu=True)
     if found is None or not found.ok:
         why = "no Caffe build found" if found is None else found.problem
         message = f"real Caffe is needed ({why}); build it with tools/install_caffe --cuda"
-        _gpu_missing(message) if request.param == "gpu" else caffe_missing(message)
+        missing(message, REQUIRE_GPU_ENV if request.param == "gpu" else REQUIRE_CAFFE_ENV)
     if request.param == "cpu":
         return found, (), None
     query = realcaffe.device_query(found, 0)
     if not query.ok:
-        _gpu_missing(f"real Caffe at {found.root} does not run on GPU 0: {query.message}")
+        missing(f"real Caffe at {found.root} does not run on GPU 0: {query.message}", REQUIRE_GPU_ENV)
     return found, ("-gpu", "0"), "0"
 
 

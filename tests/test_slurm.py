@@ -27,25 +27,20 @@ from convnet_transfer.nets import tree  # noqa: E402
 from convnet_transfer.training import realcaffe, slurm  # noqa: E402
 from convnet_transfer.training.runners import trainer_env  # noqa: E402
 import slurm_localhost
+from conftest import missing  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRE_ENV = "CONVNET_TRANSFER_REQUIRE_SLURM"
 
 
-def _unavailable(message: str):
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """The local cluster, started by tools/slurm_localhost when it is not running (and stopped again after)."""
-    missing = slurm_localhost.binaries_missing()
-    if missing:
-        _unavailable(f"Slurm is not installed ({', '.join(missing)} missing): apt-get install slurm-wlm munge")
+    absent = slurm_localhost.binaries_missing()
+    if absent:
+        missing(f"Slurm is not installed ({', '.join(absent)} missing): apt-get install slurm-wlm munge", REQUIRE_ENV)
     if os.geteuid() != 0:
-        _unavailable("the local Slurm cluster needs root (its daemons run as root)")
+        missing("the local Slurm cluster needs root (its daemons run as root)", REQUIRE_ENV)
     started = not slurm_localhost.status().up
     if started:
         proc = subprocess.run([str(REPO / "tools" / "slurm_localhost"), "start"], capture_output=True, text=True)
